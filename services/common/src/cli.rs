@@ -1,0 +1,78 @@
+//! Flags shared by every SMARTER binary, flattened into each service's clap
+//! parser with `#[command(flatten)]`.
+
+use std::path::{Path, PathBuf};
+
+/// `--config`, `--check-config` and `--log-level`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Path of the TOML config file. Without it the service's default path is
+    /// read when it exists, else the built-in defaults apply.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Validate the config (file, syntax, fields, values), print the result
+    /// and exit: 0 when it is usable, 1 when it is not.
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// Log filter, e.g. `info` or `debug`; RUST_LOG overrides it.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    pub log_level: String,
+}
+
+impl CommonArgs {
+    /// The config path given on the command line, if any.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+}
+
+/// What `main` should do after the config was handled.
+#[derive(Debug)]
+pub enum Startup<T> {
+    /// `--check-config` was given and the config is valid: exit 0.
+    Checked,
+    /// Run the service with this config.
+    Run(T),
+}
+
+/// Load the config named by `args` (or `default_path`, or built-in
+/// defaults), and handle `--check-config` by printing one line to stdout.
+pub fn startup<T>(
+    args: &CommonArgs,
+    default_path: &Path,
+) -> Result<Startup<T>, crate::config::ConfigError>
+where
+    T: serde::de::DeserializeOwned + crate::config::Validate + Default,
+{
+    let config = crate::config::load_or_default(args.config_path(), default_path)?;
+    if args.check_config {
+        let shown = args.config_path().unwrap_or(default_path);
+        if args.config_path().is_none() && !default_path.exists() {
+            println!(
+                "config OK (built-in defaults; {} does not exist)",
+                shown.display()
+            );
+        } else {
+            println!("config OK: {}", shown.display());
+        }
+        return Ok(Startup::Checked);
+    }
+    Ok(Startup::Run(config))
+}
+
+/// Turn `main`'s result into an exit code, printing the error chain on one
+/// line prefixed by the program name (`{:#}` shows anyhow's causes).
+pub fn exit_code<E: std::fmt::Display>(
+    program: &str,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The little that every SMARTER service truly shares.
+//!
+//! * [`config`]: TOML loading with errors that name the file, line and field,
+//!   plus validation hooks so `--check-config` catches bad values early.
+//! * [`logging`]: one `tracing` set-up, key=value lines on stderr.
+//! * [`signals`]: SIGTERM/SIGINT mean stop, SIGHUP means reload, delivered as
+//!   events on a channel (signal-hook), never handled in a signal context.
+//! * [`capabilities`]: drop every Linux capability a service does not need.
+//! * [`records`]: the versioned per-attachment record that `smarter-cni`
+//!   writes and `smarter-dns` reads.
+//! * [`cli`]: the flags every binary shares (`--config`, `--check-config`,
+//!   `--log-level`).
+//!
+//! Nothing else belongs here: a module moves in only when a second service
+//! needs it.
+
+pub mod capabilities;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod records;
+pub mod signals;

@@ -1,0 +1,3 @@
+//! smarter-debug-agent: the gateway side.
+
+pub mod config;

@@ -1,0 +1,3 @@
+//! smarter-comms: the cloud side.
+
+pub mod config;
