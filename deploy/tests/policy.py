@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""SMARTER's own policy over the Kubernetes manifests in deploy/kubernetes.
+
+What the OpenAPI schemas cannot say: the original SMARTER contract (node selectors, the edge
+toleration, system-node-critical, host network), least privilege (no privileged pod except the
+debug agent, every capability dropped except a per-service allowlist, read-only root, no
+privilege escalation, no service-account token since no service talks to the API), resource
+requests and limits on every container, our images pinned to the workspace version, hostPath
+mounts limited to what each service needs, and device rules in the original conf.yaml format.
+
+    policy.py [--self-test] [MANIFEST_DIR]
+
+--self-test breaks the manifests in memory in ways the policy must catch and fails unless every
+break is reported, so the check itself is tested.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "deploy" / "kubernetes"
+VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+IMAGE_REPO = "ghcr.io/smarter-project"
+NAMESPACE = "smarter"
+EDGE_TOLERATION = {"key": "smarter.type", "operator": "Equal", "value": "edge", "effect": "NoSchedule"}
+BOARDS = ("rpi4", "coral", "xavier")
+
+# Per SMARTER workload: the node selector it must have, the image it runs, the capabilities it
+# may add, whether it may be privileged, and the host paths it may mount.
+GATEWAY = {
+    "smarter-device-manager": {
+        "selector": ("smarter-device-manager", "enabled"),
+        "image": "smarter-device-manager",
+        "caps": set(),
+        "privileged": False,
+        "host_paths": {"/var/lib/kubelet/device-plugins", "/dev", "/sys"},
+    },
+    "smarter-cni": {
+        "selector": ("smarter.cni", "deploy"),
+        "image": "smarter-cni",
+        "caps": set(),
+        "privileged": False,
+        "host_paths": {"/opt/cni/bin", "/etc/cni/net.d", "/run/smarter"},
+    },
+    "smarter-dns": {
+        "selector": ("smarter.dns", "enabled"),
+        "image": "smarter-dns",
+        "caps": {"NET_ADMIN", "NET_BIND_SERVICE"},
+        "privileged": False,
+        "host_paths": {"/run/smarter/cni/records", "/run/k3s/containerd"},
+    },
+    "smarter-debug-agent": {
+        "selector": ("smarter.debug", "enabled"),
+        "image": "smarter-debug-agent",
+        "caps": set(),
+        # Serves shells on the host and inside pods' namespaces: it must be privileged.
+        "privileged": True,
+        "host_paths": {"/var/lib/smarter/debug-agent", "/run/k3s/containerd"},
+    },
+}
+for board in BOARDS:
+    GATEWAY[f"smarter-device-manager-{board}"] = dict(
+        GATEWAY["smarter-device-manager"], selector=("smarter-device-manager", board)
+    )
+CLOUD = {"smarter-comms": {"image": "smarter-comms", "caps": set(), "privileged": False, "host_paths": set()}}
+RBAC_KINDS = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ServiceAccount"}
+WORKLOAD_KINDS = {"DaemonSet", "Deployment", "StatefulSet", "Pod", "Job", "CronJob"}
+DEVICE_RULE_KEYS = {"devicematch", "nummaxdevices"}
+
+
+def load(manifest_dir: Path) -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted(manifest_dir.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                docs.append((str(path.relative_to(manifest_dir)), doc))
+    return docs
+
+
+def quantity(q: str | int) -> float:
+    """A Kubernetes quantity as a float (enough for comparisons)."""
+    s = str(q)
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
+    for suffix, mult in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if s.endswith(suffix):
+            return float(s[: -len(suffix)]) * mult
+    return float(s)
+
+
+def check(docs: list[tuple[str, dict]]) -> list[str]:
+    errors: list[str] = []
+
+    def err(where: str, msg: str) -> None:
+        errors.append(f"{where}: {msg}")
+
+    names_seen = set()
+    for path, doc in docs:
+        kind, meta = doc.get("kind"), doc.get("metadata", {})
+        name = meta.get("name")
+        where = f"{path} {kind}/{name}"
+        if kind in RBAC_KINDS:
+            # No SMARTER service talks to the Kubernetes API; RBAC would be dead weight.
+            err(where, "RBAC object present but no service needs the API")
+        if kind == "ConfigMap" and "conf.yaml" in doc.get("data", {}):
+            errors.extend(f"{where}: {e}" for e in check_device_rules(doc["data"]["conf.yaml"]))
+        if kind not in WORKLOAD_KINDS:
+            continue
+        example = path.startswith("examples/")
+        if not example:
+            names_seen.add(name)
+            if meta.get("namespace") != NAMESPACE:
+                err(where, f"must be in namespace {NAMESPACE}")
+        spec = doc["spec"]["template"]["spec"]
+        expect = GATEWAY.get(name) or CLOUD.get(name)
+        if expect is None and not example:
+            err(where, "unknown SMARTER workload (add it to the policy)")
+            continue
+        if spec.get("automountServiceAccountToken") is not False:
+            err(where, "automountServiceAccountToken must be false (no service uses the API)")
+        tolerations = spec.get("tolerations", [])
+        if kind == "DaemonSet" and EDGE_TOLERATION not in tolerations:
+            err(where, f"missing toleration {EDGE_TOLERATION}")
+        if name in GATEWAY:
+            key, value = GATEWAY[name]["selector"]
+            if spec.get("nodeSelector") != {key: value}:
+                err(where, f"nodeSelector must be {{{key}: {value}}}, is {spec.get('nodeSelector')}")
+            if spec.get("priorityClassName") != "system-node-critical":
+                err(where, "priorityClassName must be system-node-critical")
+            if spec.get("hostNetwork") is not True:
+                err(where, "gateway agents run with hostNetwork (they start before the pod network)")
+            if kind != "DaemonSet":
+                err(where, "gateway agents are DaemonSets")
+        if name in CLOUD:
+            terms = (
+                spec.get("affinity", {}).get("nodeAffinity", {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
+            )
+            keeps_off_edge = any(
+                e.get("key") == "smarter.type" and e.get("operator") == "NotIn" and "edge" in e.get("values", [])
+                for t in terms for e in t.get("matchExpressions", [])
+            )
+            if not keeps_off_edge or EDGE_TOLERATION in tolerations:
+                err(where, "cloud workloads must keep off edge nodes")
+        pod_sc = spec.get("securityContext", {})
+        host_paths = {v["hostPath"]["path"] for v in spec.get("volumes", []) if "hostPath" in v}
+        if expect is not None:
+            extra = host_paths - expect["host_paths"]
+            if extra:
+                err(where, f"hostPath not allowed for this service: {sorted(extra)}")
+        elif host_paths:
+            err(where, f"example apps get devices from smarter-device-manager, not hostPath: {sorted(host_paths)}")
+        if spec.get("hostPID") and not (expect and expect["privileged"]):
+            err(where, "hostPID only for the privileged debug agent")
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            cwhere = f"{where} container {c['name']}"
+            errors.extend(f"{cwhere}: {e}" for e in check_resources(c.get("resources", {})))
+            sc = c.get("securityContext", {})
+            privileged = bool(sc.get("privileged"))
+            if sc.get("readOnlyRootFilesystem") is not True:
+                err(cwhere, "readOnlyRootFilesystem must be true")
+            may_be_privileged = bool(expect and expect["privileged"])
+            if privileged and not may_be_privileged:
+                err(cwhere, "privileged is not allowed for this service")
+            if not privileged:
+                if sc.get("allowPrivilegeEscalation") is not False:
+                    err(cwhere, "allowPrivilegeEscalation must be false")
+                caps = sc.get("capabilities", {})
+                if caps.get("drop") != ["ALL"]:
+                    err(cwhere, "capabilities.drop must be [ALL]")
+                allowed = expect["caps"] if expect else set()
+                added = set(caps.get("add", []))
+                if added - allowed:
+                    err(cwhere, f"capabilities not allowed: {sorted(added - allowed)}")
+            image = c.get("image", "")
+            if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+                err(cwhere, f"image {image!r} must have a pinned tag")
+            if expect is not None:
+                want = f"{IMAGE_REPO}/{expect['image']}:{VERSION}"
+                if image != want:
+                    err(cwhere, f"image must be {want} (what deploy/images/build.py produces), is {image}")
+                if c.get("imagePullPolicy") != "IfNotPresent":
+                    err(cwhere, "imagePullPolicy must be IfNotPresent (air-gapped gateways import images)")
+            run_as = sc.get("runAsUser", pod_sc.get("runAsUser"))
+            if run_as is None:
+                err(cwhere, "runAsUser must be explicit")
+            elif name in CLOUD and run_as == 0:
+                err(cwhere, "cloud services run as non-root")
+            elif example and run_as == 0:
+                err(cwhere, "example apps run as non-root")
+
+    for required in list(GATEWAY) + list(CLOUD):
+        if required not in names_seen:
+            errors.append(f"missing workload {required}")
+    errors.extend(check_board_variants(docs))
+    return errors
+
+
+def check_resources(res: dict) -> list[str]:
+    errors = []
+    for kind in ("cpu", "memory"):
+        req = res.get("requests", {}).get(kind)
+        lim = res.get("limits", {}).get(kind)
+        if req is None or lim is None:
+            errors.append(f"{kind} request and limit must both be set")
+        elif quantity(req) > quantity(lim):
+            errors.append(f"{kind} request {req} exceeds limit {lim}")
+    return errors
+
+
+def check_device_rules(text: str) -> list[str]:
+    """The original conf.yaml: a list of {devicematch: regexp, nummaxdevices: uint > 0}."""
+    try:
+        rules = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        return [f"conf.yaml is not YAML: {e}"]
+    if not isinstance(rules, list) or not rules:
+        return ["conf.yaml must be a non-empty list"]
+    errors = []
+    seen = set()
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, dict) or set(rule) != DEVICE_RULE_KEYS:
+            errors.append(f"conf.yaml rule {i}: must have exactly {sorted(DEVICE_RULE_KEYS)}")
+            continue
+        match, users = rule["devicematch"], rule["nummaxdevices"]
+        if not isinstance(users, int) or isinstance(users, bool) or users < 1:
+            errors.append(f"conf.yaml rule {i} ({match}): nummaxdevices must be a positive integer")
+        if not isinstance(match, str):
+            errors.append(f"conf.yaml rule {i}: devicematch must be a string")
+            continue
+        try:
+            re.compile(match)
+        except re.error as e:
+            errors.append(f"conf.yaml rule {i}: devicematch {match!r} is not a regexp: {e}")
+        if match in seen:
+            errors.append(f"conf.yaml rule {i}: duplicate devicematch {match!r}")
+        seen.add(match)
+    return errors
+
+
+def check_board_variants(docs: list[tuple[str, dict]]) -> list[str]:
+    """Board DaemonSets must equal the generic one apart from name, selector and ConfigMap."""
+    ds = {d["metadata"]["name"]: d for _, d in docs if d.get("kind") == "DaemonSet"}
+    base = ds.get("smarter-device-manager")
+    errors = []
+    if base is None:
+        return errors
+    for board in BOARDS:
+        name = f"smarter-device-manager-{board}"
+        if name not in ds:
+            errors.append(f"missing board DaemonSet {name}")
+            continue
+        text = yaml.safe_dump(ds[name], sort_keys=True)
+        normalised = text.replace(name, "smarter-device-manager").replace(
+            f"smarter-device-manager: {board}", "smarter-device-manager: enabled"
+        )
+        if yaml.safe_load(normalised) != base:
+            errors.append(f"{name} differs from smarter-device-manager beyond name, selector and ConfigMap")
+    return errors
+
+
+# -------------------------------------------------------------------------------------------
+# Self-test: each mutation must produce at least one error.
+
+
+def _workload(docs, name):
+    return next(d for _, d in docs if d.get("kind") in WORKLOAD_KINDS and d["metadata"]["name"] == name)
+
+
+def _container(docs, name):
+    return _workload(docs, name)["spec"]["template"]["spec"]["containers"][0]
+
+
+MUTATIONS = {
+    "dns privileged": lambda d: _container(d, "smarter-dns")["securityContext"].update(privileged=True),
+    "device-manager adds a capability": lambda d: _container(d, "smarter-device-manager")["securityContext"][
+        "capabilities"].update(add=["SYS_ADMIN"]),
+    "cni without memory limit": lambda d: _container(d, "smarter-cni")["resources"]["limits"].pop("memory"),
+    "dns without edge toleration": lambda d: _workload(d, "smarter-dns")["spec"]["template"]["spec"].update(
+        tolerations=[]),
+    "device-manager wrong selector": lambda d: _workload(d, "smarter-device-manager")["spec"]["template"][
+        "spec"].update(nodeSelector={"smarter.device-manager": "enabled"}),
+    "cni not node-critical": lambda d: _workload(d, "smarter-cni")["spec"]["template"]["spec"].pop(
+        "priorityClassName"),
+    "comms as root": lambda d: _workload(d, "smarter-comms")["spec"]["template"]["spec"][
+        "securityContext"].update(runAsUser=0),
+    "dns writable root": lambda d: _container(d, "smarter-dns")["securityContext"].update(
+        readOnlyRootFilesystem=False),
+    "image tag latest": lambda d: _container(d, "smarter-dns").update(
+        image=f"{IMAGE_REPO}/smarter-dns:latest"),
+    "extra hostPath": lambda d: _workload(d, "smarter-dns")["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "root", "hostPath": {"path": "/"}}),
+    "RBAC without need": lambda d: d.append(("x.yaml", {"kind": "ClusterRole", "metadata": {"name": "x"}})),
+    "bad device rule": lambda d: next(doc for _, doc in d if doc.get("kind") == "ConfigMap"
+                                      and doc["metadata"]["name"] == "smarter-device-manager-rpi4")[
+        "data"].update({"conf.yaml": "- devicematch: '^video[0-9*$'\n  nummaxdevices: 0\n"}),
+    "board variant drifts": lambda d: _container(d, "smarter-device-manager-coral")["resources"][
+        "limits"].update(memory="64Mi"),
+    "missing workload": lambda d: d.remove(next(x for x in d if x[1].get("kind") == "DaemonSet"
+                                                and x[1]["metadata"]["name"] == "smarter-debug-agent")),
+}
+
+
+def self_test(docs) -> int:
+    failed = 0
+    for what, mutate in MUTATIONS.items():
+        broken = copy.deepcopy(docs)
+        mutate(broken)
+        found = check(broken)
+        print(f"{'ok' if found else 'MISSED'}: {what}" + (f" -> {found[0]}" if found else ""))
+        failed += not found
+    print(f"{len(MUTATIONS) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    docs = load(Path(args[0]) if args else MANIFESTS)
+    errors = check(docs)
+    for e in errors:
+        print(f"POLICY: {e}")
+    if errors:
+        print(f"policy: {len(errors)} violation(s)")
+        return 1
+    print(f"policy: {len(docs)} objects pass")
+    if "--self-test" in sys.argv:
+        return self_test(docs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
