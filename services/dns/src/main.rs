@@ -1,11 +1,13 @@
 //! `smarter-dns`: parse flags, load config, run.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use smarter_common::cli::{CommonArgs, Startup};
+use smarter_common::signals::Event;
 use smarter_dns::config::{Config, DEFAULT_CONFIG_PATH};
 
 /// Local DNS server so apps on one gateway find each other by name.
@@ -14,6 +16,15 @@ use smarter_dns::config::{Config, DEFAULT_CONFIG_PATH};
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the names (and PTR records) the records directory makes us
+    /// serve, then exit.
+    Records,
 }
 
 fn main() -> ExitCode {
@@ -22,14 +33,84 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    smarter_common::logging::init(&cli.common.log_level)?;
+    // hickory logs every request at info; keep that for debug sessions.
+    let mut level = cli.common.log_level.clone();
+    if !level.contains("hickory") {
+        level.push_str(",hickory_server=warn");
+    }
+    smarter_common::logging::init(&level)?;
     let config: Config =
         match smarter_common::cli::startup(&cli.common, Path::new(DEFAULT_CONFIG_PATH))? {
             Startup::Checked => return Ok(()),
             Startup::Run(c) => c,
         };
+    if let Some(Command::Records) = cli.command {
+        let stdout = std::io::stdout();
+        smarter_dns::service::print_records(&config, &mut stdout.lock())
+            .context("printing records")?;
+        return Ok(());
+    }
+    let kept = smarter_common::capabilities::retain_only(&[
+        caps::Capability::CAP_NET_ADMIN,
+        caps::Capability::CAP_NET_BIND_SERVICE,
+    ])
+    .context("dropping capabilities")?;
+    if !kept.missing.is_empty() {
+        tracing::warn!(missing = ?kept.missing, "running without some capabilities");
+    }
+    if !config.dummy_interface.is_empty() {
+        let addrs: Vec<_> = config
+            .listen
+            .iter()
+            .copied()
+            .filter(smarter_dns::link::belongs_on_dummy)
+            .collect();
+        if !addrs.is_empty() {
+            smarter_dns::link::ensure_dummy(&config.dummy_interface, &addrs)
+                .context("setting up the cluster DNS address")?;
+            tracing::info!(interface = %config.dummy_interface, ?addrs, "dummy interface ready");
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut sockets = Vec::new();
+    for ip in &config.listen {
+        sockets.push(smarter_dns::service::bind(SocketAddr::new(
+            *ip,
+            config.port,
+        ))?);
+    }
+    let metrics = match config.metrics_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding metrics address {a}"))?,
+        ),
+        None => None,
+    };
     let mut signals = smarter_common::signals::listen().context("installing signal handlers")?;
-    tracing::info!(records_dir = ?config.records_dir, "started");
-    let _ = signals.blocking_recv();
+    let running = smarter_dns::service::start(&config, sockets, metrics)?;
+    tracing::info!(
+        dns = ?running.dns_addrs,
+        metrics = ?running.metrics_addr,
+        records_dir = %config.records_dir.display(),
+        "serving"
+    );
+    let stop = async move {
+        while let Some(ev) = signals.recv().await {
+            match ev {
+                Event::Stop => break,
+                Event::Reload => tracing::info!("SIGHUP: nothing to reload, watches are live"),
+            }
+        }
+    };
+    running.run_until(stop).await?;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -1,0 +1,315 @@
+//! Event sources that keep the local names and upstreams current: inotify
+//! on the records directory (a record is served as soon as smarter-cni
+//! renames it into place and forgotten as soon as it is removed) and on the
+//! host's resolv.conf (upstreams are re-read when it changes). No polling.
+
+use std::ffi::OsStr;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{FutureExt, StreamExt};
+use hickory_proto::rr::Name;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use smarter_common::records;
+
+use crate::forward::{Forwarder, read_resolv_conf};
+use crate::metrics::Metrics;
+use crate::server::ZoneHandle;
+use crate::zone::Store;
+
+/// Watching failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// An inotify or directory operation failed.
+    #[error("{path}: cannot {op}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// What we were doing.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The store of local names and the zone built from it, updated together.
+#[derive(Debug, Clone)]
+pub struct LocalNames {
+    store: Arc<Mutex<Store>>,
+    zone: ZoneHandle,
+    domain: Name,
+    ttl: u32,
+    metrics: Arc<Metrics>,
+}
+
+impl LocalNames {
+    /// An empty set of local names under `domain`.
+    pub fn new(domain: Name, ttl: u32, metrics: Arc<Metrics>) -> Self {
+        let store = Store::default();
+        let zone = ZoneHandle::new(store.zone(&domain, ttl));
+        Self {
+            store: Arc::new(Mutex::new(store)),
+            zone,
+            domain,
+            ttl,
+            metrics,
+        }
+    }
+
+    /// The zone handle the server reads.
+    pub fn zone(&self) -> ZoneHandle {
+        self.zone.clone()
+    }
+
+    /// Change the store and publish the rebuilt zone.
+    pub fn update(&self, f: impl FnOnce(&mut Store)) {
+        let Ok(mut store) = self.store.lock() else {
+            return;
+        };
+        f(&mut store);
+        let zone = store.zone(&self.domain, self.ttl);
+        self.metrics
+            .records
+            .set(u64::try_from(store.record_count()).unwrap_or(u64::MAX));
+        self.metrics
+            .names
+            .set(u64::try_from(zone.name_count()).unwrap_or(u64::MAX));
+        self.zone.set(zone);
+    }
+}
+
+/// Every readable record in `dir`, keyed by file name; bad files are logged
+/// and skipped.
+pub fn load_records(dir: &Path) -> Vec<(String, records::Record)> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot list records");
+            return out;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !records::is_record_file(&name) {
+            continue;
+        }
+        match records::read(&entry.path()) {
+            Ok(r) => out.push((name.to_string_lossy().into_owned(), r)),
+            Err(error) => tracing::warn!(%error, "skipping record"),
+        }
+    }
+    out
+}
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// The records directory (created if missing).
+    pub records_dir: PathBuf,
+    /// The host's resolv.conf, if upstreams come from it.
+    pub resolv_conf: Option<PathBuf>,
+    /// Port of upstream resolvers.
+    pub upstream_port: u16,
+    /// Our own addresses, never used as upstreams.
+    pub own_addresses: Vec<IpAddr>,
+}
+
+/// A started watch: the initial state is loaded, events are queued from
+/// the moment this returns.
+#[derive(Debug)]
+pub struct Watcher {
+    inotify: Inotify,
+    records_wd: WatchDescriptor,
+    resolv_wds: Vec<(WatchDescriptor, Vec<std::ffi::OsString>)>,
+    ctx: Ctx,
+}
+
+impl Watcher {
+    /// Start watching, then load the records and upstreams (in that order,
+    /// so no change between the two is lost).
+    pub fn start(
+        config: WatchConfig,
+        names: LocalNames,
+        forwarder: Arc<Forwarder>,
+    ) -> Result<Self, WatchError> {
+        let dir = &config.records_dir;
+        let err = |path: &Path, op| {
+            let path = path.to_path_buf();
+            move |source| WatchError::Io { path, op, source }
+        };
+        std::fs::create_dir_all(dir).map_err(err(dir, "create directory"))?;
+        let inotify = Inotify::init().map_err(err(dir, "initialise inotify"))?;
+        let records_wd = inotify
+            .watches()
+            .add(
+                dir,
+                WatchMask::MOVED_TO
+                    | WatchMask::CLOSE_WRITE
+                    | WatchMask::DELETE
+                    | WatchMask::MOVED_FROM,
+            )
+            .map_err(err(dir, "watch"))?;
+        let mut resolv_wds: Vec<(WatchDescriptor, Vec<std::ffi::OsString>)> = Vec::new();
+        if let Some(rc) = &config.resolv_conf {
+            // Watch the directory (resolv.conf is usually replaced, not
+            // rewritten) of the file and, for a symlink, of its target.
+            let mut paths = vec![rc.clone()];
+            if let Ok(target) = std::fs::canonicalize(rc)
+                && target != *rc
+            {
+                paths.push(target);
+            }
+            for p in paths {
+                let (Some(parent), Some(file)) = (p.parent(), p.file_name()) else {
+                    continue;
+                };
+                let mask = WatchMask::MOVED_TO
+                    | WatchMask::CLOSE_WRITE
+                    | WatchMask::CREATE
+                    | WatchMask::DELETE;
+                match inotify.watches().add(parent, mask) {
+                    Ok(wd) => match resolv_wds.iter_mut().find(|(w, _)| *w == wd) {
+                        Some((_, files)) => files.push(file.to_os_string()),
+                        None => resolv_wds.push((wd, vec![file.to_os_string()])),
+                    },
+                    Err(error) => {
+                        tracing::warn!(path = %parent.display(), %error, "cannot watch resolv.conf directory");
+                    }
+                }
+            }
+        }
+        let ctx = Ctx {
+            config,
+            names,
+            forwarder,
+        };
+        ctx.rescan_records();
+        ctx.reload_upstreams();
+        Ok(Self {
+            inotify,
+            records_wd,
+            resolv_wds,
+            ctx,
+        })
+    }
+
+    /// Process events until the inotify stream ends.
+    pub async fn run(self) -> Result<(), WatchError> {
+        let Self {
+            inotify,
+            records_wd,
+            resolv_wds,
+            ctx: me,
+        } = self;
+        let config = &me.config;
+        let mut stream = inotify
+            .into_event_stream(vec![0u8; 16 * 1024])
+            .map_err(|source| WatchError::Io {
+                path: config.records_dir.clone(),
+                op: "read inotify events",
+                source,
+            })?;
+        while let Some(first) = stream.next().await {
+            let mut batch = vec![first];
+            while let Some(Some(more)) = stream.next().now_or_never() {
+                batch.push(more);
+            }
+            let mut rescan = false;
+            let mut resolv = false;
+            let mut changes: Vec<(EventMask, std::ffi::OsString)> = Vec::new();
+            for ev in batch {
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(error) => {
+                        tracing::warn!(%error, "inotify read failed; rescanning");
+                        rescan = true;
+                        continue;
+                    }
+                };
+                if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                    rescan = true;
+                    resolv = true;
+                } else if ev.wd == records_wd {
+                    if ev.mask.contains(EventMask::IGNORED) {
+                        tracing::warn!(dir = %config.records_dir.display(), "records directory went away");
+                    } else if let Some(name) = ev.name {
+                        changes.push((ev.mask, name));
+                    }
+                } else if let Some((_, files)) = resolv_wds.iter().find(|(w, _)| *w == ev.wd)
+                    && ev.name.as_ref().is_some_and(|n| files.contains(n))
+                {
+                    resolv = true;
+                }
+            }
+            if rescan {
+                me.rescan_records();
+            } else if !changes.is_empty() {
+                me.names.update(|store| {
+                    for (mask, name) in &changes {
+                        me.record_event(store, *mask, name);
+                    }
+                });
+            }
+            if resolv {
+                me.reload_upstreams();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Ctx {
+    config: WatchConfig,
+    names: LocalNames,
+    forwarder: Arc<Forwarder>,
+}
+
+impl Ctx {
+    fn rescan_records(&self) {
+        let all = load_records(&self.config.records_dir);
+        tracing::info!(records = all.len(), dir = %self.config.records_dir.display(), "loaded records");
+        self.names.update(|s| s.replace_records(all));
+    }
+
+    fn reload_upstreams(&self) {
+        if let Some(rc) = &self.config.resolv_conf {
+            self.forwarder.set_upstreams(read_resolv_conf(
+                rc,
+                self.config.upstream_port,
+                &self.config.own_addresses,
+            ));
+        }
+    }
+
+    fn record_event(&self, store: &mut Store, mask: EventMask, name: &OsStr) -> bool {
+        if !records::is_record_file(name) {
+            return false;
+        }
+        let key = name.to_string_lossy().into_owned();
+        if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+            tracing::debug!(record = %key, "record removed");
+            return store.remove_record(&key);
+        }
+        let path = self.config.records_dir.join(name);
+        match records::read(&path) {
+            Ok(r) => {
+                tracing::debug!(record = %key, "record added");
+                store.upsert_record(key, r);
+                true
+            }
+            // Gone again before we read it: the DELETE event follows.
+            Err(records::RecordError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "skipping record");
+                store.remove_record(&key)
+            }
+        }
+    }
+}
