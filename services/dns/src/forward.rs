@@ -42,9 +42,9 @@ pub enum ForwardError {
 }
 
 /// Parse the `nameserver` lines of a resolv.conf. Addresses in `exclude`
-/// (our own listen addresses: forwarding to ourselves would loop) and
+/// (our own listening sockets: forwarding to ourselves would loop) and
 /// unparsable entries are skipped.
-pub fn parse_resolv_conf(text: &str, port: u16, exclude: &[IpAddr]) -> Vec<SocketAddr> {
+pub fn parse_resolv_conf(text: &str, port: u16, exclude: &[SocketAddr]) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -56,10 +56,10 @@ pub fn parse_resolv_conf(text: &str, port: u16, exclude: &[IpAddr]) -> Vec<Socke
         let Ok(ip) = addr.split('%').next().unwrap_or(addr).parse::<IpAddr>() else {
             continue;
         };
-        if exclude.contains(&ip) || ip.is_unspecified() {
+        let sa = SocketAddr::new(ip, port);
+        if exclude.contains(&sa) || ip.is_unspecified() {
             continue;
         }
-        let sa = SocketAddr::new(ip, port);
         if !out.contains(&sa) {
             out.push(sa);
         }
@@ -68,7 +68,7 @@ pub fn parse_resolv_conf(text: &str, port: u16, exclude: &[IpAddr]) -> Vec<Socke
 }
 
 /// Read a resolv.conf file; a missing or unreadable file gives no upstreams.
-pub fn read_resolv_conf(path: &Path, port: u16, exclude: &[IpAddr]) -> Vec<SocketAddr> {
+pub fn read_resolv_conf(path: &Path, port: u16, exclude: &[SocketAddr]) -> Vec<SocketAddr> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse_resolv_conf(&text, port, exclude),
         Err(error) => {
@@ -413,9 +413,9 @@ mod tests {
     fn resolv_conf_parsing() {
         let text = "# comment\nsearch lan\nnameserver 10.0.0.1\nnameserver  fe80::1%eth0\n\
                     nameserver 169.254.0.2\nnameserver bogus\nnameserver 10.0.0.1\noptions ndots:5\n";
-        let own: IpAddr = "169.254.0.2"
+        let own: SocketAddr = "169.254.0.2:53"
             .parse()
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let got = parse_resolv_conf(text, 53, &[own]);
         let want: Vec<SocketAddr> = ["10.0.0.1:53", "[fe80::1]:53"]
             .iter()

@@ -1,6 +1,6 @@
 //! Wiring: sockets, the watchers, the server and the metrics endpoint.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,13 +174,12 @@ pub fn start(
         .iter()
         .filter_map(|(u, _)| u.local_addr().ok())
         .collect();
-    let own: Vec<IpAddr> = config.listen.clone();
     let watcher = Watcher::start(
         WatchConfig {
             records_dir: config.records_dir.clone(),
             resolv_conf: Some(config.resolv_conf.clone()),
             upstream_port: config.upstream_port,
-            own_addresses: own,
+            own_addresses: dns_addrs.clone(),
         },
         names.clone(),
         Arc::clone(&forwarder),

@@ -4,7 +4,7 @@
 //! host's resolv.conf (upstreams are re-read when it changes). No polling.
 
 use std::ffi::OsStr;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -112,8 +112,8 @@ pub struct WatchConfig {
     pub resolv_conf: Option<PathBuf>,
     /// Port of upstream resolvers.
     pub upstream_port: u16,
-    /// Our own addresses, never used as upstreams.
-    pub own_addresses: Vec<IpAddr>,
+    /// Our own listening sockets, never used as upstreams.
+    pub own_addresses: Vec<SocketAddr>,
 }
 
 /// A started watch: the initial state is loaded, events are queued from

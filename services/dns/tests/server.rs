@@ -1,0 +1,341 @@
+//! The service in-process on 127.0.0.1:0: local names appear and disappear
+//! within 50 ms of their record, forwarding to dnsmasq with failover and
+//! resolv.conf reloads, zone transfers refused, malformed packets survived.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use smarter_dns::config::Config;
+use smarter_dns::service::{Running, bind, start};
+
+const LIMIT: Duration = Duration::from_millis(50);
+
+fn config(dir: &Path) -> Config {
+    Config {
+        records_dir: dir.join("records"),
+        resolv_conf: dir.join("resolv.conf"),
+        listen: vec![
+            "127.0.0.1"
+                .parse()
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        ],
+        port: 0,
+        dummy_interface: String::new(),
+        upstream_timeout_ms: 300,
+        ..Config::default()
+    }
+}
+
+fn start_on(config: &Config) -> Result<(Running, SocketAddr), Box<dyn std::error::Error>> {
+    let sockets = vec![bind(SocketAddr::new(config.listen[0], 0))?];
+    let running = start(config, sockets, None)?;
+    let addr = running.dns_addrs[0];
+    Ok((running, addr))
+}
+
+async fn a(server: SocketAddr, name: &str) -> Vec<std::net::IpAddr> {
+    match udp_query(server, name, RecordType::A, Duration::from_millis(200)).await {
+        Ok(Some(m)) => addrs(&m),
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_resolvable_within_50ms_and_gone_within_50ms() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let (_running, server) = start_on(&cfg)?;
+    let ip: std::net::IpAddr = "172.39.0.5".parse()?;
+    let names = [
+        "camera.",
+        "camera.iot.svc.cluster.local.",
+        "camera.svc.cluster.local.",
+        "camera.cluster.local.",
+    ];
+    for round in 0..3 {
+        write_record(
+            &cfg.records_dir,
+            &record("c1", "camera", "iot", &["172.39.0.5", "fd00::5"]),
+        )?;
+        let took = wait_until(LIMIT, || async {
+            a(server, names[round % 4]).await == vec![ip]
+        })
+        .await;
+        assert!(took.is_some(), "round {round}: not resolvable within 50 ms");
+        for n in names {
+            assert_eq!(a(server, n).await, vec![ip], "{n}");
+        }
+        let m = tcp_query(server, "camera.", RecordType::AAAA).await?;
+        assert_eq!(addrs(&m), vec!["fd00::5".parse::<std::net::IpAddr>()?]);
+        assert!(m.metadata.authoritative);
+        let m = udp_query(
+            server,
+            "5.0.39.172.in-addr.arpa.",
+            RecordType::PTR,
+            LIMIT * 4,
+        )
+        .await?;
+        assert_eq!(
+            m.map(|m| m
+                .answers
+                .iter()
+                .map(|r| r.data.to_string())
+                .collect::<Vec<_>>()),
+            Some(vec!["camera.iot.svc.cluster.local.".to_string()])
+        );
+        smarter_common::records::remove(&cfg.records_dir, "c1", "eth0")?;
+        let gone = wait_until(LIMIT, || async {
+            rcode(
+                &udp_query(
+                    server,
+                    "camera.iot.svc.cluster.local.",
+                    RecordType::A,
+                    LIMIT,
+                )
+                .await
+                .unwrap_or(None),
+            ) == Some(ResponseCode::NXDomain)
+        })
+        .await;
+        assert!(
+            gone.is_some(),
+            "round {round}: still resolvable 50 ms after removal"
+        );
+    }
+    // Two pods, one name: two addresses.
+    write_record(
+        &cfg.records_dir,
+        &record("w1", "web", "default", &["172.39.0.6"]),
+    )?;
+    write_record(
+        &cfg.records_dir,
+        &record("w2", "web", "default", &["172.39.0.7"]),
+    )?;
+    let both = wait_until(LIMIT, || async {
+        a(server, "web.default.svc.cluster.local.").await.len() == 2
+    })
+    .await;
+    assert!(both.is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_transfers_refused_and_garbage_survived() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    write_record(
+        &cfg.records_dir,
+        &record("c1", "camera", "iot", &["172.39.0.5"]),
+    )?;
+    let (_running, server) = start_on(&cfg)?;
+    let m = tcp_query(server, "cluster.local.", RecordType::AXFR).await?;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    let m = tcp_query(server, "cluster.local.", RecordType::IXFR).await?;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+
+    // Malformed and truncated packets over UDP and TCP.
+    let (_, good) = query_bytes("camera.", RecordType::A)?;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..2000usize {
+        let mut p: Vec<u8> = match i % 4 {
+            0 => good[..i % good.len()].to_vec(),
+            1 => (0..(next() % 600) as usize).map(|_| next() as u8).collect(),
+            2 => {
+                let mut g = good.clone();
+                let k = (next() as usize) % g.len();
+                g[k] ^= next() as u8 | 1;
+                g
+            }
+            _ => {
+                // A "response" and a header claiming huge counts.
+                let mut g = good.clone();
+                g[2] |= 0x80;
+                g[5] = 0xff;
+                g
+            }
+        };
+        if p.is_empty() {
+            p.push(0);
+        }
+        sock.send_to(&p, server).await?;
+    }
+    // A truncated TCP message, then a closed connection.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(server).await?;
+        s.write_all(&[0, 40, 1, 2, 3]).await?;
+    }
+    // Still answering correctly.
+    let ok = wait_until(Duration::from_secs(2), || async {
+        a(server, "camera.").await
+            == vec![
+                "172.39.0.5"
+                    .parse::<std::net::IpAddr>()
+                    .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+            ]
+    })
+    .await;
+    assert!(ok.is_some(), "server stopped answering after garbage");
+    let m = tcp_query(server, "camera.", RecordType::A).await?;
+    assert_eq!(addrs(&m).len(), 1);
+    // A header with an unparsable body gets FORMERR.
+    let mut bad = good.clone();
+    bad.truncate(14);
+    sock.send_to(&bad, server).await?;
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await??;
+    let mut got = None;
+    // Earlier garbage may have produced replies; read until ours.
+    let want_id = u16::from_be_bytes([bad[0], bad[1]]);
+    let mut n = n;
+    for _ in 0..3000 {
+        if let Ok(m) = hickory_proto::op::Message::from_vec(&buf[..n])
+            && m.metadata.id == want_id
+            && m.metadata.response_code == ResponseCode::FormErr
+        {
+            got = Some(m);
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await {
+            Ok(Ok((k, _))) => n = k,
+            _ => break,
+        }
+    }
+    assert!(got.is_some(), "no FORMERR for a truncated question");
+    Ok(())
+}
+
+/// A free UDP port on 127.0.0.x, for upstreams.
+fn free_port() -> Result<u16, std::io::Error> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_caches_and_fails_over_to_dnsmasq() -> TestResult {
+    if !have("dnsmasq") {
+        eprintln!("SKIP: dnsmasq not installed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let up1: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let up2: SocketAddr = format!("127.0.0.2:{port}").parse()?;
+    let mut first = Some(dnsmasq(up1, "fwd.test", "10.0.0.1", None)?);
+    let _second = dnsmasq(up2, "fwd.test", "10.0.0.2", None)?;
+    for up in [up1, up2] {
+        let ready = wait_until(Duration::from_secs(5), || async {
+            udp_query(up, "x.fwd.test.", RecordType::A, Duration::from_millis(50))
+                .await
+                .is_ok_and(|m| m.is_some())
+        })
+        .await;
+        assert!(ready.is_some(), "dnsmasq {up} did not start");
+    }
+    std::fs::write(
+        dir.path().join("resolv.conf"),
+        "nameserver 127.0.0.1\nnameserver 127.0.0.2\n",
+    )?;
+    let mut cfg = config(dir.path());
+    cfg.upstream_port = port;
+    cfg.metrics_listen = None;
+    let (_running, server) = start_on(&cfg)?;
+
+    let one = a(server, "a.fwd.test.").await;
+    assert_eq!(one, vec!["10.0.0.1".parse::<std::net::IpAddr>()?]);
+    let tcp = tcp_query(server, "b.fwd.test.", RecordType::A).await?;
+    assert_eq!(addrs(&tcp), vec!["10.0.0.1".parse::<std::net::IpAddr>()?]);
+    assert!(!tcp.metadata.authoritative);
+
+    // Upstream 1 stops: answers now come from upstream 2; cached names
+    // still answer as before.
+    drop(first.take());
+    assert_eq!(
+        a(server, "c.fwd.test.").await,
+        vec!["10.0.0.2".parse::<std::net::IpAddr>()?]
+    );
+    assert_eq!(
+        a(server, "a.fwd.test.").await,
+        vec!["10.0.0.1".parse::<std::net::IpAddr>()?]
+    );
+
+    // Local names keep working with every upstream gone.
+    write_record(
+        &cfg.records_dir,
+        &record("c1", "camera", "iot", &["172.39.0.5"]),
+    )?;
+    drop(_second);
+    let local = wait_until(LIMIT, || async { a(server, "camera.").await.len() == 1 }).await;
+    assert!(local.is_some());
+    let m = udp_query(server, "d.fwd.test.", RecordType::A, Duration::from_secs(3)).await?;
+    assert_eq!(rcode(&m), Some(ResponseCode::ServFail));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolv_conf_change_switches_upstream() -> TestResult {
+    if !have("dnsmasq") {
+        eprintln!("SKIP: dnsmasq not installed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let up1: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let up3: SocketAddr = format!("127.0.0.3:{port}").parse()?;
+    let _g1 = dnsmasq(up1, "rc.test", "10.0.1.1", None)?;
+    let _g3 = dnsmasq(up3, "rc.test", "10.0.1.3", None)?;
+    for up in [up1, up3] {
+        let ready = wait_until(Duration::from_secs(5), || async {
+            udp_query(up, "x.rc.test.", RecordType::A, Duration::from_millis(50))
+                .await
+                .is_ok_and(|m| m.is_some())
+        })
+        .await;
+        assert!(ready.is_some(), "dnsmasq {up} did not start");
+    }
+    let rc = dir.path().join("resolv.conf");
+    std::fs::write(&rc, "nameserver 127.0.0.1\n")?;
+    let mut cfg = config(dir.path());
+    cfg.upstream_port = port;
+    let (_running, server) = start_on(&cfg)?;
+    assert_eq!(
+        a(server, "a.rc.test.").await,
+        vec!["10.0.1.1".parse::<std::net::IpAddr>()?]
+    );
+    // Replace resolv.conf the way resolvconf does: write a temp file, rename.
+    let tmp = dir.path().join("resolv.conf.new");
+    std::fs::write(&tmp, "nameserver 127.0.0.3\n")?;
+    std::fs::rename(&tmp, &rc)?;
+    let mut n = 0u32;
+    let switched = wait_until(Duration::from_secs(2), || {
+        n += 1;
+        let name = format!("n{n}.rc.test.");
+        async move {
+            a(server, &name).await
+                == vec![
+                    "10.0.1.3"
+                        .parse::<std::net::IpAddr>()
+                        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+                ]
+        }
+    })
+    .await;
+    assert!(
+        switched.is_some(),
+        "upstream not switched after resolv.conf changed"
+    );
+    Ok(())
+}
