@@ -28,7 +28,14 @@ pub enum LinkError {
     /// The interface name is not usable.
     #[error("bad interface name {0:?}")]
     BadName(String),
+    /// The kernel has no `dummy` link type (CONFIG_DUMMY off, module not
+    /// loadable, as in some containers).
+    #[error("the kernel does not support dummy interfaces")]
+    NoDummySupport,
 }
+
+/// The loopback interface, used when the kernel has no dummy support.
+pub const LOOPBACK: &str = "lo";
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -210,24 +217,30 @@ fn if_index(name: &str) -> Result<i32, LinkError> {
     i32::try_from(idx).map_err(|_| LinkError::BadName(name.to_string()))
 }
 
-/// Create the dummy interface `name` (if missing), put `addrs` on it and
-/// bring it up. Returns the interface index.
+/// Create the dummy interface `name` (if missing; `lo` is used as it is),
+/// put `addrs` on it and bring it up. Returns the interface index.
+/// [`LinkError::NoDummySupport`] tells the caller to fall back to `lo`.
 pub fn ensure_dummy(name: &str, addrs: &[IpAddr]) -> Result<i32, LinkError> {
     if name.is_empty() || name.len() > 15 || name.contains('\0') {
         return Err(LinkError::BadName(name.to_string()));
     }
     let sock = Socket::open().map_err(nl_err("open socket for", name))?;
-    let flags =
-        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
-    let mut m = Msg::new(RTM_NEWLINK, flags);
-    let mut ifname = name.as_bytes().to_vec();
-    ifname.push(0);
-    m.bytes(&ifinfomsg(0, 0, 0))
-        .attr(IFLA_IFNAME, &ifname)
-        .nested(IFLA_LINKINFO, &[(IFLA_INFO_KIND, b"dummy")]);
-    sock.request(&m.finish())
-        .and_then(|r| check(r, &[libc::EEXIST]))
-        .map_err(nl_err("create dummy interface", name))?;
+    if name != LOOPBACK {
+        let flags =
+            (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+        let mut m = Msg::new(RTM_NEWLINK, flags);
+        let mut ifname = name.as_bytes().to_vec();
+        ifname.push(0);
+        m.bytes(&ifinfomsg(0, 0, 0))
+            .attr(IFLA_IFNAME, &ifname)
+            .nested(IFLA_LINKINFO, &[(IFLA_INFO_KIND, b"dummy")]);
+        match sock.request(&m.finish()) {
+            Ok(Some(e)) if e == libc::EOPNOTSUPP => return Err(LinkError::NoDummySupport),
+            r => r
+                .and_then(|r| check(r, &[libc::EEXIST]))
+                .map_err(nl_err("create dummy interface", name))?,
+        }
+    }
     let index = if_index(name)?;
     for ip in addrs {
         let flags =

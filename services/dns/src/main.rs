@@ -66,9 +66,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .filter(smarter_dns::link::belongs_on_dummy)
             .collect();
         if !addrs.is_empty() {
-            smarter_dns::link::ensure_dummy(&config.dummy_interface, &addrs)
-                .context("setting up the cluster DNS address")?;
-            tracing::info!(interface = %config.dummy_interface, ?addrs, "dummy interface ready");
+            let mut iface = config.dummy_interface.as_str();
+            match smarter_dns::link::ensure_dummy(iface, &addrs) {
+                Err(smarter_dns::link::LinkError::NoDummySupport) => {
+                    tracing::warn!(
+                        "kernel has no dummy interfaces; putting the cluster DNS address on lo"
+                    );
+                    iface = smarter_dns::link::LOOPBACK;
+                    smarter_dns::link::ensure_dummy(iface, &addrs)
+                }
+                r => r,
+            }
+            .context("setting up the cluster DNS address")?;
+            tracing::info!(interface = %iface, ?addrs, "cluster DNS address ready");
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
