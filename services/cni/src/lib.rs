@@ -1,4 +1,24 @@
 //! smarter-cni: a CNI plugin (spec 1.1.0) for a private per-gateway network,
 //! and the installer that places it and writes its network config.
+//!
+//! Design: [`spec`] is the protocol without I/O (environment, versions,
+//! results, errors); [`netconf`] parses the network config; [`ipam`] is the
+//! built-in file-backed allocator; [`delegate`] runs another IPAM plugin;
+//! [`netlink`] is a small synchronous rtnetlink client; [`native`] wires
+//! bridge, veth, addresses and routes; [`nft`] generates and applies the
+//! masquerade and isolation rules; [`plugin`] dispatches one invocation and
+//! writes the DNS record ([`smarter_common::records`]).
+//!
+//! Limitations: IPv4 only; one address per attachment.
 
 pub mod config;
+pub mod delegate;
+pub mod docker;
+pub mod install;
+pub mod ipam;
+pub mod native;
+pub mod netconf;
+pub mod netlink;
+pub mod nft;
+pub mod plugin;
+pub mod spec;

@@ -1,10 +1,11 @@
-//! `smarter-cni`: parse flags, load config, run.
+//! `smarter-cni`: a CNI plugin when run by a runtime (`CNI_COMMAND` set and
+//! no arguments), the installer with `smarter-cni install`.
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use smarter_cni::config::{Config, DEFAULT_CONFIG_PATH};
 use smarter_common::cli::{CommonArgs, Startup};
 
@@ -14,11 +15,38 @@ use smarter_common::cli::{CommonArgs, Startup};
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Copy this binary into the CNI bin directory, write the conflist and
+    /// keep it current until SIGTERM (the DaemonSet mode).
+    Install,
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os().len() == 1 && std::env::var_os("CNI_COMMAND").is_some() {
+        return plugin();
+    }
     let cli = Cli::parse();
     smarter_common::cli::exit_code("smarter-cni", run(cli))
+}
+
+fn plugin() -> ExitCode {
+    let level = std::env::var("SMARTER_CNI_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = smarter_common::logging::init(&level);
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let outcome = smarter_cni::plugin::run_process(&stdin);
+    if let Some(v) = outcome.stdout {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, &v);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
+    ExitCode::from(outcome.exit_code)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -28,8 +56,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Startup::Checked => return Ok(()),
             Startup::Run(c) => c,
         };
-    let mut signals = smarter_common::signals::listen().context("installing signal handlers")?;
-    tracing::info!(records_dir = ?config.records_dir, "started");
-    let _ = signals.blocking_recv();
-    Ok(())
+    match cli.command {
+        Some(Cmd::Install) => smarter_cni::install::run(&config, cli.common.config_path()),
+        None => {
+            // Run without CNI_COMMAND and without a subcommand: say what we are,
+            // like the reference plugins do.
+            println!(
+                "smarter-cni {}: CNI plugin, spec versions {}; run `smarter-cni install` for the installer",
+                env!("CARGO_PKG_VERSION"),
+                smarter_cni::spec::SUPPORTED_VERSIONS.join(", ")
+            );
+            Ok(())
+        }
+    }
 }

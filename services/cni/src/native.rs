@@ -1,0 +1,597 @@
+//! Native mode: a Linux bridge, one veth pair per attachment with its
+//! container end created directly inside the container's network namespace,
+//! addresses and routes over netlink, masquerade and isolation with
+//! nftables.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use crate::ipam::{Ipv4Net, Owner, Store};
+use crate::netconf::{BuiltinIpam, Ipam, NetConf};
+use crate::netlink::{Link, Netlink, NetlinkError, Route4};
+use crate::nft;
+use crate::spec::{CniError, CniResult, Env, Interface, IpConfig, Route, code};
+use crate::{delegate, ipam::IpamError};
+
+/// Name of the host end of the veth for an attachment: `veth` and eight
+/// hex digits of a hash of container id and ifname, so DEL and GC find it
+/// without state.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    // FNV-1a, 32 bits.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("veth{h:08x}")
+}
+
+/// Where the `nft` binary is (`SMARTER_CNI_NFT` overrides, for tests).
+pub fn nft_binary() -> PathBuf {
+    std::env::var_os("SMARTER_CNI_NFT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nft"))
+}
+
+fn nl_err(e: NetlinkError) -> CniError {
+    CniError::new(code::PLUGIN, "netlink request failed").with_details(e.to_string())
+}
+
+fn ipam_err(e: IpamError) -> CniError {
+    match e {
+        IpamError::Exhausted { .. } => {
+            CniError::new(code::TRY_AGAIN_LATER, "no free address").with_details(e.to_string())
+        }
+        IpamError::Io { .. } => CniError::new(code::IO, "IPAM state").with_details(e.to_string()),
+    }
+}
+
+fn open_netns(path: &Path) -> Result<File, CniError> {
+    File::open(path).map_err(|e| {
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("cannot open network namespace {}", path.display()),
+        )
+        .with_details(e.to_string())
+    })
+}
+
+/// Owner record for the built-in IPAM.
+fn owner(env: &Env) -> Owner {
+    Owner {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        namespace: env.pod_namespace().map(str::to_string),
+        pod: env.pod_name().map(str::to_string),
+    }
+}
+
+/// The address(es) an ADD got from IPAM.
+struct Lease {
+    addr: Ipv4Net,
+    gateway: Ipv4Addr,
+    subnet: Ipv4Net,
+    delegated: Option<CniResult>,
+}
+
+fn lease(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Lease, CniError> {
+    match &conf.ipam {
+        Ipam::Builtin(b) => {
+            let store = Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?;
+            let ip = store
+                .allocate(b.range_start, b.range_end, &[b.gateway], &owner(env))
+                .map_err(ipam_err)?;
+            Ok(Lease {
+                addr: Ipv4Net::new(ip, b.subnet.prefix()).unwrap_or(b.subnet),
+                gateway: b.gateway,
+                subnet: b.subnet,
+                delegated: None,
+            })
+        }
+        Ipam::Delegate(plugin) => {
+            let bin = delegate::find(plugin, &env.path)?;
+            let r = delegate::add(&bin, env, stdin)?;
+            let v4 = r
+                .ips
+                .iter()
+                .find_map(|ip| {
+                    let IpAddr::V4(a) = ip.ip()? else { return None };
+                    let prefix: u8 = ip.address.split('/').nth(1)?.parse().ok()?;
+                    let net = Ipv4Net::new(a, prefix)?;
+                    let gw = match ip.gateway {
+                        Some(IpAddr::V4(g)) => g,
+                        _ => net.network().nth(1),
+                    };
+                    Some((net, gw))
+                })
+                .ok_or_else(|| {
+                    CniError::new(
+                        code::PLUGIN,
+                        format!("IPAM plugin {plugin} returned no IPv4 address"),
+                    )
+                })?;
+            Ok(Lease {
+                addr: v4.0,
+                gateway: v4.1,
+                subnet: v4.0.network(),
+                delegated: Some(r),
+            })
+        }
+    }
+}
+
+fn release(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
+    match &conf.ipam {
+        Ipam::Builtin(b) => {
+            let store = Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?;
+            store
+                .release(&env.container_id, &env.ifname)
+                .map_err(ipam_err)?;
+            Ok(())
+        }
+        Ipam::Delegate(plugin) => {
+            let bin = delegate::find(plugin, &env.path)?;
+            delegate::exec(&bin, "DEL", env, stdin).map(|_| ())
+        }
+    }
+}
+
+/// Make sure the bridge exists, is up, and (as gateway) has the gateway
+/// address. Returns it and whether this call created it.
+fn ensure_bridge(
+    nl: &mut Netlink,
+    conf: &NetConf,
+    gateway: Option<Ipv4Net>,
+) -> Result<(Link, bool), CniError> {
+    let mut created = false;
+    let br = match nl.link_by_name(&conf.bridge).map_err(nl_err)? {
+        Some(l) => l,
+        None => {
+            match nl.add_bridge(&conf.bridge, conf.mtu) {
+                Ok(()) => created = true,
+                Err(e) if e.is_exists() => {} // a parallel ADD won the race
+                Err(e) => return Err(nl_err(e)),
+            }
+            nl.link_by_name(&conf.bridge)
+                .map_err(nl_err)?
+                .ok_or_else(|| {
+                    CniError::new(code::PLUGIN, format!("bridge {} vanished", conf.bridge))
+                })?
+        }
+    };
+    if br.kind.as_deref().is_some_and(|k| k != "bridge") {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "{} exists and is a {}, not a bridge",
+                conf.bridge,
+                br.kind.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    if !br.up {
+        nl.set_up(br.index, None, None).map_err(nl_err)?;
+    }
+    if let Some(gw) = gateway {
+        nl.add_address(br.index, gw).map_err(nl_err)?;
+    }
+    Ok((br, created))
+}
+
+fn enable_forwarding() -> Result<(), CniError> {
+    let p = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(p).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(p, "1").map_err(|e| {
+        CniError::new(code::IO, "cannot enable IPv4 forwarding").with_details(format!("{p}: {e}"))
+    })
+}
+
+/// Pods by namespace from the built-in IPAM, for the isolation rules.
+fn pods_by_namespace(store: &Store) -> Result<BTreeMap<String, Vec<Ipv4Addr>>, CniError> {
+    let mut pods: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    for (ip, owner) in store.list().map_err(ipam_err)? {
+        let ns = owner.and_then(|o| o.namespace).unwrap_or_default();
+        pods.entry(ns).or_default().push(ip);
+    }
+    Ok(pods)
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Bring the network's nftables tables in line with the config (and, with
+/// isolation, with the current pods). With masquerade only, the script is
+/// applied once per boot and config (a marker in the IPAM state directory
+/// remembers it), so most ADDs run no `nft` at all.
+fn sync_rules(conf: &NetConf, subnet: Ipv4Net, force: bool) -> Result<(), CniError> {
+    let nft_err =
+        |e: nft::NftError| CniError::new(code::PLUGIN, "nftables").with_details(e.to_string());
+    let store = match &conf.ipam {
+        Ipam::Builtin(b) => Some(Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?),
+        Ipam::Delegate(_) => None,
+    };
+    let pods = match (&store, conf.isolation.enabled) {
+        (Some(s), true) => pods_by_namespace(s)?,
+        _ => BTreeMap::new(),
+    };
+    let rules = nft::Rules {
+        network: &conf.name,
+        subnet,
+        masquerade: conf.ip_masq,
+        isolation: &conf.isolation,
+        pods,
+    };
+    let script = rules.script();
+    let marker = store.as_ref().map(|s| s.dir().join("nft-applied"));
+    let stamp = format!("{}\n{}", boot_id(), script);
+    if !force
+        && !conf.isolation.enabled
+        && marker
+            .as_ref()
+            .is_some_and(|m| std::fs::read_to_string(m).is_ok_and(|t| t == stamp))
+    {
+        return Ok(());
+    }
+    nft::apply(&nft_binary(), &script).map_err(nft_err)?;
+    allow_forwarding_in_iptables(&conf.bridge);
+    if let Some(m) = marker {
+        let _ = std::fs::write(m, stamp);
+    }
+    Ok(())
+}
+
+/// Hosts running Docker have an iptables `FORWARD` chain with policy DROP
+/// (and `br_netfilter` loaded), which would drop pod traffic no matter what
+/// our own tables accept. Insert two accepts there, the way Docker does for
+/// its own bridges: anything from the bridge, and replies to it. Best
+/// effort: without `iptables` or without that chain nothing is needed.
+fn allow_forwarding_in_iptables(bridge: &str) {
+    let rules: [&[&str]; 2] = [
+        &[
+            "-i",
+            bridge,
+            "-m",
+            "comment",
+            "--comment",
+            "smarter-cni",
+            "-j",
+            "ACCEPT",
+        ],
+        &[
+            "-o",
+            bridge,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-m",
+            "comment",
+            "--comment",
+            "smarter-cni",
+            "-j",
+            "ACCEPT",
+        ],
+    ];
+    for rule in rules {
+        let run = |op: &str| {
+            std::process::Command::new("iptables")
+                .args(["-w", op, "FORWARD"])
+                .args(rule)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+        };
+        match run("-C") {
+            Ok(true) => {}
+            Ok(false) => {
+                if !run("-I").unwrap_or(false) {
+                    tracing::debug!(bridge, "no iptables FORWARD chain to open");
+                }
+            }
+            Err(_) => return, // no iptables binary
+        }
+    }
+}
+
+/// ADD in native mode.
+pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<CniResult, CniError> {
+    let netns_path = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is not set"))?;
+    let ns = open_netns(netns_path)?;
+    let lease = lease(conf, env, stdin)?;
+    match attach(conf, env, &ns, netns_path, &lease) {
+        Ok(mut result) => {
+            if let Some(d) = &lease.delegated {
+                result.dns = d.dns.clone();
+            }
+            if !conf.dns.is_empty() {
+                result.dns = conf.dns.clone();
+            }
+            Ok(result)
+        }
+        Err(e) => {
+            // Leave nothing behind: the veth and the address.
+            if let Ok(mut nl) = Netlink::new()
+                && let Ok(Some(l)) =
+                    nl.link_by_name(&host_veth_name(&env.container_id, &env.ifname))
+            {
+                let _ = nl.del_link(l.index);
+            }
+            if let Err(r) = release(conf, env, stdin) {
+                tracing::warn!(error = %r, "releasing the address after a failed ADD failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn attach(
+    conf: &NetConf,
+    env: &Env,
+    ns: &File,
+    netns_path: &Path,
+    lease: &Lease,
+) -> Result<CniResult, CniError> {
+    let mut nl = Netlink::new().map_err(nl_err)?;
+    let gw_net = Ipv4Net::new(lease.gateway, lease.subnet.prefix());
+    let (bridge, created) = ensure_bridge(&mut nl, conf, gw_net.filter(|_| conf.is_gateway))?;
+    if conf.is_gateway || conf.ip_masq {
+        enable_forwarding()?;
+    }
+    let host = host_veth_name(&env.container_id, &env.ifname);
+    if let Some(stale) = nl.link_by_name(&host).map_err(nl_err)? {
+        // Left by an ADD that was killed half-way: start again.
+        nl.del_link(stale.index).map_err(nl_err)?;
+    }
+    let mut cnl = Netlink::in_netns(netns_path).map_err(nl_err)?;
+    if cnl.link_by_name(&env.ifname).map_err(nl_err)?.is_some() {
+        return Err(CniError::new(
+            code::PLUGIN,
+            format!(
+                "interface {} already exists in {}",
+                env.ifname,
+                netns_path.display()
+            ),
+        ));
+    }
+    nl.add_veth(&host, &env.ifname, ns, conf.mtu)
+        .map_err(nl_err)?;
+    let hl = nl
+        .link_by_name(&host)
+        .map_err(nl_err)?
+        .ok_or_else(|| CniError::new(code::PLUGIN, format!("veth {host} vanished")))?;
+    nl.set_up(hl.index, Some(bridge.index), None)
+        .map_err(nl_err)?;
+    if conf.hairpin_mode {
+        nl.set_hairpin(hl.index, true).map_err(nl_err)?;
+    }
+    let cl = cnl
+        .link_by_name(&env.ifname)
+        .map_err(nl_err)?
+        .ok_or_else(|| {
+            CniError::new(
+                code::PLUGIN,
+                format!("{} not found in container", env.ifname),
+            )
+        })?;
+    cnl.add_address(cl.index, lease.addr).map_err(nl_err)?;
+    cnl.set_up(cl.index, None, None).map_err(nl_err)?;
+    let mut routes = Vec::new();
+    if conf.is_default_gateway {
+        cnl.add_route(&Route4 {
+            dst: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or(lease.subnet),
+            gateway: Some(lease.gateway),
+            oif: Some(cl.index),
+        })
+        .map_err(nl_err)?;
+        routes.push(Route {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(IpAddr::V4(lease.gateway)),
+        });
+    }
+    sync_rules(conf, lease.subnet, created)?;
+    Ok(CniResult {
+        interfaces: vec![
+            Interface {
+                name: bridge.name.clone(),
+                mac: bridge.mac_string(),
+                sandbox: None,
+                mtu: bridge.mtu,
+            },
+            Interface {
+                name: host,
+                mac: hl.mac_string(),
+                sandbox: None,
+                mtu: hl.mtu,
+            },
+            Interface {
+                name: env.ifname.clone(),
+                mac: cl.mac_string(),
+                sandbox: Some(netns_path.display().to_string()),
+                mtu: cl.mtu,
+            },
+        ],
+        ips: vec![IpConfig {
+            address: lease.addr.to_string(),
+            gateway: Some(IpAddr::V4(lease.gateway)),
+            interface: Some(2),
+        }],
+        routes,
+        dns: Default::default(),
+    })
+}
+
+/// DEL in native mode: remove the veth, the address, the rules; anything
+/// already gone is fine.
+pub fn del(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
+    let mut nl = Netlink::new().map_err(nl_err)?;
+    let host = host_veth_name(&env.container_id, &env.ifname);
+    if let Some(l) = nl.link_by_name(&host).map_err(nl_err)? {
+        match nl.del_link(l.index) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(nl_err(e)),
+        }
+    }
+    if let Some(path) = &env.netns
+        && path.exists()
+        && let Ok(mut cnl) = Netlink::in_netns(path)
+        && let Ok(Some(l)) = cnl.link_by_name(&env.ifname)
+        && l.kind.as_deref() == Some("veth")
+    {
+        let _ = cnl.del_link(l.index);
+    }
+    release(conf, env, stdin)?;
+    if conf.isolation.enabled
+        && let Ipam::Builtin(b) = &conf.ipam
+    {
+        sync_rules(conf, b.subnet, true)?;
+    }
+    Ok(())
+}
+
+fn check_failed(msg: impl Into<String>) -> CniError {
+    CniError::new(code::PLUGIN, msg)
+}
+
+/// CHECK in native mode: everything ADD set up is still there.
+pub fn check(conf: &NetConf, env: &Env, prev: Option<&CniResult>) -> Result<(), CniError> {
+    let netns_path = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is not set"))?;
+    let _ = open_netns(netns_path)?;
+    let expected: Option<Ipv4Addr> = match &conf.ipam {
+        Ipam::Builtin(b) => {
+            let store = Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?;
+            let ips = store
+                .find(&env.container_id, &env.ifname)
+                .map_err(ipam_err)?;
+            Some(*ips.first().ok_or_else(|| {
+                check_failed(format!(
+                    "no address allocated to {}/{}",
+                    env.container_id, env.ifname
+                ))
+            })?)
+        }
+        Ipam::Delegate(_) => None,
+    };
+    let prev_ip = prev.and_then(|p| {
+        p.ips.iter().find_map(|i| match i.ip() {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        })
+    });
+    if let (Some(e), Some(p)) = (expected, prev_ip)
+        && e != p
+    {
+        return Err(check_failed(format!(
+            "prevResult has {p} but IPAM holds {e}"
+        )));
+    }
+    let want = expected.or(prev_ip);
+    let mut nl = Netlink::new().map_err(nl_err)?;
+    let bridge = nl
+        .link_by_name(&conf.bridge)
+        .map_err(nl_err)?
+        .ok_or_else(|| check_failed(format!("bridge {} is missing", conf.bridge)))?;
+    let host = host_veth_name(&env.container_id, &env.ifname);
+    let hl = nl
+        .link_by_name(&host)
+        .map_err(nl_err)?
+        .ok_or_else(|| check_failed(format!("host veth {host} is missing")))?;
+    if hl.controller != Some(bridge.index) {
+        return Err(check_failed(format!(
+            "{host} is not a port of {}",
+            conf.bridge
+        )));
+    }
+    if !hl.up {
+        return Err(check_failed(format!("{host} is down")));
+    }
+    let mut cnl = Netlink::in_netns(netns_path).map_err(nl_err)?;
+    let cl = cnl
+        .link_by_name(&env.ifname)
+        .map_err(nl_err)?
+        .ok_or_else(|| check_failed(format!("{} is missing in the container", env.ifname)))?;
+    if let Some(ip) = want {
+        let addrs = cnl.addresses(cl.index).map_err(nl_err)?;
+        if !addrs.iter().any(|a| a.addr() == ip) {
+            return Err(check_failed(format!("{} lacks address {ip}", env.ifname)));
+        }
+    }
+    if conf.is_default_gateway {
+        let routes = cnl.routes().map_err(nl_err)?;
+        if !routes
+            .iter()
+            .any(|r| r.dst.prefix() == 0 && r.gateway.is_some())
+        {
+            return Err(check_failed("default route is missing in the container"));
+        }
+    }
+    if conf.ip_masq {
+        let t = nft::table_name(&conf.name);
+        nft::list(&nft_binary(), &["list", "table", "ip", &t]).map_err(|e| {
+            check_failed(format!("masquerade table {t} is missing")).with_details(e.to_string())
+        })?;
+    }
+    Ok(())
+}
+
+/// What GC released.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Attachments (container id, ifname) whose address was freed.
+    pub released: Vec<(String, String)>,
+    /// Host veths deleted.
+    pub links: Vec<String>,
+}
+
+/// GC in native mode: free addresses, veths and rules of attachments not
+/// in `valid`.
+pub fn gc(
+    conf: &NetConf,
+    valid: &[(String, String)],
+    b: &BuiltinIpam,
+) -> Result<GcReport, CniError> {
+    let mut report = GcReport::default();
+    {
+        let store = Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?;
+        for (_, owner) in store.gc(valid).map_err(ipam_err)? {
+            if let Some(o) = owner {
+                report.released.push((o.container_id, o.ifname));
+            }
+        }
+    }
+    let keep: Vec<String> = valid
+        .iter()
+        .map(|(id, ifn)| host_veth_name(id, ifn))
+        .collect();
+    let mut nl = Netlink::new().map_err(nl_err)?;
+    if let Some(br) = nl.link_by_name(&conf.bridge).map_err(nl_err)? {
+        for l in nl.links().map_err(nl_err)? {
+            let ours = l.name.len() == 12
+                && l.name.starts_with("veth")
+                && l.name[4..].chars().all(|c| c.is_ascii_hexdigit());
+            if ours
+                && l.controller == Some(br.index)
+                && !keep.contains(&l.name)
+                && nl.del_link(l.index).is_ok()
+            {
+                report.links.push(l.name);
+            }
+        }
+    }
+    sync_rules(conf, b.subnet, true)?;
+    Ok(report)
+}

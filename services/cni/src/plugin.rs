@@ -1,0 +1,236 @@
+//! One plugin invocation: environment + stdin in, JSON out.
+
+use serde_json::Value;
+use smarter_common::records::{self, Record};
+
+use crate::netconf::{self, Ipam, Mode, NetConf};
+use crate::spec::{self, CniError, CniResult, Command, Env, code};
+use crate::{docker, ipam, native};
+
+/// What to print and how to exit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// JSON for stdout, if any.
+    pub stdout: Option<Value>,
+    /// Process exit status.
+    pub exit_code: u8,
+}
+
+/// Run one invocation. `get_env` reads the CNI environment.
+pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    let version = netconf::peek_version(stdin)
+        .filter(|v| spec::is_supported(v))
+        .unwrap_or_else(|| spec::SPEC_VERSION.to_string());
+    let env = match Env::from_lookup(&get_env) {
+        Ok(e) => e,
+        Err(e) => return failure(&e, &version),
+    };
+    if env.command == Command::Version {
+        let asked = netconf::peek_version(stdin).unwrap_or_else(|| spec::SPEC_VERSION.to_string());
+        return Outcome {
+            stdout: Some(spec::version_answer(&asked)),
+            exit_code: 0,
+        };
+    }
+    let conf = match NetConf::parse(stdin) {
+        Ok(c) => c,
+        Err(e) => return failure(&e, &version),
+    };
+    match dispatch(&conf, &env, stdin) {
+        Ok(Some(result)) => Outcome {
+            stdout: Some(result.to_json(&conf.cni_version)),
+            exit_code: 0,
+        },
+        Ok(None) => Outcome {
+            stdout: None,
+            exit_code: 0,
+        },
+        Err(e) => {
+            tracing::warn!(command = env.command.as_str(), container = %env.container_id, error = %e, "failed");
+            failure(&e, &conf.cni_version)
+        }
+    }
+}
+
+fn failure(e: &CniError, version: &str) -> Outcome {
+    Outcome {
+        stdout: Some(e.to_json(version)),
+        exit_code: 1,
+    }
+}
+
+fn require(conf: &NetConf, command: Command, min: &str) -> Result<(), CniError> {
+    if spec::at_least(&conf.cni_version, min) {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "cniVersion {} does not allow {} (needs {min} or later)",
+                conf.cni_version,
+                command.as_str()
+            ),
+        ))
+    }
+}
+
+fn dispatch(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Option<CniResult>, CniError> {
+    if conf.isolation.enabled && !matches!(conf.ipam, Ipam::Builtin(_)) {
+        return Err(CniError::new(
+            code::UNSUPPORTED_FIELD,
+            "isolation needs the built-in IPAM (it knows each address's namespace)",
+        ));
+    }
+    match env.command {
+        Command::Version => Ok(None),
+        Command::Add => {
+            let prev = conf
+                .prev_result
+                .as_ref()
+                .map(CniResult::from_json)
+                .transpose()?;
+            let mut result = match conf.mode {
+                Mode::Native => native::add(conf, env, stdin)?,
+                Mode::Docker => docker::add(conf, env)?,
+            };
+            write_record(conf, env, &result);
+            if let Some(prev) = prev {
+                result = chain(prev, result);
+            }
+            Ok(Some(result))
+        }
+        Command::Del => {
+            match conf.mode {
+                Mode::Native => native::del(conf, env, stdin)?,
+                Mode::Docker => docker::del(conf, env)?,
+            }
+            if let Err(e) = records::remove(&conf.records_dir, &env.container_id, &env.ifname) {
+                tracing::warn!(error = %e, "cannot remove DNS record");
+            }
+            Ok(None)
+        }
+        Command::Check => {
+            require(conf, Command::Check, "0.4.0")?;
+            let prev = conf
+                .prev_result
+                .as_ref()
+                .map(CniResult::from_json)
+                .transpose()?;
+            match conf.mode {
+                Mode::Native => native::check(conf, env, prev.as_ref())?,
+                Mode::Docker => docker::check(conf, env)?,
+            }
+            Ok(None)
+        }
+        Command::Gc => {
+            require(conf, Command::Gc, "1.1.0")?;
+            let valid: Vec<(String, String)> = conf
+                .valid_attachments
+                .iter()
+                .flatten()
+                .map(|a| (a.container_id.clone(), a.ifname.clone()))
+                .collect();
+            match (&conf.mode, &conf.ipam) {
+                (Mode::Native, Ipam::Builtin(b)) => {
+                    let report = native::gc(conf, &valid, b)?;
+                    tracing::info!(
+                        released = report.released.len(),
+                        links = report.links.len(),
+                        "gc"
+                    );
+                }
+                (Mode::Native, Ipam::Delegate(p)) => {
+                    let bin = crate::delegate::find(p, &env.path)?;
+                    crate::delegate::exec(&bin, "GC", env, stdin)?;
+                }
+                (Mode::Docker, _) => {}
+            }
+            gc_records(conf, &valid);
+            Ok(None)
+        }
+        Command::Status => {
+            require(conf, Command::Status, "1.1.0")?;
+            status(conf)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Chain our result after a previous plugin's: its interfaces first, our
+/// interface indexes shifted.
+fn chain(prev: CniResult, ours: CniResult) -> CniResult {
+    let shift = prev.interfaces.len();
+    let mut out = prev;
+    out.interfaces.extend(ours.interfaces);
+    out.ips.extend(ours.ips.into_iter().map(|mut ip| {
+        ip.interface = ip.interface.map(|i| i + shift);
+        ip
+    }));
+    out.routes.extend(ours.routes);
+    if out.dns.is_empty() {
+        out.dns = ours.dns;
+    }
+    out
+}
+
+fn write_record(conf: &NetConf, env: &Env, result: &CniResult) {
+    let record = Record {
+        version: records::VERSION,
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        network: conf.name.clone(),
+        pod_name: env.pod_name().map(str::to_string),
+        namespace: env.pod_namespace().map(str::to_string),
+        hostname: None,
+        ips: result.ips.iter().filter_map(spec::IpConfig::ip).collect(),
+    };
+    // Never fail an ADD because names are unavailable: log and go on.
+    if let Err(e) = records::write(&conf.records_dir, &record) {
+        tracing::warn!(error = %e, "cannot write DNS record");
+    }
+}
+
+fn gc_records(conf: &NetConf, valid: &[(String, String)]) {
+    let Ok(all) = records::read_dir(&conf.records_dir) else {
+        return;
+    };
+    for r in all.into_iter().flatten() {
+        let known = valid
+            .iter()
+            .any(|(id, ifn)| *id == r.container_id && *ifn == r.ifname);
+        if r.network == conf.name && !known {
+            let _ = records::remove(&conf.records_dir, &r.container_id, &r.ifname);
+        }
+    }
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    match (&conf.mode, &conf.ipam) {
+        (Mode::Docker, _) => docker::status(conf),
+        (Mode::Native, Ipam::Builtin(b)) => {
+            let store = ipam::Store::open(&b.data_dir, &conf.name).map_err(|e| {
+                CniError::new(code::NOT_AVAILABLE, "IPAM state is not usable")
+                    .with_details(e.to_string())
+            })?;
+            let used = store.list().map_err(|e| {
+                CniError::new(code::NOT_AVAILABLE, "IPAM state is not readable")
+                    .with_details(e.to_string())
+            })?;
+            let size = u64::from(u32::from(b.range_end) - u32::from(b.range_start)) + 1;
+            let reserved = u64::from((b.range_start..=b.range_end).contains(&b.gateway));
+            if used.len() as u64 + reserved >= size {
+                return Err(CniError::new(
+                    code::LIMITED_RESOURCES,
+                    "no free address in the range",
+                ));
+            }
+            Ok(())
+        }
+        (Mode::Native, Ipam::Delegate(_)) => Ok(()),
+    }
+}
+
+/// Convenience for the binary: the real environment.
+pub fn run_process(stdin: &[u8]) -> Outcome {
+    run(|k| std::env::var(k).ok(), stdin)
+}
