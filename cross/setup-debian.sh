@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Install everything building and testing SMARTER needs on Debian 12
+# (bookworm): cross linkers, ARM multiarch libraries, qemu-user, the test
+# peers (OpenSSH, dnsmasq, dnsperf, dig, the reference CNI plugins, dockerd,
+# nftables) and the rustup targets. Idempotent: quick when all is present.
+# Needs root (it calls apt-get and dpkg).
+set -euo pipefail
+
+APT_PACKAGES=(
+    # build
+    build-essential pkg-config protobuf-compiler libprotobuf-dev git ca-certificates curl
+    libudev-dev
+    # cross toolchains and ARM libraries
+    gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf
+    libc6-dev-arm64-cross libc6-dev-armhf-cross
+    libudev-dev:arm64 libudev-dev:armhf
+    qemu-user-static file
+    # test peers
+    iproute2 iptables nftables dnsutils dnsmasq-base dnsperf
+    openssh-client openssh-server containernetworking-plugins
+    docker.io skopeo umoci jq
+    python3 python3-venv python3-pip
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup-debian.sh: must run as root (apt-get, dpkg)" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    for arch in arm64 armhf; do
+        dpkg --print-foreign-architectures | grep -qx "$arch" || dpkg --add-architecture "$arch"
+    done
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        echo "setup: no Rust toolchain found; install rustup (https://rustup.rs) first" >&2
+        exit 1
+    fi
+fi
+
+installed_targets=$(rustup target list --installed)
+for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
+done
+for c in rustfmt clippy; do
+    rustup component list --installed | grep -q "^$c" || rustup component add "$c"
+done
+echo "setup: done"
