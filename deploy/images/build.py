@@ -328,7 +328,9 @@ def lib_entries(arch: Arch, interp: str | None, libs: dict[str, Path]) -> list[E
     if interp:
         name = Path(interp).name
         if f"{libdir}/{name}" != interp:
-            entries.append(Entry(interp, "symlink", 0o777, target=f"{libdir}/{name}"))
+            # Relative, so it resolves inside the image wherever its rootfs is unpacked.
+            target = os.path.relpath(f"{libdir}/{name}", os.path.dirname(interp))
+            entries.append(Entry(interp, "symlink", 0o777, target=target))
     return entries
 
 

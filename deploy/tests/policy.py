@@ -40,7 +40,7 @@ GATEWAY = {
         "image": "smarter-device-manager",
         "caps": set(),
         "privileged": False,
-        "host_paths": {"/var/lib/kubelet/device-plugins", "/dev", "/sys"},
+        "host_paths": {"/var/lib/kubelet/device-plugins", "/dev", "/sys", "/run/udev"},
     },
     "smarter-cni": {
         "selector": ("smarter.cni", "deploy"),

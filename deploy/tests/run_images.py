@@ -65,7 +65,6 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
     ("smarter-debug-agent", "version"): "`smarter-debug-agent --version` prints the package name `smarter-debug` (issue 6)",
     ("smarter-device-manager", "config"): "device-manager does not read the original conf.yaml yet (issue 3)",
     ("smarter-device-manager", "start"): "device-manager does not read the original conf.yaml yet (issue 3)",
-    ("smarter-cni", "start"): "smarter-cni has no `install` subcommand yet (issue 4)",
 }
 
 QEMU = {"arm64": "qemu-aarch64-static", "armv7": "qemu-arm-static"}
@@ -256,7 +255,7 @@ def docker_run(flags: list[str], image: str, args: list[str], timeout: float = 3
     return sh("docker", "run", "--rm", *flags, image, *args, timeout=timeout)
 
 
-def check_start(pod: Pod, flags: list[str], res: Results) -> None:
+def check_start(pod: Pod, flags: list[str], res: Results, scratch: Path) -> None:
     name = f"smarter-test-{pod.workload}-{os.getpid()}"
     args = pod.container.get("args", [])
     started = sh("docker", "run", "-d", "--name", name, *flags, pod.image, *args)
@@ -277,6 +276,13 @@ def check_start(pod: Pod, flags: list[str], res: Results) -> None:
             res.record(pod.workload, "start", False,
                        f"exited with {state['ExitCode']} instead of running: {logs.stdout}{logs.stderr}")
             return
+        pid = int(sh("docker", "inspect", "--format", "{{.State.Pid}}", name).stdout.strip() or 0)
+        for job_name, job in LIVE_JOBS.get(pod.workload, []):
+            outcome = job(pod, scratch / "volumes", pid)
+            if isinstance(outcome, str):
+                res.skip(pod.workload, job_name, outcome)
+            else:
+                res.record(pod.workload, job_name, *outcome)
         mem = sh("docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", name).stdout.strip()
         res.memory[pod.workload] = mem
         stop = sh("docker", "stop", "-t", "5", name, timeout=30)
@@ -299,11 +305,68 @@ def job_device_manager_list(pod: Pod, flags: list[str], help_text: str) -> tuple
         return "no `list` subcommand yet"
     if os.geteuid() != 0:
         return "needs root to mknod the fixture device nodes"
-    out = docker_run(flags, pod.image, ["list", *pod.config_arg()])
+    out = docker_run(flags, pod.image, [*pod.config_arg(), "list"])
     want = ["video0", "ttyUSB0", "snd"]
     missing = [w for w in want if w not in out.stdout]
     return (out.returncode == 0 and not missing,
             f"lists {want} from the mounted dev root" if not missing else f"missing {missing}: {out.stdout}{out.stderr}")
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+# Jobs checked while the service runs with the manifest's args: (pod, volumes dir, pid).
+LiveJob = Callable[[Pod, Path, int], "tuple[bool, str] | str"]
+
+
+def job_cni_installed(pod: Pod, volumes: Path, pid: int) -> tuple[bool, str] | str:
+    """The installer put the plugin in the host's CNI bin dir and wrote the conflist there."""
+    plugin = volumes / "cni-bin" / "smarter-cni"
+    conf_dir = volumes / "cni-conf"
+    if not wait_for(lambda: plugin.exists() and any(conf_dir.glob("*.conflist"))):
+        return False, f"after 3 s: bin={sorted(p.name for p in plugin.parent.iterdir())} conf={sorted(p.name for p in conf_dir.iterdir())}"
+    conflist = json.loads(next(conf_dir.glob("*.conflist")).read_text())
+    types = [p.get("type") for p in conflist.get("plugins", [])]
+    ok = (os.access(plugin, os.X_OK) and plugin.read_bytes()[:4] == b"\x7fELF"
+          and conflist.get("name") == "smartnet" and types[:1] == ["smarter-cni"])
+    return ok, f"plugin in bin dir, conflist {conflist.get('name')} with {types}" if ok else json.dumps(conflist)
+
+
+def job_dns_answers(pod: Pod, volumes: Path, pid: int) -> tuple[bool, str] | str:
+    """A record written as smarter-cni writes it is answered on 169.254.0.2 in the pod's netns."""
+    dig, nsenter = shutil.which("dig"), shutil.which("nsenter")
+    if not dig or not nsenter:
+        return "needs dig (bind9-dnsutils) and nsenter"
+    if os.geteuid() != 0:
+        return "needs root to enter the container's network namespace"
+    record = {"version": 1, "container_id": "0123456789abcdef", "ifname": "eth0", "network": "smartnet",
+              "pod_name": "camera", "namespace": "demo", "ips": ["172.39.0.5"]}
+    records = volumes / "records"
+    tmp = records / ".0123456789abcdef_eth0.json.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.rename(records / "0123456789abcdef_eth0.json")
+    answers: list[str] = []
+
+    def query() -> bool:
+        out = sh(nsenter, "-t", str(pid), "-n", dig, "+short", "+time=1", "+tries=1", "@169.254.0.2",
+                 "camera.demo.svc.cluster.local", "A", timeout=10)
+        answers[:] = out.stdout.split()
+        return answers == ["172.39.0.5"]
+
+    ok = wait_for(query)
+    return ok, ("camera.demo.svc.cluster.local -> 172.39.0.5 on 169.254.0.2" if ok else f"answers {answers}")
+
+
+LIVE_JOBS: dict[str, list[tuple[str, LiveJob]]] = {
+    "smarter-cni": [("installs", job_cni_installed)],
+    "smarter-dns": [("answers", job_dns_answers)],
+}
 
 
 JOBS: dict[str, list[tuple[str, Job]]] = {
@@ -329,7 +392,7 @@ def test_amd64(images: Path, workloads: list[str], res: Results) -> None:
             out = docker_run(flags, pod.image, [*pod.config_arg(), "--check-config"])
             res.record(workload, "config", out.returncode == 0,
                        f"{' '.join(pod.config_arg())} is valid" if out.returncode == 0 else out.stdout + out.stderr)
-            check_start(pod, flags, res)
+            check_start(pod, flags, res, Path(tmp))
             for job_name, job in JOBS.get(workload, []):
                 outcome = job(pod, flags, help_text)
                 if isinstance(outcome, str):
@@ -368,10 +431,9 @@ def test_arm(images: Path, workloads: list[str], arches: list[str], res: Results
                 rootfs = Path(tmp)
                 unpack_rootfs(images, binary, arch, rootfs)
                 exe = str(rootfs / "usr" / "bin" / binary)
-                host = sh(qemu, exe, "--version")
-                own = sh(qemu, "-L", str(rootfs), exe, "--version")
-                cfg = sh(qemu, "-L", str(rootfs), exe, "--check-config", "--config",
-                         str(ROOT / SAMPLE_CONFIGS[workload]))
+                host = sh(qemu, exe, "--version", timeout=30)
+                own = sh(qemu, "-L", str(rootfs), exe, "--version", timeout=30)
+                cfg = sh(qemu, exe, "--check-config", "--config", str(ROOT / SAMPLE_CONFIGS[workload]), timeout=30)
                 ok = all(r.returncode == 0 for r in (host, own, cfg)) and VERSION in own.stdout
                 res.record(workload, check, ok,
                            own.stdout.strip() + " (host loader, image-only libraries; sample config valid)"
