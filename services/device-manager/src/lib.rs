@@ -1,6 +1,30 @@
 //! smarter-device-manager: a kubelet device plugin that turns host device
 //! nodes into Kubernetes extended resources (`smarter-devices/<name>`).
 //!
+//! Design:
+//! * [`config`] reads our TOML or the original's `conf.yaml` list;
+//!   [`rules`] compiles and checks the rules.
+//! * [`scan`] reads the device tree, sysfs and the udev database (I/O);
+//!   [`discover`] decides resources and devices from that (pure);
+//!   [`registry`] keeps devices and health and answers Allocate and
+//!   GetPreferredAllocation (pure).
+//! * [`plugin`] serves one `DevicePlugin` gRPC server per resource on
+//!   `smarter-<name>.sock` and registers it with the kubelet;
+//!   [`service`] wires scans, inotify ([`watch`]), signals and plugins.
+//!
+//! Limitations: hotplug uses inotify on the device root, not a udev netlink
+//! monitor (see `docs/decisions/0010-inotify-not-libudev.md`); udev
+//! properties come from sysfs and `/run/udev/data` without libudev.
+//!
 //! See `services/device-manager/README.md` for the configuration reference.
 
 pub mod config;
+pub mod discover;
+pub mod metrics;
+pub mod plugin;
+pub mod proto;
+pub mod registry;
+pub mod rules;
+pub mod scan;
+pub mod service;
+pub mod watch;

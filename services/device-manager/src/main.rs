@@ -1,19 +1,42 @@
 //! `smarter-device-manager`: parse flags, load config, run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::Parser;
-use smarter_common::cli::{CommonArgs, Startup};
-use smarter_device_manager::config::{Config, DEFAULT_CONFIG_PATH};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use smarter_common::cli::CommonArgs;
+use smarter_device_manager::config::{self, Config};
+use smarter_device_manager::discover::{self, Discovery};
+use smarter_device_manager::{rules, scan, service};
 
 /// Kubelet device plugin exposing host devices as `smarter-devices/*` resources.
+///
+/// `--config` takes our TOML file or the original's conf.yaml list.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+    /// Device root to scan (overrides `dev_root`; default /dev).
+    #[arg(long, value_name = "DIR", global = true)]
+    dev_root: Option<PathBuf>,
+    /// Sysfs root (overrides `sys_root`; default /sys).
+    #[arg(long, value_name = "DIR", global = true)]
+    sys_root: Option<PathBuf>,
+    /// Kubelet device-plugins directory (overrides `plugin_dir`; default
+    /// /var/lib/kubelet/device-plugins; k3s < 1.18:
+    /// /var/lib/rancher/k3s/agent/kubelet/device-plugins).
+    #[arg(long, value_name = "DIR", global = true)]
+    plugin_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the resources and devices the rules match on this host.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -21,15 +44,120 @@ fn main() -> ExitCode {
     smarter_common::cli::exit_code("smarter-device-manager", run(cli))
 }
 
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let mut c = config::load_or_default(cli.common.config_path())?;
+    if let Some(d) = &cli.dev_root {
+        c.dev_root.clone_from(d);
+    }
+    if let Some(d) = &cli.sys_root {
+        c.sys_root.clone_from(d);
+    }
+    if let Some(d) = &cli.plugin_dir {
+        c.plugin_dir.clone_from(d);
+    }
+    Ok(c)
+}
+
+fn discover_host(c: &Config) -> anyhow::Result<Discovery> {
+    let rules =
+        rules::compile(&c.effective_rules(), "rules").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (inv, _) = scan::scan(&c.dev_root, &c.sys_root);
+    let info = scan::SysfsInfo {
+        sys_root: c.sys_root.clone(),
+        udev_data_dir: c.udev_data_dir.clone(),
+    };
+    Ok(discover::discover(&rules, &inv, &info, &c.dev_root))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     smarter_common::logging::init(&cli.common.log_level)?;
-    let config: Config =
-        match smarter_common::cli::startup(&cli.common, Path::new(DEFAULT_CONFIG_PATH))? {
-            Startup::Checked => return Ok(()),
-            Startup::Run(c) => c,
-        };
-    let mut signals = smarter_common::signals::listen().context("installing signal handlers")?;
-    tracing::info!(plugin_dir = %config.plugin_dir.display(), "started");
-    let _ = signals.blocking_recv();
+    let config = load(&cli)?;
+    let shown = cli.common.config_path().map_or_else(
+        || "built-in defaults".to_string(),
+        |p| p.display().to_string(),
+    );
+    if cli.common.check_config {
+        // Names that only the host can tell (per-node rules) are checked too.
+        let d = discover_host(&config)?;
+        if !d.problems.is_empty() {
+            bail!("config {shown}: {}", d.problems.join("; "));
+        }
+        println!("config OK: {shown}");
+        return Ok(());
+    }
+    if let Some(Command::List) = cli.command {
+        return list(&config);
+    }
+    // Everything below works unprivileged: drop every capability.
+    smarter_common::capabilities::retain_only(&[]).context("dropping capabilities")?;
+    let signals = smarter_common::signals::listen().context("installing signal handlers")?;
+    let path = cli.common.config_path().map(Path::to_path_buf);
+    let overrides = (cli.dev_root, cli.sys_root, cli.plugin_dir);
+    let reload: service::Reloader = Box::new(move || {
+        let mut c = config::load_or_default(path.as_deref()).map_err(|e| e.to_string())?;
+        if let Some(d) = &overrides.0 {
+            c.dev_root.clone_from(d);
+        }
+        if let Some(d) = &overrides.1 {
+            c.sys_root.clone_from(d);
+        }
+        if let Some(d) = &overrides.2 {
+            c.plugin_dir.clone_from(d);
+        }
+        Ok(c)
+    });
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting tokio")?
+        .block_on(service::run(config, reload, signals))?;
+    Ok(())
+}
+
+fn list(c: &Config) -> anyhow::Result<()> {
+    let d = discover_host(c)?;
+    if d.resources.is_empty() {
+        println!("no resources match under {}", c.dev_root.display());
+    }
+    for r in d.resources.values() {
+        println!(
+            "{}  rule={} max_users={} permissions={}{}",
+            rules::resource_name(&r.name),
+            r.rule,
+            r.max_users,
+            r.permissions,
+            if r.pooled { " pooled" } else { "" }
+        );
+        for dev in &r.devices {
+            println!("  device {}", dev.key);
+            for n in &dev.nodes {
+                println!(
+                    "    {} -> {} ({}:{})",
+                    n.host_path.display(),
+                    n.container_path,
+                    scan::major(n.rdev),
+                    scan::minor(n.rdev)
+                );
+            }
+            for (k, v) in &dev.env {
+                println!("    env {k}={v}");
+            }
+            for m in &dev.mounts {
+                println!(
+                    "    mount {} -> {}{}",
+                    m.host_path,
+                    m.container_path,
+                    if m.read_only { " (ro)" } else { "" }
+                );
+            }
+            for n in &dev.cdi {
+                println!("    cdi {n}");
+            }
+        }
+    }
+    for p in &d.problems {
+        println!("problem: {p}");
+    }
     Ok(())
 }

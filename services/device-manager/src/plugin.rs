@@ -1,0 +1,531 @@
+//! One kubelet device plugin per resource: a `DevicePlugin` gRPC server on
+//! `<plugin_dir>/smarter-<name>.sock`, registered with the kubelet's
+//! `Registration` service on `kubelet.sock`.
+//!
+//! Each resource has one task ([`spawn`]) that owns at most one server at a
+//! time, so there are never two servers for one resource: it serves first,
+//! then registers (retrying with exponential backoff), and on
+//! [`Ctl::SocketDeleted`] stops the old server before binding a new one; on
+//! [`Ctl::KubeletRestarted`] it registers again (re-serving first if the
+//! kubelet deleted our socket). [`Ctl::Stop`] ends the server and removes the
+//! socket.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::proto::v1beta1 as pb;
+use crate::registry::{HEALTHY, Registry, Slot, UNHEALTHY};
+use crate::rules;
+
+/// The API version we speak.
+pub const API_VERSION: &str = "v1beta1";
+/// The kubelet's registration socket name in the plugin dir.
+pub const KUBELET_SOCKET: &str = "kubelet.sock";
+/// First registration retry delay.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Longest registration retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Dial timeout towards the kubelet (the original's 5 s).
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// State shared by the service and every plugin server.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Resources, devices, health.
+    pub registry: RwLock<Registry>,
+    /// Current ListAndWatch list per resource.
+    lists: Mutex<BTreeMap<String, watch::Sender<Vec<Slot>>>>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// Push the registry's current lists to every ListAndWatch stream, and
+    /// drop the channels of removed resources (which ends their streams).
+    pub fn publish(&self) {
+        let reg = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        lists.retain(|name, _| reg.get(name).is_some());
+        for name in reg.names() {
+            let slots = reg.slots(name).unwrap_or_default();
+            match lists.get(name) {
+                Some(tx) => {
+                    tx.send_if_modified(|cur| {
+                        if *cur == slots {
+                            false
+                        } else {
+                            *cur = slots;
+                            true
+                        }
+                    });
+                }
+                None => {
+                    lists.insert(name.to_string(), watch::channel(slots).0);
+                }
+            }
+        }
+    }
+
+    /// Send every resource's devices as Unhealthy (before shutting down, so
+    /// the kubelet stops admitting pods to them at once).
+    pub fn publish_all_unhealthy(&self) {
+        let lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        for tx in lists.values() {
+            tx.send_modify(|v| v.iter_mut().for_each(|s| s.healthy = false));
+        }
+    }
+
+    fn subscribe(&self, name: &str) -> Option<watch::Receiver<Vec<Slot>>> {
+        let lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
+        lists.get(name).map(watch::Sender::subscribe)
+    }
+}
+
+/// The options we give in Register and GetDevicePluginOptions.
+pub fn options() -> pb::DevicePluginOptions {
+    pb::DevicePluginOptions {
+        pre_start_required: false,
+        get_preferred_allocation_available: true,
+    }
+}
+
+/// The `DevicePlugin` service for one resource.
+#[derive(Debug, Clone)]
+pub struct PluginService {
+    name: String,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+}
+
+fn to_proto_list(slots: &[Slot]) -> pb::ListAndWatchResponse {
+    pb::ListAndWatchResponse {
+        devices: slots
+            .iter()
+            .map(|s| pb::Device {
+                id: s.id.clone(),
+                health: if s.healthy { HEALTHY } else { UNHEALTHY }.to_string(),
+                topology: None,
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::device_plugin_server::DevicePlugin for PluginService {
+    async fn get_device_plugin_options(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<pb::DevicePluginOptions>, Status> {
+        Ok(Response::new(options()))
+    }
+
+    type ListAndWatchStream = ReceiverStream<Result<pb::ListAndWatchResponse, Status>>;
+
+    async fn list_and_watch(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<Self::ListAndWatchStream>, Status> {
+        let mut rx = self
+            .shared
+            .subscribe(&self.name)
+            .ok_or_else(|| Status::not_found(format!("resource {} is gone", self.name)))?;
+        let mut stop = self.stop.clone();
+        let (tx, out) = mpsc::channel(4);
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            loop {
+                let list = to_proto_list(&rx.borrow_and_update());
+                tracing::debug!(resource = %name, devices = list.devices.len(), "ListAndWatch send");
+                if tx.send(Ok(list)).await.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    _ = stop.wait_for(|s| *s) => break,
+                    () = tx.closed() => break,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
+    async fn get_preferred_allocation(
+        &self,
+        request: Request<pb::PreferredAllocationRequest>,
+    ) -> Result<Response<pb::PreferredAllocationResponse>, Status> {
+        let reg = self
+            .shared
+            .registry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let container_responses = request
+            .into_inner()
+            .container_requests
+            .iter()
+            .map(|c| pb::ContainerPreferredAllocationResponse {
+                device_i_ds: reg.preferred(
+                    &self.name,
+                    &c.available_device_i_ds,
+                    &c.must_include_device_i_ds,
+                    usize::try_from(c.allocation_size).unwrap_or(0),
+                ),
+            })
+            .collect();
+        Ok(Response::new(pb::PreferredAllocationResponse {
+            container_responses,
+        }))
+    }
+
+    async fn allocate(
+        &self,
+        request: Request<pb::AllocateRequest>,
+    ) -> Result<Response<pb::AllocateResponse>, Status> {
+        let reg = self
+            .shared
+            .registry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut container_responses = Vec::new();
+        for c in &request.get_ref().container_requests {
+            let a = match reg.allocate(&self.name, &c.devices_ids) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.shared.metrics.allocation_failed();
+                    tracing::warn!(resource = %self.name, ids = ?c.devices_ids, error = %e, "Allocate refused");
+                    return Err(Status::failed_precondition(e.to_string()));
+                }
+            };
+            tracing::info!(resource = %self.name, ids = ?c.devices_ids, nodes = a.nodes.len(), "Allocate");
+            container_responses.push(pb::ContainerAllocateResponse {
+                envs: a.env.into_iter().collect(),
+                mounts: a
+                    .mounts
+                    .into_iter()
+                    .map(|m| pb::Mount {
+                        container_path: m.container_path,
+                        host_path: m.host_path,
+                        read_only: m.read_only,
+                    })
+                    .collect(),
+                devices: a
+                    .nodes
+                    .into_iter()
+                    .map(|(n, permissions)| pb::DeviceSpec {
+                        container_path: n.container_path,
+                        host_path: n.host_path.to_string_lossy().into_owned(),
+                        permissions,
+                    })
+                    .collect(),
+                annotations: Default::default(),
+                cdi_devices: a
+                    .cdi
+                    .into_iter()
+                    .map(|name| pb::CdiDevice { name })
+                    .collect(),
+            });
+        }
+        self.shared.metrics.allocated();
+        Ok(Response::new(pb::AllocateResponse {
+            container_responses,
+        }))
+    }
+
+    async fn pre_start_container(
+        &self,
+        _request: Request<pb::PreStartContainerRequest>,
+    ) -> Result<Response<pb::PreStartContainerResponse>, Status> {
+        Ok(Response::new(pb::PreStartContainerResponse {}))
+    }
+}
+
+/// Failures talking to sockets.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// Binding our socket failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// Socket path.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Removing a stale socket failed.
+    #[error("cannot remove stale socket {path}: {source}")]
+    RemoveStale {
+        /// Socket path.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Dialling a unix socket failed.
+    #[error("cannot connect to {path}: {message}")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Transport error.
+        message: String,
+    },
+    /// The kubelet refused the registration.
+    #[error("kubelet at {path} refused registration of {resource}: {message}")]
+    Register {
+        /// kubelet.sock.
+        path: PathBuf,
+        /// Resource name.
+        resource: String,
+        /// gRPC status message.
+        message: String,
+    },
+}
+
+/// A gRPC channel over a unix socket (the URI is a dummy; the connector
+/// dials `path`).
+pub async fn connect_unix(path: &Path) -> Result<Channel, PluginError> {
+    let p = path.to_path_buf();
+    let err = |e: &dyn std::fmt::Display| PluginError::Connect {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let endpoint = Endpoint::try_from("http://[::1]:50051")
+        .map_err(|e| err(&e))?
+        .connect_timeout(DIAL_TIMEOUT);
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let p = p.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+        }))
+        .await
+        .map_err(|e| err(&e))
+}
+
+/// Register `resource` (name part) served on `endpoint` with the kubelet.
+pub async fn register(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result<(), PluginError> {
+    let channel = connect_unix(kubelet_sock).await?;
+    let mut client = pb::registration_client::RegistrationClient::new(channel);
+    let req = pb::RegisterRequest {
+        version: API_VERSION.to_string(),
+        endpoint: endpoint.to_string(),
+        resource_name: rules::resource_name(name),
+        options: Some(options()),
+    };
+    tokio::time::timeout(DIAL_TIMEOUT, client.register(req))
+        .await
+        .map_err(|_| PluginError::Register {
+            path: kubelet_sock.to_path_buf(),
+            resource: rules::resource_name(name),
+            message: "timed out".into(),
+        })?
+        .map_err(|s| PluginError::Register {
+            path: kubelet_sock.to_path_buf(),
+            resource: rules::resource_name(name),
+            message: s.message().to_string(),
+        })?;
+    Ok(())
+}
+
+/// A running gRPC server for one resource.
+#[derive(Debug)]
+struct RunningServer {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let _ = self.task.await;
+        }
+    }
+}
+
+fn start_server(
+    socket: &Path,
+    name: &str,
+    shared: &Arc<Shared>,
+) -> Result<RunningServer, PluginError> {
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(PluginError::RemoveStale {
+                path: socket.to_path_buf(),
+                source,
+            });
+        }
+    }
+    let listener = UnixListener::bind(socket).map_err(|source| PluginError::Bind {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let svc = PluginService {
+        name: name.to_string(),
+        shared: Arc::clone(shared),
+        stop: stop_rx.clone(),
+    };
+    let mut stop_signal = stop_rx;
+    let sock = socket.to_path_buf();
+    let resource = name.to_string();
+    let task = tokio::spawn(async move {
+        let r = Server::builder()
+            .add_service(pb::device_plugin_server::DevicePluginServer::new(svc))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                let _ = stop_signal.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(resource = %resource, socket = %sock.display(), error = %e, "plugin server failed");
+        }
+    });
+    Ok(RunningServer {
+        stop: stop_tx,
+        task,
+    })
+}
+
+/// What the service tells a plugin task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ctl {
+    /// `kubelet.sock` was created: register again.
+    KubeletRestarted,
+    /// Our socket vanished: serve anew, then register.
+    SocketDeleted,
+    /// Stop serving and remove the socket.
+    Stop,
+}
+
+/// The handle of one resource's task.
+#[derive(Debug)]
+pub struct PluginHandle {
+    /// Send control messages.
+    pub ctl: mpsc::UnboundedSender<Ctl>,
+    /// The task; it ends after [`Ctl::Stop`].
+    pub task: JoinHandle<()>,
+    /// The socket it serves.
+    pub socket: PathBuf,
+}
+
+/// Start the task that serves and registers resource `name`.
+pub fn spawn(name: &str, plugin_dir: &Path, shared: Arc<Shared>) -> PluginHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let socket = plugin_dir.join(rules::socket_name(name));
+    let task = tokio::spawn(plugin_task(
+        name.to_string(),
+        socket.clone(),
+        plugin_dir.join(KUBELET_SOCKET),
+        shared,
+        rx,
+    ));
+    PluginHandle {
+        ctl: tx,
+        task,
+        socket,
+    }
+}
+
+async fn plugin_task(
+    name: String,
+    socket: PathBuf,
+    kubelet_sock: PathBuf,
+    shared: Arc<Shared>,
+    mut ctl: mpsc::UnboundedReceiver<Ctl>,
+) {
+    let endpoint = rules::socket_name(&name);
+    let mut server: Option<RunningServer> = None;
+    let mut need_register = true;
+    let mut backoff = BACKOFF_INITIAL;
+    loop {
+        // Serve first.
+        if server.is_none() || !socket.exists() {
+            if let Some(s) = server.take() {
+                s.stop().await;
+            }
+            match start_server(&socket, &name, &shared) {
+                Ok(s) => {
+                    tracing::info!(resource = %name, socket = %socket.display(), "serving");
+                    server = Some(s);
+                    need_register = true;
+                }
+                Err(e) => {
+                    tracing::error!(resource = %name, error = %e, retry_ms = backoff.as_millis() as u64, "cannot serve");
+                    if wait(&mut ctl, backoff, &mut need_register).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            }
+        }
+        // Then register.
+        if need_register {
+            match register(&kubelet_sock, &endpoint, &name).await {
+                Ok(()) => {
+                    tracing::info!(resource = %rules::resource_name(&name), endpoint = %endpoint, "registered with kubelet");
+                    shared.metrics.registered();
+                }
+                Err(e) => {
+                    shared.metrics.registration_failed();
+                    tracing::warn!(resource = %name, error = %e, retry_ms = backoff.as_millis() as u64, "registration failed");
+                    if wait(&mut ctl, backoff, &mut need_register).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            }
+        }
+        match ctl.recv().await {
+            Some(Ctl::KubeletRestarted) => {
+                need_register = true;
+                backoff = BACKOFF_INITIAL;
+            }
+            Some(Ctl::SocketDeleted) => {
+                tracing::info!(resource = %name, socket = %socket.display(), "our socket was deleted");
+                need_register = true;
+                backoff = BACKOFF_INITIAL;
+            }
+            Some(Ctl::Stop) | None => break,
+        }
+    }
+    if let Some(s) = server.take() {
+        s.stop().await;
+    }
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {
+            tracing::info!(resource = %name, socket = %socket.display(), "stopped, socket removed")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket"),
+    }
+}
+
+/// Sleep for `delay` unless a control message comes first. Returns true
+/// when the task must stop. A kubelet restart cuts the wait short.
+async fn wait(
+    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+    delay: Duration,
+    need_register: &mut bool,
+) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        m = ctl.recv() => match m {
+            Some(Ctl::KubeletRestarted | Ctl::SocketDeleted) => { *need_register = true; false }
+            Some(Ctl::Stop) | None => true,
+        },
+    }
+}
