@@ -252,9 +252,10 @@ fn sync_rules(conf: &NetConf, subnet: Ipv4Net, force: bool) -> Result<(), CniErr
 /// our own tables accept. Insert two accepts there, the way Docker does for
 /// its own bridges: anything from the bridge, and replies to it. Best
 /// effort: without `iptables` or without that chain nothing is needed.
-fn allow_forwarding_in_iptables(bridge: &str) {
-    let rules: [&[&str]; 2] = [
-        &[
+fn forward_rules(bridge: &str) -> [Vec<String>; 2] {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    [
+        v(&[
             "-i",
             bridge,
             "-m",
@@ -263,8 +264,8 @@ fn allow_forwarding_in_iptables(bridge: &str) {
             "smarter-cni",
             "-j",
             "ACCEPT",
-        ],
-        &[
+        ]),
+        v(&[
             "-o",
             bridge,
             "-m",
@@ -277,13 +278,17 @@ fn allow_forwarding_in_iptables(bridge: &str) {
             "smarter-cni",
             "-j",
             "ACCEPT",
-        ],
-    ];
+        ]),
+    ]
+}
+
+fn allow_forwarding_in_iptables(bridge: &str) {
+    let rules = forward_rules(bridge);
     for rule in rules {
         let run = |op: &str| {
             std::process::Command::new("iptables")
                 .args(["-w", op, "FORWARD"])
-                .args(rule)
+                .args(&rule)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status()
@@ -364,14 +369,12 @@ fn attach(
             ),
         ));
     }
-    nl.add_veth(&host, &env.ifname, ns, conf.mtu)
+    nl.add_veth(&host, bridge.index, &env.ifname, ns, conf.mtu)
         .map_err(nl_err)?;
     let hl = nl
         .link_by_name(&host)
         .map_err(nl_err)?
         .ok_or_else(|| CniError::new(code::PLUGIN, format!("veth {host} vanished")))?;
-    nl.set_up(hl.index, Some(bridge.index), None)
-        .map_err(nl_err)?;
     if conf.hairpin_mode {
         nl.set_hairpin(hl.index, true).map_err(nl_err)?;
     }
@@ -594,4 +597,28 @@ pub fn gc(
     }
     sync_rules(conf, b.subnet, true)?;
     Ok(report)
+}
+
+/// Remove everything a network left on the host that DEL keeps for the
+/// next pod: the bridge, the nftables tables and the iptables FORWARD
+/// accepts. Used when a network is retired (and by tests). Missing pieces
+/// are fine.
+pub fn remove_network(network: &str, bridge: &str) -> Result<(), CniError> {
+    let mut nl = Netlink::new().map_err(nl_err)?;
+    if let Some(b) = nl.link_by_name(bridge).map_err(nl_err)? {
+        let _ = nl.del_link(b.index);
+    }
+    nft::apply(&nft_binary(), &nft::remove_script(network))
+        .map_err(|e| CniError::new(code::PLUGIN, "nftables").with_details(e.to_string()))?;
+    for rule in forward_rules(bridge) {
+        while std::process::Command::new("iptables")
+            .args(["-w", "-D", "FORWARD"])
+            .args(&rule)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {}
+    }
+    Ok(())
 }

@@ -326,11 +326,14 @@ impl Netlink {
         .map(|_| ())
     }
 
-    /// Create a veth pair: `host` here, `peer` directly inside the
-    /// namespace open as `peer_netns`.
+    /// Create a veth pair: `host` here, up and already a port of
+    /// `controller` (one kernel operation, so a killed caller never leaves an
+    /// unattached host end), and `peer` directly inside the namespace open as
+    /// `peer_netns`.
     pub fn add_veth(
         &mut self,
         host: &str,
+        controller: u32,
         peer: &str,
         peer_netns: &impl AsRawFd,
         mtu: Option<u32>,
@@ -343,7 +346,10 @@ impl Netlink {
             p.attributes.push(LinkAttribute::Mtu(mtu));
         }
         let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
         m.attributes.push(LinkAttribute::IfName(host.to_string()));
+        m.attributes.push(LinkAttribute::Controller(controller));
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }

@@ -1,0 +1,200 @@
+//! Test harness: drive the real binary exactly as a runtime does (CNI
+//! environment + stdin), and guards that remove every namespace, bridge,
+//! rule and directory a test creates, even when it fails.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_smarter-cni");
+
+/// Root, and the tools we need: else print why and skip.
+pub fn can_run() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        eprintln!("SKIP: needs root (network namespaces, bridges, nftables)");
+        return false;
+    }
+    for tool in ["ip", "nft", "ping"] {
+        if Command::new(tool).arg("-V").output().is_err()
+            && Command::new(tool).arg("--version").output().is_err()
+        {
+            // Running as root (CI): a missing tool is a broken setup, not a skip.
+            panic!("{tool} is not installed (Debian: iproute2, nftables, iputils-ping)");
+        }
+    }
+    true
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique tag for names (interface names are at most 15 bytes).
+pub fn tag() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{:x}{n:x}", std::process::id() % 0xffff)
+}
+
+/// One plugin invocation.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: Option<&'a Path>,
+    pub ifname: &'a str,
+    pub args: &'a str,
+    pub path: &'a str,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(command: &'a str, container_id: &'a str, netns: Option<&'a Path>) -> Self {
+        Self {
+            command,
+            container_id,
+            netns,
+            ifname: "eth0",
+            args: "",
+            path: "/usr/lib/cni",
+        }
+    }
+
+    pub fn command(&self, bin: &str, conf: &Value) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", self.container_id)
+            .env("CNI_IFNAME", self.ifname)
+            .env("CNI_PATH", self.path)
+            .env("CNI_ARGS", self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(ns) = self.netns {
+            cmd.env("CNI_NETNS", ns);
+        }
+        let _ = conf;
+        cmd
+    }
+
+    /// Run `bin` (ours or a reference plugin) and return exit code and
+    /// parsed stdout (`Null` when empty).
+    pub fn run_bin(&self, bin: &str, conf: &Value) -> (i32, Value) {
+        let mut child = match self.command(bin, conf).spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("spawn {bin}: {e}"),
+        };
+        if let Some(mut w) = child.stdin.take() {
+            let _ = w.write_all(conf.to_string().as_bytes());
+        }
+        let out = match child.wait_with_output() {
+            Ok(o) => o,
+            Err(e) => panic!("wait {bin}: {e}"),
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("bad JSON from {bin}: {e}: {text}"))
+        };
+        if !out.status.success() {
+            eprintln!(
+                "{bin} {}: stderr: {}",
+                self.command,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    pub fn run(&self, conf: &Value) -> (i32, Value) {
+        self.run_bin(BIN, conf)
+    }
+}
+
+/// `ip netns add`; deleted on drop.
+pub struct Netns {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Self {
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name}");
+        let _ = Command::new("ip")
+            .args(["netns", "exec", name, "ip", "link", "set", "lo", "up"])
+            .status();
+        Self {
+            name: name.to_string(),
+            path: PathBuf::from(format!("/var/run/netns/{name}")),
+        }
+    }
+
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        match Command::new("ip").args(&full).output() {
+            Ok(o) => o,
+            Err(e) => panic!("ip {full:?}: {e}"),
+        }
+    }
+
+    pub fn ping(&self, ip: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "1", "-q", ip])
+            .status
+            .success()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Removes a network's bridge, nft tables and iptables accepts on drop.
+pub struct NetworkGuard {
+    pub network: String,
+    pub bridge: String,
+}
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        let _ = smarter_cni::native::remove_network(&self.network, &self.bridge);
+    }
+}
+
+/// Whether a link exists in the host namespace.
+pub fn host_link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn ip_of(result: &Value) -> String {
+    result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}

@@ -1,0 +1,492 @@
+//! The real binary against real network namespaces, bridges and nftables.
+#![allow(clippy::panic)] // test harness: a failed setup step fails the test
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::*;
+use serde_json::{Value, json};
+
+struct Net {
+    conf: Value,
+    _guard: NetworkGuard,
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    records: std::path::PathBuf,
+    bridge: String,
+    gateway: String,
+}
+
+fn net(version: &str, subnet: &str, extra: Value) -> Net {
+    let t = tag();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let name = format!("t{t}");
+    let bridge = format!("smt{t}");
+    let data = dir.path().join("ipam");
+    let records = dir.path().join("records");
+    let mut conf = json!({
+        "cniVersion": version,
+        "name": name,
+        "type": "smarter-cni",
+        "bridge": bridge,
+        "ipam": { "subnet": subnet, "dataDir": data },
+        "recordsDir": records,
+    });
+    if let (Some(c), Some(e)) = (conf.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    let gateway = subnet
+        .split('/')
+        .next()
+        .map(|n| {
+            let mut o: Vec<u8> = n.split('.').filter_map(|x| x.parse().ok()).collect();
+            if let Some(l) = o.last_mut() {
+                *l += 1;
+            }
+            o.iter().map(u8::to_string).collect::<Vec<_>>().join(".")
+        })
+        .unwrap_or_default();
+    Net {
+        _guard: NetworkGuard {
+            network: name,
+            bridge: bridge.clone(),
+        },
+        conf,
+        _dir: dir,
+        data,
+        records,
+        bridge,
+        gateway,
+    }
+}
+
+fn allocations(n: &Net) -> usize {
+    let name = n.conf["name"].as_str().unwrap_or_default();
+    std::fs::read_dir(n.data.join(name))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::Ipv4Addr>()
+                        .is_ok()
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn add_ping_check_del_across_versions() {
+    if !can_run() {
+        return;
+    }
+    for version in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let n = net(version, "10.201.0.0/24", json!({}));
+        let (a, b) = (
+            Netns::new(&format!("cnia{}", tag())),
+            Netns::new(&format!("cnib{}", tag())),
+        );
+        let mut ca = Call::new("ADD", "pod-a", Some(&a.path));
+        ca.args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=cam-a";
+        let (code, ra) = ca.run(&n.conf);
+        assert_eq!(code, 0, "{version}: {ra}");
+        assert_eq!(ra["cniVersion"], version);
+        let (code, rb) = Call::new("ADD", "pod-b", Some(&b.path)).run(&n.conf);
+        assert_eq!(code, 0, "{rb}");
+        let (ipa, ipb) = (ip_of(&ra), ip_of(&rb));
+        assert_ne!(ipa, ipb);
+        if version == "0.3.1" {
+            assert_eq!(ra["ips"][0]["version"], "4");
+        } else if version == "1.1.0" {
+            assert!(ra["ips"][0].get("version").is_none());
+        }
+        assert_eq!(
+            ra["interfaces"][ra["ips"][0]["interface"].as_u64().unwrap_or(9) as usize]["sandbox"],
+            a.path.display().to_string()
+        );
+        assert!(a.ping(&ipb), "{version}: pod a -> pod b {ipb}");
+        assert!(b.ping(&ipa), "pod b -> pod a");
+        assert!(a.ping(&n.gateway), "pod a -> bridge");
+        assert!(a.ping(&ipa), "pod a -> itself");
+        // The DNS record.
+        let rec = smarter_common::records::read(&n.records.join("pod-a_eth0.json"))
+            .unwrap_or_else(|e| panic!("record: {e}"));
+        assert_eq!(rec.pod_name.as_deref(), Some("cam-a"));
+        assert_eq!(rec.ips[0].to_string(), ipa);
+        // Hairpin on, default route present.
+        let veth = smarter_cni::native::host_veth_name("pod-a", "eth0");
+        let hp = std::fs::read_to_string(format!("/sys/class/net/{veth}/brport/hairpin_mode"))
+            .unwrap_or_default();
+        assert_eq!(hp.trim(), "1");
+        let routes = String::from_utf8_lossy(&a.exec(&["ip", "route"]).stdout).into_owned();
+        assert!(
+            routes.contains(&format!("default via {}", n.gateway)),
+            "{routes}"
+        );
+
+        if version != "0.3.1" {
+            let mut conf = n.conf.clone();
+            conf["prevResult"] = ra.clone();
+            let (code, out) = Call::new("CHECK", "pod-a", Some(&a.path)).run(&conf);
+            assert_eq!(code, 0, "CHECK {out}");
+            // Remove the veth behind the plugin's back: CHECK must fail.
+            assert!(
+                std::process::Command::new("ip")
+                    .args(["link", "del", &veth])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            );
+            let (code, out) = Call::new("CHECK", "pod-a", Some(&a.path)).run(&conf);
+            assert_ne!(code, 0);
+            assert!(
+                out["msg"].as_str().unwrap_or_default().contains("missing"),
+                "{out}"
+            );
+        } else {
+            let (code, out) = Call::new("CHECK", "pod-a", Some(&a.path)).run(&n.conf);
+            assert_eq!(
+                (code, out["code"].as_u64()),
+                (1, Some(1)),
+                "0.3.1 has no CHECK"
+            );
+        }
+        // DEL twice, the second with the namespace gone.
+        for _ in 0..2 {
+            let (code, out) = Call::new("DEL", "pod-a", Some(&a.path)).run(&n.conf);
+            assert_eq!(code, 0, "DEL {out}");
+            assert_eq!(out, Value::Null);
+        }
+        assert!(!host_link_exists(&veth));
+        assert!(!n.records.join("pod-a_eth0.json").exists());
+        assert_eq!(allocations(&n), 1);
+        drop(b);
+        let (code, _) = Call::new("DEL", "pod-b", None).run(&n.conf);
+        assert_eq!(code, 0);
+        assert_eq!(allocations(&n), 0);
+    }
+}
+
+#[test]
+fn fifty_parallel_adds_get_distinct_addresses_and_ping() {
+    if !can_run() {
+        return;
+    }
+    let n = net("1.1.0", "10.202.0.0/24", json!({}));
+    let namespaces: Vec<Netns> = (0..50)
+        .map(|i| Netns::new(&format!("cnip{i}{}", tag())))
+        .collect();
+    let results: Vec<(i32, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = namespaces
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let conf = &n.conf;
+                s.spawn(move || {
+                    let id = format!("par-{i}");
+                    Call::new("ADD", &id, Some(&ns.path)).run(conf)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((-1, Value::Null)))
+            .collect()
+    });
+    let ips: BTreeSet<String> = results
+        .iter()
+        .map(|(code, r)| {
+            assert_eq!(*code, 0, "{r}");
+            ip_of(r)
+        })
+        .collect();
+    assert_eq!(ips.len(), 50, "distinct addresses");
+    assert_eq!(allocations(&n), 50);
+    let ips: Vec<String> = results.iter().map(|(_, r)| ip_of(r)).collect();
+    std::thread::scope(|s| {
+        for (i, ns) in namespaces.iter().enumerate() {
+            let next = &ips[(i + 1) % ips.len()];
+            let gw = &n.gateway;
+            s.spawn(move || {
+                assert!(ns.ping(gw), "pod {i} -> bridge");
+                assert!(ns.ping(next), "pod {i} -> {next}");
+            });
+        }
+    });
+    for (i, ns) in namespaces.iter().enumerate() {
+        let id = format!("par-{i}");
+        assert_eq!(Call::new("DEL", &id, Some(&ns.path)).run(&n.conf).0, 0);
+    }
+    assert_eq!(allocations(&n), 0);
+}
+
+fn state_snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in walk(dir) {
+        let data = std::fs::read(&e).unwrap_or_default();
+        out.push((e.display().to_string(), data));
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn errors_give_spec_codes_and_change_nothing() {
+    if !can_run() {
+        return;
+    }
+    // A /29 with a range of one address.
+    let n = net(
+        "1.1.0",
+        "10.203.0.0/29",
+        json!({ "ipam": { "subnet": "10.203.0.0/29", "rangeStart": "10.203.0.2", "rangeEnd": "10.203.0.2" } }),
+    );
+    let mut conf = n.conf.clone();
+    conf["ipam"]["dataDir"] = json!(n.data);
+    let ns1 = Netns::new(&format!("cnie{}", tag()));
+    let ns2 = Netns::new(&format!("cnie{}", tag()));
+    let (code, r) = Call::new("ADD", "first", Some(&ns1.path)).run(&conf);
+    assert_eq!(code, 0, "{r}");
+    let before = state_snapshot(n.data.parent().unwrap_or(Path::new("/nonexistent")));
+    let links_before =
+        String::from_utf8_lossy(&ns2.exec(&["ip", "-o", "link"]).stdout).into_owned();
+
+    // Exhausted subnet: 11, and no veth left in the namespace.
+    let (code, r) = Call::new("ADD", "second", Some(&ns2.path)).run(&conf);
+    assert_eq!((code, r["code"].as_u64()), (1, Some(11)), "{r}");
+    // Unknown version.
+    let mut bad = conf.clone();
+    bad["cniVersion"] = json!("0.2.0");
+    let (_, r) = Call::new("ADD", "second", Some(&ns2.path)).run(&bad);
+    assert_eq!(r["code"], 1);
+    // Missing CNI_NETNS.
+    let (_, r) = Call::new("ADD", "second", None).run(&conf);
+    assert_eq!(r["code"], 4);
+    // Malformed config (raw bytes, not JSON).
+    let mut cmd = Call::new("ADD", "second", Some(&ns2.path)).command(BIN, &conf);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{e}"));
+    if let Some(mut w) = child.stdin.take() {
+        use std::io::Write;
+        let _ = w.write_all(b"{\"cniVersion\": ");
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(r["code"], 6, "{r}");
+    // Invalid network config.
+    let mut bad = conf.clone();
+    bad["ipam"]["subnet"] = json!("10.203.0.0/40");
+    assert_eq!(
+        Call::new("ADD", "second", Some(&ns2.path)).run(&bad).1["code"],
+        7
+    );
+    // Unsupported bridge field.
+    let mut bad = conf.clone();
+    bad["vlan"] = json!(7);
+    assert_eq!(
+        Call::new("ADD", "second", Some(&ns2.path)).run(&bad).1["code"],
+        2
+    );
+
+    assert_eq!(
+        state_snapshot(n.data.parent().unwrap_or(Path::new("/nonexistent"))),
+        before
+    );
+    let links_after = String::from_utf8_lossy(&ns2.exec(&["ip", "-o", "link"]).stdout).into_owned();
+    assert_eq!(links_before, links_after);
+    assert!(!host_link_exists(&smarter_cni::native::host_veth_name(
+        "second", "eth0"
+    )));
+    // STATUS reports the exhausted range as limited resources.
+    let (code, r) = Call::new("STATUS", "", None).run(&conf);
+    assert_eq!((code, r["code"].as_u64()), (1, Some(51)), "{r}");
+    assert_eq!(Call::new("DEL", "first", Some(&ns1.path)).run(&conf).0, 0);
+    let (code, r) = Call::new("STATUS", "", None).run(&conf);
+    assert_eq!((code, r), (0, Value::Null));
+}
+
+#[test]
+fn gc_frees_leaked_and_killed_adds() {
+    if !can_run() {
+        return;
+    }
+    let n = net("1.1.0", "10.204.0.0/24", json!({}));
+    let keep = Netns::new(&format!("cnig{}", tag()));
+    let leak = Netns::new(&format!("cnig{}", tag()));
+    assert_eq!(Call::new("ADD", "keep", Some(&keep.path)).run(&n.conf).0, 0);
+    assert_eq!(Call::new("ADD", "leak", Some(&leak.path)).run(&n.conf).0, 0);
+    // Killed ADDs at several points of their run.
+    let victims: Vec<Netns> = (0..6)
+        .map(|i| Netns::new(&format!("cnik{i}{}", tag())))
+        .collect();
+    for (i, ns) in victims.iter().enumerate() {
+        let id = format!("killed-{i}");
+        let call = Call::new("ADD", &id, Some(&ns.path));
+        let mut child = call
+            .command(BIN, &n.conf)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        if let Some(mut w) = child.stdin.take() {
+            use std::io::Write;
+            let _ = w.write_all(n.conf.to_string().as_bytes());
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500 * i as u64));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut gc = n.conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{ "containerID": "keep", "ifname": "eth0" }]);
+    let (code, r) = Call::new("GC", "", None).run(&gc);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(allocations(&n), 1, "only 'keep' holds an address");
+    assert!(!host_link_exists(&smarter_cni::native::host_veth_name(
+        "leak", "eth0"
+    )));
+    for i in 0..6 {
+        assert!(!host_link_exists(&smarter_cni::native::host_veth_name(
+            &format!("killed-{i}"),
+            "eth0"
+        )));
+    }
+    assert!(!n.records.join("leak_eth0.json").exists());
+    assert!(n.records.join("keep_eth0.json").exists());
+    // Only the kept pod's port is on the bridge.
+    let ports = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["-o", "link", "show", "master", &n.bridge])
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default(),
+    )
+    .into_owned();
+    assert_eq!(ports.lines().count(), 1, "{ports}");
+    // GC needs 1.1.0.
+    let mut old = gc.clone();
+    old["cniVersion"] = json!("1.0.0");
+    assert_eq!(Call::new("GC", "", None).run(&old).1["code"], 1);
+    assert!(keep.ping(&n.gateway));
+}
+
+#[test]
+fn tenant_isolation_blocks_and_allows_as_configured() {
+    if !can_run() {
+        return;
+    }
+    let n = net(
+        "1.1.0",
+        "10.205.0.0/24",
+        json!({ "isolation": { "enabled": true, "allow": [["team-a", "shared-svc"]] } }),
+    );
+    let pods = [
+        ("a1", "team-a"),
+        ("a2", "team-a"),
+        ("b1", "team-b"),
+        ("s1", "shared-svc"),
+    ];
+    let namespaces: Vec<Netns> = pods
+        .iter()
+        .map(|(p, _)| Netns::new(&format!("cni{p}{}", tag())))
+        .collect();
+    let mut ips = Vec::new();
+    for ((pod, kns), ns) in pods.iter().zip(&namespaces) {
+        let mut c = Call::new("ADD", pod, Some(&ns.path));
+        let args = format!("K8S_POD_NAMESPACE={kns};K8S_POD_NAME={pod}");
+        c.args = &args;
+        let (code, r) = c.run(&n.conf);
+        assert_eq!(code, 0, "{r}");
+        ips.push(ip_of(&r));
+    }
+    assert!(namespaces[0].ping(&ips[1]), "same namespace");
+    assert!(!namespaces[0].ping(&ips[2]), "team-a -> team-b blocked");
+    assert!(!namespaces[2].ping(&ips[0]), "team-b -> team-a blocked");
+    assert!(namespaces[0].ping(&ips[3]), "allowed pair");
+    assert!(namespaces[3].ping(&ips[1]), "allowed pair, other way");
+    assert!(
+        !namespaces[2].ping(&ips[3]),
+        "team-b -> shared-svc not allowed"
+    );
+    assert!(
+        namespaces[2].ping(&n.gateway),
+        "the gateway is always reachable"
+    );
+    // DEL updates the rules: after b1 leaves, its address is no longer a pod.
+    for ((pod, _), ns) in pods.iter().zip(&namespaces) {
+        assert_eq!(Call::new("DEL", pod, Some(&ns.path)).run(&n.conf).0, 0);
+    }
+    let t = format!(
+        "smarter-cni-{}",
+        n.conf["name"].as_str().unwrap_or_default()
+    );
+    let listing = std::process::Command::new("nft")
+        .args(["list", "table", "bridge", &t])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let listing = String::from_utf8_lossy(&listing);
+    for ip in &ips {
+        assert!(
+            !listing.contains(ip.as_str()),
+            "{ip} still in rules: {listing}"
+        );
+    }
+}
+
+#[test]
+fn original_smarter_conflist_with_host_local_delegation() {
+    if !can_run() {
+        return;
+    }
+    // The original SMARTER plugin entry with only `type` changed.
+    let n = net("0.3.1", "10.206.0.0/24", json!({}));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let conf = json!({
+        "cniVersion": "0.3.1",
+        "name": n.conf["name"],
+        "type": "smarter-cni",
+        "bridge": n.bridge,
+        "isDefaultGateway": true,
+        "forceAddress": false,
+        "ipMasq": true,
+        "hairpinMode": true,
+        "recordsDir": n.records,
+        "ipam": {
+            "type": "host-local",
+            "subnet": "10.206.0.0/24",
+            "gateway": "10.206.0.1",
+            "dataDir": dir.path(),
+        }
+    });
+    let a = Netns::new(&format!("cnih{}", tag()));
+    let b = Netns::new(&format!("cnih{}", tag()));
+    let (code, ra) = Call::new("ADD", "h-a", Some(&a.path)).run(&conf);
+    assert_eq!(code, 0, "{ra}");
+    let (code, rb) = Call::new("ADD", "h-b", Some(&b.path)).run(&conf);
+    assert_eq!(code, 0, "{rb}");
+    assert!(a.ping(&ip_of(&rb)));
+    assert!(a.ping("10.206.0.1"));
+    // host-local keeps its own files: one per address.
+    let hl = dir.path().join(n.conf["name"].as_str().unwrap_or_default());
+    assert!(hl.join(ip_of(&ra)).exists());
+    for (id, ns) in [("h-a", &a), ("h-b", &b)] {
+        assert_eq!(Call::new("DEL", id, Some(&ns.path)).run(&conf).0, 0);
+    }
+    assert!(!hl.join(ip_of(&ra)).exists(), "host-local released on DEL");
+}
