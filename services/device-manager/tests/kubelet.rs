@@ -1,0 +1,383 @@
+//! The real binary against the kubelet double, with real device nodes made
+//! by mknod in a temporary device root (root only; skipped otherwise).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Env, FakeKubelet, can_mknod};
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+const T: Duration = Duration::from_secs(10);
+/// The hotplug latency requirement.
+const HOTPLUG: Duration = Duration::from_millis(100);
+
+fn healthy(p: &support::kubelet::Plugin, id: &str) -> bool {
+    p.devices.iter().any(|(i, h)| i == id && h == "Healthy")
+}
+
+fn unhealthy(p: &support::kubelet::Plugin, id: &str) -> bool {
+    p.devices.iter().any(|(i, h)| i == id && h == "Unhealthy")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn original_conf_yaml_registers_lists_and_allocates() -> R {
+    if !can_mknod("original_conf_yaml_registers_lists_and_allocates") {
+        return Ok(());
+    }
+    let mut env = Env::new("conf.yaml")?;
+    env.write_config(
+        "- devicematch: ^ttyUSB[0-9]*$\n  nummaxdevices: 1\n- devicematch: ^snd$\n  nummaxdevices: 20\n- devicematch: ^net/tun$\n  nummaxdevices: 1\n",
+    )?;
+    env.mknod("ttyUSB0", 188, 0)?;
+    env.mknod("snd/controlC0", 116, 0)?;
+    env.mknod("snd/pcmC0D0p", 116, 16)?;
+    env.mknod("net/tun", 10, 200)?;
+    env.mknod("null", 1, 3)?;
+    let k = FakeKubelet::start(&env.plugins)?;
+    env.spawn(&[])?;
+
+    let snd = k
+        .wait_for("smarter-devices/snd", T, |p| p.devices.len() == 20)
+        .await?;
+    assert_eq!(snd.endpoint, "smarter-snd.sock");
+    assert!(snd.devices.iter().all(|(_, h)| h == "Healthy"));
+    let ids: Vec<&str> = snd.devices.iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(ids[..3], ["0", "1", "2"]);
+    let opts = snd.options.unwrap_or_default();
+    assert!(opts.get_preferred_allocation_available);
+    assert_eq!(snd.served_options, Some(opts));
+    let tun = k
+        .wait_for("smarter-devices/net_tun", T, |p| p.devices.len() == 1)
+        .await?;
+    assert_eq!(tun.endpoint, "smarter-net_tun.sock");
+    k.wait_for("smarter-devices/ttyUSB0", T, |p| p.devices.len() == 1)
+        .await?;
+    assert!(env.plugins.join("smarter-ttyUSB0.sock").exists());
+    assert!(k.plugin("smarter-devices/null").is_none());
+    assert!(k.refused().is_empty(), "{:?}", k.refused());
+
+    let a = k.allocate("smarter-devices/ttyUSB0", &["0"]).await?;
+    assert_eq!(a.devices.len(), 1);
+    assert_eq!(
+        a.devices[0].host_path,
+        env.dev.join("ttyUSB0").to_string_lossy()
+    );
+    assert_eq!(a.devices[0].container_path, "/dev/ttyUSB0");
+    assert_eq!(a.devices[0].permissions, "rw");
+    let a = k.allocate("smarter-devices/snd", &["3"]).await?;
+    let mut paths: Vec<&str> = a
+        .devices
+        .iter()
+        .map(|d| d.container_path.as_str())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/dev/snd/controlC0", "/dev/snd/pcmC0D0p"]);
+    let e = k.allocate("smarter-devices/snd", &["99"]).await;
+    assert!(
+        e.as_ref().is_err_and(|m| m.contains("unknown device ID")),
+        "{e:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hotplug_add_remove_readd_within_100ms() -> R {
+    if !can_mknod("hotplug_add_remove_readd_within_100ms") {
+        return Ok(());
+    }
+    let mut env = Env::new("dm.toml")?;
+    env.write_config(
+        "health_interval_secs = 0\n[[rules]]\nname = \"usb-serial\"\npath = \"^ttyUSB[0-9]+$\"\nid = \"path\"\n\n[[rules]]\npath = \"^ttyACM[0-9]+$\"\n",
+    )?;
+    env.mknod("ttyUSB0", 188, 0)?;
+    let k = FakeKubelet::start(&env.plugins)?;
+    env.spawn(&[])?;
+    let pool = "smarter-devices/usb-serial";
+    k.wait_for(pool, T, |p| healthy(p, "ttyUSB0")).await?;
+
+    // Added: appears Healthy.
+    let t0 = Instant::now();
+    env.mknod("ttyUSB1", 188, 1)?;
+    k.wait_for(pool, T, |p| healthy(p, "ttyUSB1")).await?;
+    let add = t0.elapsed();
+    // Removed: Unhealthy, still listed.
+    let t0 = Instant::now();
+    std::fs::remove_file(env.dev.join("ttyUSB1"))?;
+    let p = k.wait_for(pool, T, |p| unhealthy(p, "ttyUSB1")).await?;
+    let remove = t0.elapsed();
+    assert!(healthy(&p, "ttyUSB0"));
+    // Back: Healthy again.
+    let t0 = Instant::now();
+    env.mknod("ttyUSB1", 188, 1)?;
+    k.wait_for(pool, T, |p| healthy(p, "ttyUSB1")).await?;
+    let readd = t0.elapsed();
+    println!("hotplug latency: add {add:?}, remove {remove:?}, re-add {readd:?}");
+    for (what, d) in [("add", add), ("remove", remove), ("re-add", readd)] {
+        assert!(d < HOTPLUG, "{what} took {d:?}");
+    }
+
+    // A per-node rule: a new node is a new resource that registers.
+    env.mknod("ttyACM0", 166, 0)?;
+    k.wait_for("smarter-devices/ttyACM0", T, |p| healthy(p, "0"))
+        .await?;
+    // In a directory created after start.
+    env.mknod("sub/dir/ttyUSB7", 188, 7)?;
+    let e = k
+        .wait_for(pool, Duration::from_millis(500), |p| {
+            healthy(p, "sub/dir/ttyUSB7")
+        })
+        .await;
+    // The rule is anchored at ^ttyUSB, so a nested node must not match.
+    assert!(e.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_restart_and_own_socket_deleted_reregister() -> R {
+    if !can_mknod("kubelet_restart_and_own_socket_deleted_reregister") {
+        return Ok(());
+    }
+    let mut env = Env::new("dm.toml")?;
+    env.write_config("[[rules]]\npath = \"^ttyUSB[0-9]+$\"\n\n[[rules]]\npath = \"^video[0-9]+$\"\nmax_users = 2\n")?;
+    env.mknod("ttyUSB0", 188, 0)?;
+    env.mknod("video0", 81, 0)?;
+    let mut k = FakeKubelet::start(&env.plugins)?;
+    env.spawn(&[])?;
+    let tty = "smarter-devices/ttyUSB0";
+    let video = "smarter-devices/video0";
+    k.wait_for(tty, T, |p| p.registrations == 1 && p.updates >= 1)
+        .await?;
+    k.wait_for(video, T, |p| p.registrations == 1 && p.updates >= 1)
+        .await?;
+
+    // Kubelet restart: sockets deleted, kubelet.sock re-created. (Both the
+    // deleted socket and the new kubelet.sock trigger a registration, so a
+    // plugin may register twice; the kubelet takes the latest.)
+    k.restart().await?;
+    k.wait_for(tty, T, |p| p.registrations >= 2 && p.updates >= 2)
+        .await?;
+    k.wait_for(video, T, |p| p.registrations >= 2 && p.updates >= 2)
+        .await?;
+    assert!(env.plugins.join("smarter-ttyUSB0.sock").exists());
+    let a = k.allocate(tty, &["0"]).await?;
+    assert_eq!(a.devices.len(), 1);
+
+    // Only our socket deleted: that plugin (alone) serves again and registers.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tty_regs = k.plugin(tty).map(|p| p.registrations);
+    let video_regs = k.plugin(video).map_or(0, |p| p.registrations);
+    std::fs::remove_file(env.plugins.join("smarter-video0.sock"))?;
+    k.wait_for(video, T, |p| p.registrations > video_regs)
+        .await?;
+    assert!(env.plugins.join("smarter-video0.sock").exists());
+    let a = k.allocate(video, &["1"]).await?;
+    assert_eq!(a.devices.len(), 1);
+    assert_eq!(k.plugin(tty).map(|p| p.registrations), tty_regs);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_after_kubelet_appears_late() -> R {
+    if !can_mknod("registers_after_kubelet_appears_late") {
+        return Ok(());
+    }
+    let mut env = Env::new("dm.toml")?;
+    env.write_config("[[rules]]\npath = \"^ttyUSB[0-9]+$\"\n")?;
+    env.mknod("ttyUSB0", 188, 0)?;
+    env.spawn(&[])?;
+    // No kubelet yet: the plugin serves and retries with backoff.
+    let sock = env.plugins.join("smarter-ttyUSB0.sock");
+    let end = Instant::now() + T;
+    while !sock.exists() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(sock.exists());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let k = FakeKubelet::start(&env.plugins)?;
+    k.wait_for("smarter-devices/ttyUSB0", T, |p| {
+        p.registrations == 1 && p.updates >= 1
+    })
+    .await?;
+    assert!(env.log_text().contains("registration failed"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_changes_only_changed_resources() -> R {
+    if !can_mknod("sighup_reload_changes_only_changed_resources") {
+        return Ok(());
+    }
+    let mut env = Env::new("dm.toml")?;
+    env.write_config(
+        "[[rules]]\nname = \"serial\"\npath = \"^ttyUSB[0-9]+$\"\nid = \"path\"\n\n[[rules]]\npath = \"^snd$\"\n\n[[rules]]\npath = \"^video0$\"\n",
+    )?;
+    env.mknod("ttyUSB0", 188, 0)?;
+    env.mknod("snd/controlC0", 116, 0)?;
+    env.mknod("video0", 81, 0)?;
+    env.mknod("net/tun", 10, 200)?;
+    let k = FakeKubelet::start(&env.plugins)?;
+    env.spawn(&[])?;
+    k.wait_for("smarter-devices/serial", T, |p| p.devices.len() == 1)
+        .await?;
+    k.wait_for("smarter-devices/snd", T, |p| p.devices.len() == 1)
+        .await?;
+    k.wait_for("smarter-devices/video0", T, |p| p.devices.len() == 1)
+        .await?;
+
+    // serial: more users; snd: removed; video0: unchanged; net/tun: added.
+    env.write_config(
+        "[[rules]]\nname = \"serial\"\npath = \"^ttyUSB[0-9]+$\"\nid = \"path\"\nmax_users = 3\npermissions = \"rwm\"\n\n[[rules]]\npath = \"^video0$\"\n\n[[rules]]\npath = \"^net/tun$\"\n",
+    )?;
+    env.signal(libc::SIGHUP);
+    k.wait_for("smarter-devices/net_tun", T, |p| p.devices.len() == 1)
+        .await?;
+    let serial = k
+        .wait_for("smarter-devices/serial", T, |p| p.devices.len() == 3)
+        .await?;
+    assert_eq!(
+        serial.registrations, 1,
+        "unchanged server must not re-register"
+    );
+    assert_eq!(
+        k.plugin("smarter-devices/video0").map(|p| p.registrations),
+        Some(1)
+    );
+    let end = Instant::now() + T;
+    while env.plugins.join("smarter-snd.sock").exists() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!env.plugins.join("smarter-snd.sock").exists());
+    let a = k.allocate("smarter-devices/serial", &["ttyUSB0.2"]).await?;
+    assert_eq!(a.devices[0].permissions, "rwm");
+
+    // A broken config is refused; the last good one keeps serving.
+    env.write_config("[[rules]]\npath = \"^tty(\"\n")?;
+    env.signal(libc::SIGHUP);
+    let end = Instant::now() + T;
+    while !env.log_text().contains("keeping the last good config") && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        env.log_text().contains("rules[0].path"),
+        "{}",
+        env.log_text()
+    );
+    let a = k.allocate("smarter-devices/serial", &["ttyUSB0.0"]).await?;
+    assert_eq!(a.devices.len(), 1);
+    assert!(env.plugins.join("smarter-net_tun.sock").exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_unhealthy_and_removes_sockets() -> R {
+    if !can_mknod("sigterm_sends_unhealthy_and_removes_sockets") {
+        return Ok(());
+    }
+    let mut env = Env::new("dm.toml")?;
+    env.write_config("[[rules]]\npath = \"^ttyUSB[0-9]+$\"\n")?;
+    env.mknod("ttyUSB0", 188, 0)?;
+    let k = FakeKubelet::start(&env.plugins)?;
+    env.spawn(&[])?;
+    k.wait_for("smarter-devices/ttyUSB0", T, |p| healthy(p, "0"))
+        .await?;
+    env.signal(libc::SIGTERM);
+    k.wait_for("smarter-devices/ttyUSB0", T, |p| unhealthy(p, "0"))
+        .await?;
+    let st = env.wait_exit(T);
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    assert!(!env.plugins.join("smarter-ttyUSB0.sock").exists());
+    assert!(env.plugins.join("kubelet.sock").exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_udev_match_preferred_allocation_env_mounts_cdi() -> R {
+    if !can_mknod("pooled_udev_match_preferred_allocation_env_mounts_cdi") {
+        return Ok(());
+    }
+    let mut env = Env::new("dm.toml")?;
+    // Fake sysfs: ttyUSB0 and ttyUSB1 are FTDI (0403), ttyUSB2 is a CP210x.
+    for (n, vendor, serial) in [(0, "0403", "A1"), (1, "0403", "B2"), (2, "10c4", "C3")] {
+        let usb = env.sys.join(format!("devices/usb1/1-{n}"));
+        let tty = usb.join(format!("1-{n}:1.0/ttyUSB{n}/tty/ttyUSB{n}"));
+        std::fs::create_dir_all(&tty)?;
+        std::fs::write(usb.join("idVendor"), vendor)?;
+        std::fs::write(usb.join("serial"), serial)?;
+        std::fs::write(
+            tty.join("uevent"),
+            format!("MAJOR=188\nMINOR={n}\nDEVNAME=ttyUSB{n}\n"),
+        )?;
+        std::fs::create_dir_all(env.sys.join("dev/char"))?;
+        std::os::unix::fs::symlink(&tty, env.sys.join(format!("dev/char/188:{n}")))?;
+        env.mknod(&format!("ttyUSB{n}"), 188, n)?;
+    }
+    env.write_config(
+        "udev_data_dir = \"/nonexistent\"\n[[rules]]\nname = \"ftdi\"\npath = \"^ttyUSB\"\nudev = { ID_VENDOR_ID = \"0403\" }\nmax_users = 2\ncontainer_path = \"/dev/serial0\"\nenv = { SERIAL = \"{id}\" }\nmounts = [{ host_path = \"/etc/hostname\", container_path = \"/etc/gw\" }]\ncdi_kind = \"smarter.io/serial\"\n",
+    )?;
+    let k = FakeKubelet::start(&env.plugins)?;
+    env.spawn(&[])?;
+    let p = k
+        .wait_for("smarter-devices/ftdi", T, |p| p.devices.len() == 4)
+        .await?;
+    let ids: Vec<&str> = p.devices.iter().map(|(i, _)| i.as_str()).collect();
+    // IDs from the USB serial numbers; the CP210x is not matched.
+    assert_eq!(ids, ["A1.0", "A1.1", "B2.0", "B2.1"]);
+    // A1.0 is in use elsewhere: B2 is the least shared.
+    let pref = k
+        .preferred("smarter-devices/ftdi", &["A1.1", "B2.0", "B2.1"], &[], 1)
+        .await?;
+    assert_eq!(pref, ["B2.0"]);
+    let a = k.allocate("smarter-devices/ftdi", &["B2.0"]).await?;
+    assert_eq!(a.devices[0].container_path, "/dev/serial0");
+    assert_eq!(
+        a.devices[0].host_path,
+        env.dev.join("ttyUSB1").to_string_lossy()
+    );
+    assert_eq!(a.envs.get("SERIAL").map(String::as_str), Some("B2"));
+    assert_eq!(a.mounts[0].container_path, "/etc/gw");
+    assert!(a.mounts[0].read_only);
+    assert_eq!(a.cdi_devices[0].name, "smarter.io/serial=B2");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_healthz() -> R {
+    if !can_mknod("metrics_and_healthz") {
+        return Ok(());
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut env = Env::new("dm.toml")?;
+    env.write_config(&format!(
+        "metrics_address = \"127.0.0.1:{port}\"\n[[rules]]\npath = \"^ttyUSB[0-9]+$\"\n"
+    ))?;
+    env.mknod("ttyUSB0", 188, 0)?;
+    let k = FakeKubelet::start(&env.plugins)?;
+    env.spawn(&[])?;
+    k.wait_for("smarter-devices/ttyUSB0", T, |p| p.updates >= 1)
+        .await?;
+    let get = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let h = get("/healthz").await?;
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    let m = get("/metrics").await?;
+    assert!(
+        m.contains("smarter_device_manager_registrations_total 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("smarter_device_manager_devices{resource=\"smarter-devices/ttyUSB0\",health=\"Healthy\"} 1"),
+        "{m}"
+    );
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Shared test harness: temp device/sys/plugin dirs, mknod, the real binary
+//! as a child process (killed on drop), and the kubelet double.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod kubelet;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub use kubelet::FakeKubelet;
+
+/// Make a character device node, or say why not.
+pub fn mknod(path: &Path, major: u32, minor: u32) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let dev = libc::makedev(major, minor);
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// True when this process may make device nodes; prints why not otherwise.
+pub fn can_mknod(test: &str) -> bool {
+    let Ok(t) = tempfile::tempdir() else {
+        return false;
+    };
+    match mknod(&t.path().join("probe"), 1, 3) {
+        Ok(()) => true,
+        Err(e) => {
+            println!("SKIP {test}: cannot mknod ({e}); run as root (CI does)");
+            false
+        }
+    }
+}
+
+/// The binary under test, with its temp dirs.
+#[derive(Debug)]
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub dev: PathBuf,
+    pub sys: PathBuf,
+    pub plugins: PathBuf,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Env {
+    /// Temp dirs; the config file is written by [`Env::write_config`].
+    pub fn new(config_name: &str) -> std::io::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let dev = tmp.path().join("dev");
+        let sys = tmp.path().join("sys");
+        let plugins = tmp.path().join("device-plugins");
+        for d in [&dev, &sys, &plugins] {
+            std::fs::create_dir_all(d)?;
+        }
+        let config = tmp.path().join(config_name);
+        let log = tmp.path().join("log");
+        Ok(Self {
+            tmp,
+            dev,
+            sys,
+            plugins,
+            config,
+            child: None,
+            log,
+        })
+    }
+
+    pub fn write_config(&self, text: &str) -> std::io::Result<()> {
+        // Atomic, as a ConfigMap update is.
+        let t = self.config.with_extension("tmp");
+        std::fs::write(&t, text)?;
+        std::fs::rename(&t, &self.config)
+    }
+
+    pub fn mknod(&self, rel: &str, major: u32, minor: u32) -> std::io::Result<()> {
+        mknod(&self.dev.join(rel), major, minor)
+    }
+
+    /// Start the binary.
+    pub fn spawn(&mut self, extra: &[&str]) -> std::io::Result<()> {
+        let log = std::fs::File::create(&self.log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_smarter-device-manager"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--dev-root")
+            .arg(&self.dev)
+            .arg("--sys-root")
+            .arg(&self.sys)
+            .arg("--plugin-dir")
+            .arg(&self.plugins)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child
+            && let Ok(pid) = i32::try_from(c.id())
+        {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// Wait for exit (after a signal), at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- smarter-device-manager log ----\n{}", self.log_text());
+        }
+    }
+}
