@@ -1,3 +1,255 @@
-//! smarter-debug-agent: the gateway side.
+//! smarter-debug-agent: the gateway side. Dials out to comms only (never
+//! listens), logs in as `gateway:NAME` with its own key, pins comms' host
+//! key, asks for a remote forward and keeps the tunnel up with keepalives
+//! and exponential backoff. Every `forwarded-tcpip` channel comms opens is
+//! one developer's SSH connection, served by the embedded SSH server in
+//! [`session`].
 
 pub mod config;
+pub mod pods;
+pub mod process;
+pub mod recording;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use russh::{Channel, ChannelMsg};
+use smarter_common::signals::Event;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::{RwLock, oneshot};
+
+use crate::keys;
+use crate::proto::{self, AgentRequest};
+use config::Config;
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Key handling failed.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// Comms could not be asked.
+    #[error("comms request failed: {0}")]
+    Comms(String),
+}
+
+/// What every session of this agent shares.
+pub struct Agent {
+    /// Configuration.
+    pub config: Config,
+    key: PrivateKey,
+    comms_key: PublicKey,
+    tunnel: RwLock<Option<Arc<client::Handle<Tunnel>>>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("gateway", &self.config.gateway_name)
+            .finish()
+    }
+}
+
+impl Agent {
+    /// Sends `req` (with `body`) to comms over the tunnel and returns its stdout.
+    pub async fn ask_comms(&self, req: &AgentRequest, body: &[u8]) -> Result<Vec<u8>, AgentError> {
+        let handle = self
+            .tunnel
+            .read()
+            .await
+            .clone()
+            .ok_or_else(|| AgentError::Comms("tunnel down".into()))?;
+        let err = |e: russh::Error| AgentError::Comms(e.to_string());
+        let mut ch: Channel<client::Msg> = handle.channel_open_session().await.map_err(err)?;
+        ch.exec(true, req.to_command()).await.map_err(err)?;
+        if req.has_body() {
+            for chunk in body.chunks(32 * 1024) {
+                ch.data_bytes(chunk.to_vec()).await.map_err(err)?;
+            }
+            ch.eof().await.map_err(err)?;
+        }
+        let mut out = Vec::new();
+        let mut errout = Vec::new();
+        let mut status = None;
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => errout.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        match status {
+            Some(0) => Ok(out),
+            _ => Err(AgentError::Comms(
+                String::from_utf8_lossy(&errout).trim().to_string(),
+            )),
+        }
+    }
+}
+
+/// The client side of the tunnel to comms.
+#[derive(Debug)]
+pub struct Tunnel {
+    agent: Arc<Agent>,
+    closed: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        if let Some(c) = self.closed.take() {
+            let _ = c.send(());
+        }
+    }
+}
+
+impl client::Handler for Tunnel {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let ok = match key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
+                key.key_data() == self.agent.comms_key.key_data()
+            }
+            _ => false,
+        };
+        if !ok {
+            tracing::error!("comms host key does not match comms_host_key; refusing to connect");
+        }
+        Ok(ok)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<client::Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let Some(session_id) = proto::parse_originator(originator_address) else {
+            tracing::warn!(
+                originator_address,
+                "forwarded channel without session id refused"
+            );
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let agent = self.agent.clone();
+        tokio::spawn(async move {
+            session::serve(agent, session_id, channel).await;
+        });
+        Ok(())
+    }
+}
+
+fn client_config(config: &Config) -> Arc<client::Config> {
+    Arc::new(client::Config {
+        keepalive_interval: Some(Duration::from_secs(config.keepalive_secs)),
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+/// One connection: connect, authenticate, ask for the forward, wait until it drops.
+async fn connect_once(agent: &Arc<Agent>) -> Result<oneshot::Receiver<()>, String> {
+    let (closed_tx, closed_rx) = oneshot::channel();
+    let handler = Tunnel {
+        agent: agent.clone(),
+        closed: Some(closed_tx),
+    };
+    let config = client_config(&agent.config);
+    let mut handle = client::connect(config, agent.config.comms_address.as_str(), handler)
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", agent.config.comms_address))?;
+    let user = format!(
+        "{}{}",
+        crate::comms::ssh::GATEWAY_USER_PREFIX,
+        agent.config.gateway_name
+    );
+    let auth = handle
+        .authenticate_publickey(
+            user,
+            PrivateKeyWithHashAlg::new(Arc::new(agent.key.clone()), None),
+        )
+        .await
+        .map_err(|e| format!("authenticating: {e}"))?;
+    if !auth.success() {
+        return Err(
+            "comms refused our key (is this gateway enrolled with state_dir/agent_key.pub?)".into(),
+        );
+    }
+    handle
+        .tcpip_forward(agent.config.gateway_name.clone(), 22)
+        .await
+        .map_err(|e| format!("requesting forward: {e}"))?;
+    *agent.tunnel.write().await = Some(Arc::new(handle));
+    Ok(closed_rx)
+}
+
+/// Runs the agent until a stop signal.
+pub async fn run(config: Config, mut signals: UnboundedReceiver<Event>) -> Result<(), AgentError> {
+    let key = keys::load_or_create(&config.state_dir.join("agent_key"))?;
+    let comms_key = keys::parse_public(&config.comms_host_key)?;
+    tracing::info!(
+        gateway = %config.gateway_name,
+        comms = %config.comms_address,
+        key = %keys::public_line(key.public_key()),
+        "agent started"
+    );
+    let agent = Arc::new(Agent {
+        config,
+        key,
+        comms_key,
+        tunnel: RwLock::new(None),
+    });
+    let stop = async {
+        while let Some(ev) = signals.recv().await {
+            if matches!(ev, Event::Stop) {
+                break;
+            }
+        }
+    };
+    tokio::pin!(stop);
+    let max = Duration::from_secs(agent.config.max_backoff_secs);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let attempt = connect_once(&agent);
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = &mut stop => return Ok(()),
+        };
+        match result {
+            Ok(closed) => {
+                tracing::info!("tunnel to comms up");
+                backoff = Duration::from_secs(1);
+                tokio::select! {
+                    _ = closed => {}
+                    _ = &mut stop => return Ok(()),
+                }
+                *agent.tunnel.write().await = None;
+                tracing::warn!("tunnel to comms lost");
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "tunnel to comms failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut stop => return Ok(()),
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use caps::Capability;
 use clap::Parser;
 use smarter_common::cli::{CommonArgs, Startup};
 use smarter_debug::agent::config::{Config, DEFAULT_CONFIG_PATH};
@@ -15,6 +16,26 @@ struct Cli {
     #[command(flatten)]
     common: CommonArgs,
 }
+
+/// Capabilities kept (and so available to debug shells): entering a pod's
+/// namespaces needs SYS_ADMIN + SYS_CHROOT (setns into mount/pid/...) and
+/// SYS_PTRACE (opening another process' /proc/PID/ns); the rest are what a
+/// root debugging shell on the gateway is expected to have.
+const KEEP: &[Capability] = &[
+    Capability::CAP_SYS_ADMIN,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_SYS_PTRACE,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+    Capability::CAP_FOWNER,
+    Capability::CAP_CHOWN,
+    Capability::CAP_KILL,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_SYS_RESOURCE,
+];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,8 +49,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Startup::Checked => return Ok(()),
             Startup::Run(c) => c,
         };
-    let mut signals = smarter_common::signals::listen().context("installing signal handlers")?;
-    tracing::info!(comms_address = ?config.comms_address, "started");
-    let _ = signals.blocking_recv();
+    smarter_common::capabilities::retain_only(KEEP).context("dropping capabilities")?;
+    let signals = smarter_common::signals::listen().context("installing signal handlers")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio runtime")?;
+    rt.block_on(smarter_debug::agent::run(config, signals))?;
     Ok(())
 }

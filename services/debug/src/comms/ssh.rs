@@ -1,0 +1,689 @@
+//! The comms SSH endpoint: gateways log in as `gateway:NAME` and ask for a
+//! remote forward; developers log in with their own name and open a
+//! `direct-tcpip` channel to host `NAME` (what `ssh -J` does). Comms checks
+//! the developer, their key and grant, then bridges that channel into a
+//! `forwarded-tcpip` channel on the gateway's connection. The bytes inside
+//! are an SSH session between the developer and the agent: comms cannot read
+//! them.
+//!
+//! The agent also runs small commands on comms over its own connection
+//! (`exec` on a session channel), see [`crate::proto`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::PrivateKey;
+use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use tokio::sync::{Notify, oneshot};
+
+use crate::comms::store::{Store, now};
+use crate::keys;
+use crate::policy::{self, Denial, Target};
+use crate::proto::{self, AgentRequest, AuthorizeReply};
+
+/// SSH user prefix with which agents log in.
+pub const GATEWAY_USER_PREFIX: &str = "gateway:";
+
+/// What a live session needs so it can be ended from outside.
+#[derive(Debug)]
+struct LiveSession {
+    developer: String,
+    gateway: String,
+    target: Option<Target>,
+    cancel: Option<oneshot::Sender<String>>,
+}
+
+#[derive(Debug, Clone)]
+struct GatewayConn {
+    conn_id: u64,
+    handle: server::Handle,
+    address: String,
+    port: u32,
+}
+
+/// State shared by all SSH connections and the REST API.
+#[derive(Debug)]
+pub struct Hub {
+    /// Persistent state.
+    pub store: Arc<Store>,
+    gateways: Mutex<HashMap<String, GatewayConn>>,
+    live: Mutex<HashMap<i64, LiveSession>>,
+    changed: Notify,
+    recordings_dir: PathBuf,
+    next_conn: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Hub {
+    /// A hub over `store`, keeping recordings in `recordings_dir`.
+    pub fn new(store: Arc<Store>, recordings_dir: PathBuf) -> Arc<Hub> {
+        Arc::new(Hub {
+            store,
+            gateways: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            recordings_dir,
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    /// Whether an agent for `gateway` is connected.
+    pub fn gateway_connected(&self, gateway: &str) -> bool {
+        lock(&self.gateways).contains_key(gateway)
+    }
+
+    /// Where recordings are stored.
+    pub fn recordings_dir(&self) -> &std::path::Path {
+        &self.recordings_dir
+    }
+
+    /// Tells the session watcher that grants or accounts changed.
+    pub fn state_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    fn audit(
+        &self,
+        event: &str,
+        dev: Option<&str>,
+        gw: Option<&str>,
+        session: Option<i64>,
+        detail: &str,
+    ) {
+        if let Err(e) = self.store.audit(event, dev, gw, session, detail) {
+            tracing::error!(error = %e, event, "audit write failed");
+        }
+    }
+
+    /// Re-checks every live session and ends those no longer allowed;
+    /// returns the earliest future expiry among them.
+    fn sweep(&self) -> Option<i64> {
+        let t = now();
+        let mut next: Option<i64> = None;
+        let mut ended = Vec::new();
+        {
+            let live = lock(&self.live);
+            for (id, s) in live.iter() {
+                let verdict = self.check(&s.developer, &s.gateway, s.target.as_ref(), t);
+                match verdict {
+                    Ok(allowed) => {
+                        if let Some(e) = allowed.ends_at {
+                            next = Some(next.map_or(e, |n| n.min(e)));
+                        }
+                    }
+                    Err(d) => ended.push((*id, d.to_string())),
+                }
+            }
+        }
+        let mut live = lock(&self.live);
+        for (id, reason) in ended {
+            if let Some(s) = live.get_mut(&id)
+                && let Some(c) = s.cancel.take()
+            {
+                let _ = c.send(reason);
+            }
+        }
+        next
+    }
+
+    fn check(
+        &self,
+        developer: &str,
+        gateway: &str,
+        target: Option<&Target>,
+        t: i64,
+    ) -> Result<policy::Allowed, Denial> {
+        let dev = match self.store.developer(developer) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(Denial::UnknownDeveloper),
+            Err(e) => {
+                tracing::error!(error = %e, "store read failed");
+                return Err(Denial::NoGrant);
+            }
+        };
+        let grants = self
+            .store
+            .grants(Some(developer), Some(gateway))
+            .unwrap_or_default();
+        policy::authorize(&dev, &grants, target, t)
+    }
+
+    /// Ends live sessions whose developer or grant is no longer valid:
+    /// immediately after [`Hub::state_changed`], and at each expiry time.
+    pub async fn watch_sessions(self: Arc<Self>) {
+        loop {
+            let next = self.sweep();
+            let wait = match next {
+                Some(at) => Duration::from_millis(((at - now()).max(0) as u64) * 1000 + 50),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn handle_agent_request(
+        &self,
+        gateway: &str,
+        req: &AgentRequest,
+        body: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        match req {
+            AgentRequest::Authorize {
+                session,
+                fingerprint,
+                user,
+            } => {
+                let target = Target::from_user(user);
+                let developer = {
+                    let live = lock(&self.live);
+                    match live.get(session) {
+                        Some(s) if s.gateway == gateway => Some(s.developer.clone()),
+                        _ => None,
+                    }
+                };
+                let verdict = match &developer {
+                    None => Err(Denial::NoSession),
+                    Some(dev) => match self.store.developer_has_key(dev, fingerprint) {
+                        Ok(true) => self.check(dev, gateway, Some(&target), now()),
+                        _ => Err(Denial::WrongKey),
+                    },
+                };
+                let reply = match verdict {
+                    Ok(a) => {
+                        if let Some(s) = lock(&self.live).get_mut(session) {
+                            s.target = Some(target.clone());
+                        }
+                        let _ = self.store.set_session_target(*session, &target.to_string());
+                        self.audit(
+                            "session.start",
+                            developer.as_deref(),
+                            Some(gateway),
+                            Some(*session),
+                            &format!("target {target}, grant {}", a.grant_id),
+                        );
+                        AuthorizeReply {
+                            allowed: true,
+                            developer: developer.clone(),
+                            target: Some(target),
+                            ends_at: a.ends_at,
+                            reason: None,
+                        }
+                    }
+                    Err(d) => {
+                        self.audit(
+                            "session.denied",
+                            developer.as_deref(),
+                            Some(gateway),
+                            Some(*session),
+                            &format!("at agent: {d} (user {user}, key {fingerprint})"),
+                        );
+                        AuthorizeReply {
+                            allowed: false,
+                            developer,
+                            target: Some(target),
+                            ends_at: None,
+                            reason: Some(d.to_string()),
+                        }
+                    }
+                };
+                serde_json::to_vec(&reply).map_err(|e| e.to_string())
+            }
+            AgentRequest::Recording { session } => {
+                let owned = self
+                    .store
+                    .session(*session)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.gateway == gateway);
+                if !owned {
+                    return Err(format!("session {session} is not on gateway {gateway}"));
+                }
+                let name = format!("session-{session}.cast");
+                let path = self.recordings_dir.join(&name);
+                std::fs::create_dir_all(&self.recordings_dir)
+                    .and_then(|()| std::fs::write(&path, body))
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                let _ = self.store.set_session_recording(*session, &name);
+                self.audit(
+                    "session.recording",
+                    None,
+                    Some(gateway),
+                    Some(*session),
+                    &format!("{} bytes", body.len()),
+                );
+                Ok(b"stored\n".to_vec())
+            }
+        }
+    }
+}
+
+/// The SSH server configuration for comms with `host_key`.
+pub fn server_config(host_key: PrivateKey, auth_rejection: Duration) -> Arc<server::Config> {
+    Arc::new(server::Config {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        keys: vec![host_key],
+        auth_rejection_time: auth_rejection,
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+/// Accepts SSH connections on `listener` until it fails.
+pub async fn serve(
+    hub: Arc<Hub>,
+    config: Arc<server::Config>,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    use russh::server::Server as _;
+    let mut factory = Factory { hub };
+    factory.run_on_socket(config, &listener).await
+}
+
+struct Factory {
+    hub: Arc<Hub>,
+}
+
+impl server::Server for Factory {
+    type Handler = Conn;
+    fn new_client(&mut self, peer: Option<SocketAddr>) -> Conn {
+        Conn {
+            hub: self.hub.clone(),
+            id: self.hub.next_conn.fetch_add(1, Ordering::Relaxed),
+            peer,
+            role: Role::None,
+            uploads: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    None,
+    Gateway(String),
+    Developer(String),
+}
+
+/// A request from the agent whose body is still arriving.
+struct Upload {
+    req: AgentRequest,
+    body: Vec<u8>,
+}
+
+/// One SSH connection to comms.
+pub struct Conn {
+    hub: Arc<Hub>,
+    id: u64,
+    peer: Option<SocketAddr>,
+    role: Role,
+    uploads: HashMap<ChannelId, Upload>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Role::Gateway(name) = &self.role {
+            let mut gws = lock(&self.hub.gateways);
+            if gws.get(name).is_some_and(|g| g.conn_id == self.id) {
+                gws.remove(name);
+                drop(gws);
+                self.hub
+                    .audit("gateway.disconnected", None, Some(name), None, "");
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn peer(&self) -> String {
+        self.peer.map(|p| p.to_string()).unwrap_or_default()
+    }
+
+    async fn reply_to_agent(
+        &self,
+        channel: ChannelId,
+        session: &mut Session,
+        result: Result<Vec<u8>, String>,
+    ) {
+        let (status, out) = match result {
+            Ok(out) => (0, out),
+            Err(e) => (1, format!("{e}\n").into_bytes()),
+        };
+        if status == 0 {
+            let _ = session.data(channel, out);
+        } else {
+            let _ = session.extended_data(channel, 1, out);
+        }
+        let _ = session.exit_status_request(channel, status);
+        let _ = session.eof(channel);
+        let _ = session.close(channel);
+    }
+}
+
+impl server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fp = keys::fingerprint(key.public_key);
+        let hub = &self.hub;
+        if let Some(name) = user.strip_prefix(GATEWAY_USER_PREFIX) {
+            match hub.store.gateway(name) {
+                Ok(Some(g)) if g.fingerprint == fp => {
+                    self.role = Role::Gateway(name.to_string());
+                    return Ok(Auth::Accept);
+                }
+                Ok(Some(_)) => hub.audit(
+                    "gateway.denied",
+                    None,
+                    Some(name),
+                    None,
+                    &format!("wrong key {fp} from {}", self.peer()),
+                ),
+                _ => hub.audit(
+                    "gateway.denied",
+                    None,
+                    Some(name),
+                    None,
+                    &format!("unknown gateway, key {fp} from {}", self.peer()),
+                ),
+            }
+            return Ok(Auth::reject());
+        }
+        let denial = match hub.store.developer(user) {
+            Ok(Some(dev)) => match hub.store.developer_has_key(user, &fp) {
+                Ok(true) => match policy::developer_active(&dev, now()) {
+                    Ok(()) => {
+                        self.role = Role::Developer(user.to_string());
+                        return Ok(Auth::Accept);
+                    }
+                    Err(d) => d,
+                },
+                _ => Denial::WrongKey,
+            },
+            _ => Denial::UnknownDeveloper,
+        };
+        let known = !matches!(denial, Denial::UnknownDeveloper);
+        hub.audit(
+            "auth.denied",
+            known.then_some(user),
+            None,
+            None,
+            &format!("{denial}: user {user}, key {fp} from {}", self.peer()),
+        );
+        Ok(Auth::reject())
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        match &self.role {
+            Role::Gateway(name) => {
+                self.hub
+                    .audit("gateway.connected", None, Some(name), None, &self.peer())
+            }
+            Role::Developer(name) => {
+                tracing::info!(developer = %name, peer = %self.peer(), "developer logged in")
+            }
+            Role::None => {}
+        }
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Role::Gateway(name) = &self.role else {
+            return Ok(false);
+        };
+        let conn = GatewayConn {
+            conn_id: self.id,
+            handle: session.handle(),
+            address: address.to_string(),
+            port: *port,
+        };
+        lock(&self.hub.gateways).insert(name.clone(), conn);
+        tracing::info!(gateway = %name, "gateway tunnel ready");
+        Ok(true)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if matches!(self.role, Role::Gateway(_)) {
+            drop(channel);
+            reply.accept().await;
+        } else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Role::Gateway(gateway) = self.role.clone() else {
+            let _ = session.channel_failure(channel);
+            return Ok(());
+        };
+        let _ = session.channel_success(channel);
+        match proto::parse_request(data) {
+            Ok(req) if req.has_body() => {
+                self.uploads.insert(
+                    channel,
+                    Upload {
+                        req,
+                        body: Vec::new(),
+                    },
+                );
+            }
+            Ok(req) => {
+                let result = self.hub.handle_agent_request(&gateway, &req, &[]);
+                self.reply_to_agent(channel, session, result).await;
+            }
+            Err(e) => self.reply_to_agent(channel, session, Err(e)).await,
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(u) = self.uploads.get_mut(&channel) {
+            if u.body.len() + data.len() > proto::MAX_UPLOAD {
+                self.uploads.remove(&channel);
+                self.reply_to_agent(channel, session, Err("upload too large".into()))
+                    .await;
+            } else {
+                u.body.extend_from_slice(data);
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let (Some(u), Role::Gateway(gw)) = (self.uploads.remove(&channel), &self.role) {
+            let result = self.hub.handle_agent_request(gw, &u.req, &u.body);
+            self.reply_to_agent(channel, session, result).await;
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Role::Developer(developer) = self.role.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let hub = self.hub.clone();
+        let gateway = host_to_connect.to_string();
+        let verdict = match hub.store.gateway(&gateway) {
+            Ok(Some(_)) => hub.check(&developer, &gateway, None, now()).and_then(|a| {
+                lock(&hub.gateways)
+                    .get(&gateway)
+                    .cloned()
+                    .map(|g| (a, g))
+                    .ok_or(Denial::GatewayOffline)
+            }),
+            _ => Err(Denial::UnknownGateway),
+        };
+        let gw = match verdict {
+            Ok((_, gw)) => gw,
+            Err(d) => {
+                let known_gw = !matches!(d, Denial::UnknownGateway);
+                hub.audit(
+                    "session.denied",
+                    Some(&developer),
+                    known_gw.then_some(gateway.as_str()),
+                    None,
+                    &format!("at comms: {d} (requested host {gateway:?})"),
+                );
+                let reason = if matches!(d, Denial::GatewayOffline) {
+                    ChannelOpenFailure::ConnectFailed
+                } else {
+                    ChannelOpenFailure::AdministrativelyProhibited
+                };
+                reply.reject(reason).await;
+                return Ok(());
+            }
+        };
+        let id = match hub.store.start_session(&developer, &gateway) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "recording session failed");
+                reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                return Ok(());
+            }
+        };
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        lock(&hub.live).insert(
+            id,
+            LiveSession {
+                developer: developer.clone(),
+                gateway: gateway.clone(),
+                target: None,
+                cancel: Some(cancel_tx),
+            },
+        );
+        hub.state_changed();
+        let dev_handle = session.handle();
+        tokio::spawn(bridge(
+            hub, id, developer, gateway, channel, dev_handle, gw, reply, cancel_rx,
+        ));
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn bridge(
+    hub: Arc<Hub>,
+    id: i64,
+    developer: String,
+    gateway: String,
+    dev_channel: Channel<Msg>,
+    dev_handle: server::Handle,
+    gw: GatewayConn,
+    reply: ChannelOpenHandle,
+    cancel: oneshot::Receiver<String>,
+) {
+    let opened = gw
+        .handle
+        .channel_open_forwarded_tcpip(
+            gw.address.clone(),
+            gw.port,
+            proto::session_originator(id),
+            0,
+        )
+        .await;
+    let reason = match opened {
+        Err(e) => {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            format!("gateway refused channel: {e}")
+        }
+        Ok(gw_channel) => {
+            reply.accept().await;
+            let dev_id = dev_channel.id();
+            let gw_id = gw_channel.id();
+            let mut a = dev_channel.into_stream();
+            let mut b = gw_channel.into_stream();
+            let reason = tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut a, &mut b) => match r {
+                    Ok((up, down)) => format!("closed ({up} bytes up, {down} down)"),
+                    Err(e) => format!("closed: {e}"),
+                },
+                r = cancel => match r {
+                    Ok(why) => format!("ended by comms: {why}"),
+                    Err(_) => "ended by comms".to_string(),
+                },
+            };
+            drop(a);
+            drop(b);
+            let _ = dev_handle.close(dev_id).await;
+            let _ = gw.handle.close(gw_id).await;
+            reason
+        }
+    };
+    lock(&hub.live).remove(&id);
+    let _ = hub.store.end_session(id, &reason);
+    hub.audit(
+        "session.end",
+        Some(&developer),
+        Some(&gateway),
+        Some(id),
+        &reason,
+    );
+}
