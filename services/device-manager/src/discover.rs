@@ -438,6 +438,56 @@ pub fn fit_key(key: &str) -> String {
     format!("{}-{h:08x}", &key[..MAX_KEY_LEN - 9])
 }
 
+/// Human-readable listing (used by `smarter-device-manager list` and the
+/// golden tests).
+pub fn render(d: &Discovery) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    for r in d.resources.values() {
+        let _ = writeln!(
+            s,
+            "{}  rule={} max_users={} permissions={}{}",
+            rules::resource_name(&r.name),
+            r.rule,
+            r.max_users,
+            r.permissions,
+            if r.pooled { " pooled" } else { "" }
+        );
+        for dev in &r.devices {
+            let _ = writeln!(s, "  device {}", dev.key);
+            for n in &dev.nodes {
+                let _ = writeln!(
+                    s,
+                    "    {} -> {} ({}:{})",
+                    n.host_path.display(),
+                    n.container_path,
+                    crate::scan::major(n.rdev),
+                    crate::scan::minor(n.rdev)
+                );
+            }
+            for (k, v) in &dev.env {
+                let _ = writeln!(s, "    env {k}={v}");
+            }
+            for m in &dev.mounts {
+                let _ = writeln!(
+                    s,
+                    "    mount {} -> {}{}",
+                    m.host_path,
+                    m.container_path,
+                    if m.read_only { " (ro)" } else { "" }
+                );
+            }
+            for n in &dev.cdi {
+                let _ = writeln!(s, "    cdi {n}");
+            }
+        }
+    }
+    for p in &d.problems {
+        let _ = writeln!(s, "problem: {p}");
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,44 +120,6 @@ fn list(c: &Config) -> anyhow::Result<()> {
     if d.resources.is_empty() {
         println!("no resources match under {}", c.dev_root.display());
     }
-    for r in d.resources.values() {
-        println!(
-            "{}  rule={} max_users={} permissions={}{}",
-            rules::resource_name(&r.name),
-            r.rule,
-            r.max_users,
-            r.permissions,
-            if r.pooled { " pooled" } else { "" }
-        );
-        for dev in &r.devices {
-            println!("  device {}", dev.key);
-            for n in &dev.nodes {
-                println!(
-                    "    {} -> {} ({}:{})",
-                    n.host_path.display(),
-                    n.container_path,
-                    scan::major(n.rdev),
-                    scan::minor(n.rdev)
-                );
-            }
-            for (k, v) in &dev.env {
-                println!("    env {k}={v}");
-            }
-            for m in &dev.mounts {
-                println!(
-                    "    mount {} -> {}{}",
-                    m.host_path,
-                    m.container_path,
-                    if m.read_only { " (ro)" } else { "" }
-                );
-            }
-            for n in &dev.cdi {
-                println!("    cdi {n}");
-            }
-        }
-    }
-    for p in &d.problems {
-        println!("problem: {p}");
-    }
+    print!("{}", discover::render(&d));
     Ok(())
 }
