@@ -72,6 +72,9 @@ pub struct Config {
     pub cri_socket: PathBuf,
     /// Docker socket (runtime = "docker").
     pub docker_socket: PathBuf,
+    /// Full re-list of pods from the runtime every this many seconds (finds
+    /// host-network pods under CRI, repairs missed events).
+    pub runtime_resync_s: u64,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             runtime: Runtime::None,
             cri_socket: PathBuf::from(DEFAULT_CRI_SOCKET),
             docker_socket: PathBuf::from(DEFAULT_DOCKER_SOCKET),
+            runtime_resync_s: 30,
         }
     }
 }
@@ -181,6 +185,13 @@ impl Validate for Config {
                 "max_inflight",
                 self.max_inflight,
                 "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=86_400).contains(&self.runtime_resync_s) {
+            return Err(Invalid::new(
+                "runtime_resync_s",
+                self.runtime_resync_s,
+                "must be between 1 and 86400",
             ));
         }
         Ok(())

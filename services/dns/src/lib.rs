@@ -15,6 +15,8 @@
 //!   zone transfers.
 //! * [`link`]: the dummy interface that carries the cluster DNS address
 //!   (169.254.0.2), so no iptables redirect is needed.
+//! * [`runtime`]: hostnames, app labels and host-network pods from CRI
+//!   (containerd) or the Docker Engine API.
 //! * [`service`]: wiring on pre-bound sockets, plus `/metrics`.
 //!
 //! Limitations: no DNSSEC, no zone transfers, no dynamic updates; answers
@@ -24,6 +26,8 @@ pub mod config;
 pub mod forward;
 pub mod link;
 pub mod metrics;
+pub mod proto;
+pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod watch;

@@ -9,9 +9,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::config::Config;
+use crate::config::{Config, Runtime};
 use crate::forward::{Forwarder, ForwarderConfig};
 use crate::metrics::Metrics;
+use crate::runtime::{Cri, Docker, Source};
 use crate::server::{Handler, serve};
 use crate::watch::{LocalNames, WatchConfig, Watcher};
 
@@ -34,6 +35,9 @@ pub enum ServiceError {
     /// Watching the records directory failed.
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
+    /// The container runtime client could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
     /// The DNS server stopped with an error.
     #[error("dns server: {0}")]
     Server(String),
@@ -174,17 +178,31 @@ pub fn start(
         .iter()
         .filter_map(|(u, _)| u.local_addr().ok())
         .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    let new_ids = match config.runtime {
+        Runtime::None => None,
+        kind => {
+            let source = match kind {
+                Runtime::Docker => Source::Docker(Docker::new(&config.docker_socket)),
+                _ => Source::Cri(Cri::connect(&config.cri_socket)?),
+            };
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let resync = Duration::from_secs(config.runtime_resync_s);
+            tasks.spawn(crate::runtime::run(source, names.clone(), rx, resync));
+            Some(tx)
+        }
+    };
     let watcher = Watcher::start(
         WatchConfig {
             records_dir: config.records_dir.clone(),
             resolv_conf: Some(config.resolv_conf.clone()),
             upstream_port: config.upstream_port,
             own_addresses: dns_addrs.clone(),
+            new_ids,
         },
         names.clone(),
         Arc::clone(&forwarder),
     )?;
-    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(async move {
         if let Err(error) = watcher.run().await {
             tracing::error!(%error, "watching records stopped");

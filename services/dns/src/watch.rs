@@ -114,6 +114,8 @@ pub struct WatchConfig {
     pub upstream_port: u16,
     /// Our own listening sockets, never used as upstreams.
     pub own_addresses: Vec<SocketAddr>,
+    /// Told the sandbox id of every record that appears (runtime lookup).
+    pub new_ids: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// A started watch: the initial state is loaded, events are queued from
@@ -297,6 +299,9 @@ impl Ctx {
         match records::read(&path) {
             Ok(r) => {
                 tracing::debug!(record = %key, "record added");
+                if let Some(tx) = &self.config.new_ids {
+                    let _ = tx.send(r.container_id.clone());
+                }
                 store.upsert_record(key, r);
                 true
             }

@@ -65,10 +65,22 @@ impl Store {
         self.records.insert(key, record);
     }
 
-    /// Forget the attachment record stored under `key`. Returns whether it
-    /// existed.
+    /// Forget the attachment record stored under `key`, and the runtime
+    /// metadata of its sandbox when no other record refers to it (a removed
+    /// record means the pod is gone, whatever a later resync may say).
+    /// Returns whether it existed.
     pub fn remove_record(&mut self, key: &str) -> bool {
-        self.records.remove(key).is_some()
+        let Some(rec) = self.records.remove(key) else {
+            return false;
+        };
+        if !self
+            .records
+            .values()
+            .any(|r| r.container_id == rec.container_id)
+        {
+            self.pods.remove(&rec.container_id);
+        }
+        true
     }
 
     /// Replace every attachment record (after a full directory scan).

@@ -1,0 +1,467 @@
+//! Pod metadata from the container runtime: hostnames, application labels
+//! and host-network pods, which the CNI records cannot tell.
+//!
+//! Two sources, chosen by config:
+//!
+//! * **CRI** (containerd, k3s): `RuntimeService.ListPodSandbox` once at
+//!   start and on every resync, and `PodSandboxStatus` (verbose) for each
+//!   sandbox the moment its record appears, so the hostname and app-name
+//!   forms arrive together with the pod name. The hostname comes from
+//!   containerd's verbose info (`config.hostname`), host networking from the
+//!   sandbox's network namespace mode (`NODE`). Host-network pods have no
+//!   CNI record, so they are found by the list at start and at each resync
+//!   (`runtime_resync_s`); CRI's `GetContainerEvents` stream is not used yet.
+//! * **Docker**: the Engine API over its unix socket: `GET /containers/json`
+//!   at start, then the `GET /events` stream (start, die, destroy) with a
+//!   `GET /containers/{id}/json` per started container: fully event-driven.
+//!   A ~100-line HTTP/1.0 client is used instead of bollard, which would
+//!   pull hyper's client, serde_with and more for three GET requests.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::runtime_v1 as cri;
+use crate::proto::runtime_v1::runtime_service_client::RuntimeServiceClient;
+use crate::watch::LocalNames;
+use crate::zone::{Pod, app_name};
+
+/// Talking to the runtime failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The socket could not be reached.
+    #[error("runtime socket {path}: cannot {op}: {message}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// What we were doing.
+        op: &'static str,
+        /// Why it failed.
+        message: String,
+    },
+    /// A CRI call failed.
+    #[error("CRI {call}: {status}")]
+    Cri {
+        /// The RPC.
+        call: &'static str,
+        /// The gRPC status.
+        status: Box<tonic::Status>,
+    },
+    /// A Docker API call failed.
+    #[error("docker {path}: {message}")]
+    Docker {
+        /// The request path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Application name from a label map.
+fn app_from(labels: &HashMap<String, String>) -> Option<String> {
+    app_name(|k| labels.get(k).map(String::as_str))
+}
+
+/// A CRI client over a unix socket.
+#[derive(Debug, Clone)]
+pub struct Cri {
+    client: RuntimeServiceClient<Channel>,
+}
+
+impl Cri {
+    /// A client for the CRI socket at `path`. Connects lazily (and
+    /// reconnects) on calls, so a runtime that starts after us is fine.
+    pub fn connect(path: &Path) -> Result<Self, RuntimeError> {
+        let p = path.to_path_buf();
+        let err = |e: &dyn std::fmt::Display| RuntimeError::Connect {
+            path: path.to_path_buf(),
+            op: "connect",
+            message: e.to_string(),
+        };
+        let channel = Endpoint::try_from("http://[::1]:50051")
+            .map_err(|e| err(&e))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+                let p = p.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+            }));
+        Ok(Self {
+            client: RuntimeServiceClient::new(channel),
+        })
+    }
+
+    /// Every ready pod sandbox.
+    pub async fn list(&self) -> Result<Vec<Pod>, RuntimeError> {
+        let req = cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                state: Some(cri::PodSandboxStateValue {
+                    state: cri::PodSandboxState::SandboxReady as i32,
+                }),
+                ..Default::default()
+            }),
+        };
+        let items = self
+            .client
+            .clone()
+            .list_pod_sandbox(req)
+            .await
+            .map_err(|s| RuntimeError::Cri {
+                call: "ListPodSandbox",
+                status: Box::new(s),
+            })?
+            .into_inner()
+            .items;
+        let mut pods = Vec::new();
+        for item in items {
+            if let Some(p) = self.pod(&item.id).await? {
+                pods.push(p);
+            }
+        }
+        Ok(pods)
+    }
+
+    /// One sandbox, `None` when it is gone or not ready.
+    pub async fn pod(&self, id: &str) -> Result<Option<Pod>, RuntimeError> {
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_string(),
+            verbose: true,
+        };
+        let resp = match self.client.clone().pod_sandbox_status(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => {
+                return Err(RuntimeError::Cri {
+                    call: "PodSandboxStatus",
+                    status: Box::new(s),
+                });
+            }
+        };
+        Ok(pod_from_cri(id, &resp))
+    }
+}
+
+/// Turn a `PodSandboxStatus` answer into a [`Pod`].
+pub fn pod_from_cri(id: &str, resp: &cri::PodSandboxStatusResponse) -> Option<Pod> {
+    let status = resp.status.as_ref()?;
+    if status.state != cri::PodSandboxState::SandboxReady as i32 {
+        return None;
+    }
+    let meta = status.metadata.clone().unwrap_or_default();
+    let host_network = status
+        .linux
+        .as_ref()
+        .and_then(|l| l.namespaces.as_ref())
+        .and_then(|n| n.options.as_ref())
+        .is_some_and(|o| o.network == cri::NamespaceMode::Node as i32);
+    let mut ips: Vec<IpAddr> = Vec::new();
+    if let Some(net) = &status.network {
+        ips.extend(net.ip.parse::<IpAddr>().ok());
+        ips.extend(
+            net.additional_ips
+                .iter()
+                .filter_map(|p| p.ip.parse::<IpAddr>().ok()),
+        );
+    }
+    // containerd: info["info"] is JSON with config.hostname.
+    let hostname = resp
+        .info
+        .get("info")
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .and_then(|v| v.pointer("/config/hostname")?.as_str().map(str::to_string))
+        .filter(|h| !h.is_empty());
+    Some(Pod {
+        id: id.to_string(),
+        name: Some(meta.name).filter(|n| !n.is_empty()),
+        namespace: Some(meta.namespace).filter(|n| !n.is_empty()),
+        hostname,
+        app: app_from(&status.labels),
+        host_network,
+        ips: if host_network { Vec::new() } else { ips },
+    })
+}
+
+/// A Docker Engine API client over its unix socket.
+#[derive(Debug, Clone)]
+pub struct Docker {
+    socket: PathBuf,
+}
+
+/// One HTTP/1.0 GET: status line checked, headers skipped, body streamed.
+async fn docker_get(socket: &Path, path: &str) -> Result<BufReader<UnixStream>, RuntimeError> {
+    let err = |message: String| RuntimeError::Docker {
+        path: path.to_string(),
+        message,
+    };
+    let mut s = UnixStream::connect(socket)
+        .await
+        .map_err(|e| RuntimeError::Connect {
+            path: socket.to_path_buf(),
+            op: "connect",
+            message: e.to_string(),
+        })?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nAccept: application/json\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let status = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    if status != "200" {
+        return Err(err(format!("HTTP status {:?}", line.trim())));
+    }
+    loop {
+        line.clear();
+        let n = r
+            .read_line(&mut line)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if n == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    Ok(r)
+}
+
+async fn docker_json(socket: &Path, path: &str) -> Result<serde_json::Value, RuntimeError> {
+    let mut r = docker_get(socket, path).await?;
+    let mut body = Vec::new();
+    r.read_to_end(&mut body)
+        .await
+        .map_err(|e| RuntimeError::Docker {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+    serde_json::from_slice(&body).map_err(|e| RuntimeError::Docker {
+        path: path.to_string(),
+        message: format!("bad JSON: {e}"),
+    })
+}
+
+/// Turn `GET /containers/{id}/json` into a [`Pod`]; `None` when not running.
+pub fn pod_from_docker(v: &serde_json::Value) -> Option<Pod> {
+    let id = v.get("Id")?.as_str()?.to_string();
+    if v.pointer("/State/Running")
+        .and_then(serde_json::Value::as_bool)
+        != Some(true)
+    {
+        return None;
+    }
+    let labels: HashMap<String, String> = v
+        .pointer("/Config/Labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    // Pods run by cri-dockerd carry their Kubernetes names in labels.
+    let name = labels.get("io.kubernetes.pod.name").cloned().or_else(|| {
+        v.get("Name")?
+            .as_str()
+            .map(|n| n.trim_start_matches('/').to_string())
+    });
+    let namespace = labels.get("io.kubernetes.pod.namespace").cloned();
+    let host_network = v
+        .pointer("/HostConfig/NetworkMode")
+        .and_then(|m| m.as_str())
+        == Some("host");
+    let mut ips = Vec::new();
+    if let Some(nets) = v
+        .pointer("/NetworkSettings/Networks")
+        .and_then(|n| n.as_object())
+    {
+        for net in nets.values() {
+            for key in ["IPAddress", "GlobalIPv6Address"] {
+                if let Some(ip) = net
+                    .get(key)
+                    .and_then(|i| i.as_str())
+                    .and_then(|i| i.parse().ok())
+                {
+                    ips.push(ip);
+                }
+            }
+        }
+    }
+    let hostname = v
+        .pointer("/Config/Hostname")
+        .and_then(|h| h.as_str())
+        .filter(|h| !h.is_empty() && !host_network)
+        .map(str::to_string);
+    Some(Pod {
+        id,
+        name,
+        namespace,
+        hostname,
+        app: app_from(&labels),
+        host_network,
+        ips: if host_network { Vec::new() } else { ips },
+    })
+}
+
+impl Docker {
+    /// A client for the socket at `socket` (connections are per request).
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// One container, `None` when gone or not running.
+    pub async fn pod(&self, id: &str) -> Result<Option<Pod>, RuntimeError> {
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            return Ok(None);
+        }
+        match docker_json(&self.socket, &format!("/containers/{id}/json")).await {
+            Ok(v) => Ok(pod_from_docker(&v)),
+            Err(RuntimeError::Docker { message, .. }) if message.contains("404") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every running container.
+    pub async fn list(&self) -> Result<Vec<Pod>, RuntimeError> {
+        let v = docker_json(&self.socket, "/containers/json").await?;
+        let mut pods = Vec::new();
+        for c in v.as_array().into_iter().flatten() {
+            if let Some(id) = c.get("Id").and_then(|i| i.as_str())
+                && let Some(p) = self.pod(id).await?
+            {
+                pods.push(p);
+            }
+        }
+        Ok(pods)
+    }
+
+    /// Stream container start/die/destroy events as `(action, id)` into
+    /// `tx` until the stream ends.
+    pub async fn events(
+        &self,
+        tx: mpsc::UnboundedSender<(String, String)>,
+    ) -> Result<(), RuntimeError> {
+        let path = "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22start%22%2C%22die%22%2C%22destroy%22%5D%7D";
+        let r = docker_get(&self.socket, path).await?;
+        let mut lines = r.lines();
+        while let Some(line) = lines.next_line().await.map_err(|e| RuntimeError::Docker {
+            path: "/events".into(),
+            message: e.to_string(),
+        })? {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let action = v
+                .get("Action")
+                .or_else(|| v.get("status"))
+                .and_then(|a| a.as_str());
+            let id = v
+                .pointer("/Actor/ID")
+                .or_else(|| v.get("id"))
+                .and_then(|a| a.as_str());
+            if let (Some(a), Some(id)) = (action, id)
+                && tx.send((a.to_string(), id.to_string())).is_err()
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which runtime to ask.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A CRI runtime.
+    Cri(Cri),
+    /// Docker.
+    Docker(Docker),
+}
+
+impl Source {
+    async fn list(&self) -> Result<Vec<Pod>, RuntimeError> {
+        match self {
+            Self::Cri(c) => c.list().await,
+            Self::Docker(d) => d.list().await,
+        }
+    }
+
+    async fn pod(&self, id: &str) -> Result<Option<Pod>, RuntimeError> {
+        match self {
+            Self::Cri(c) => c.pod(id).await,
+            Self::Docker(d) => d.pod(id).await,
+        }
+    }
+}
+
+/// Keep runtime metadata in `names` current: a full list now and every
+/// `resync`, a lookup for each sandbox id received on `new_ids` (sent by
+/// the records watcher when a record appears) and, for Docker, its event
+/// stream. Errors are logged and retried at the next resync.
+pub async fn run(
+    source: Source,
+    names: LocalNames,
+    mut new_ids: mpsc::UnboundedReceiver<String>,
+    resync: Duration,
+) {
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<(String, String)>();
+    if let Source::Docker(d) = &source {
+        let d = d.clone();
+        let tx = ev_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = d.events(tx.clone()).await {
+                    tracing::warn!(%error, "docker event stream failed; retrying");
+                }
+                if tx.is_closed() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                // Events may have been missed: ask for a full list.
+                if tx.send(("resync".into(), String::new())).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(ev_tx);
+    let mut tick = tokio::time::interval(resync);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => full_sync(&source, &names).await,
+            Some(id) = new_ids.recv() => lookup(&source, &names, &id).await,
+            Some((action, id)) = ev_rx.recv() => match action.as_str() {
+                "start" => lookup(&source, &names, &id).await,
+                "die" | "destroy" => names.update(|s| { s.remove_pod(&id); }),
+                _ => full_sync(&source, &names).await,
+            },
+            else => break,
+        }
+    }
+}
+
+async fn full_sync(source: &Source, names: &LocalNames) {
+    match source.list().await {
+        Ok(pods) => {
+            tracing::debug!(pods = pods.len(), "runtime sync");
+            names.update(|s| s.replace_pods(pods));
+        }
+        Err(error) => tracing::warn!(%error, "cannot list pods"),
+    }
+}
+
+async fn lookup(source: &Source, names: &LocalNames, id: &str) {
+    match source.pod(id).await {
+        Ok(Some(p)) => names.update(|s| s.upsert_pod(p)),
+        Ok(None) => names.update(|s| {
+            s.remove_pod(id);
+        }),
+        Err(error) => tracing::warn!(id, %error, "cannot get pod metadata"),
+    }
+}
