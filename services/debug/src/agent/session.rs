@@ -325,8 +325,14 @@ impl server::Handler for DebugSession {
             let handle = session.handle();
             let id = self.session_id;
             self.spawn(async move {
-                let secs = (ends_at - now()).max(0) as u64;
-                tokio::time::sleep(Duration::from_secs(secs)).await;
+                // Comms ends the session at `ends_at` (and audits why); this
+                // is the backstop should comms not, one second later.
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                let ms = (ends_at * 1000 + 1000 - now_ms).max(0) as u64;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
                 tracing::info!(session = id, "grant or account expired; ending session");
                 let _ = handle
                     .disconnect(

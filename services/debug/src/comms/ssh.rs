@@ -165,7 +165,13 @@ impl Hub {
         loop {
             let next = self.sweep();
             let wait = match next {
-                Some(at) => Duration::from_millis(((at - now()).max(0) as u64) * 1000 + 50),
+                Some(at) => {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0);
+                    Duration::from_millis((at * 1000 - now_ms).max(0) as u64 + 20)
+                }
                 None => Duration::from_secs(3600),
             };
             tokio::select! {

@@ -1,0 +1,415 @@
+//! Harness for end-to-end tests: real comms and agent binaries on loopback,
+//! Debian's OpenSSH client as the developer.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "test-admin-token";
+
+/// Whether the OpenSSH client tools are here; prints why not.
+pub fn have_openssh() -> bool {
+    for tool in ["ssh", "ssh-keygen", "scp"] {
+        if Command::new(tool).arg("-V").output().is_err() && which(tool).is_none() {
+            eprintln!("SKIP: {tool} not installed (apt-get install openssh-client)");
+            return false;
+        }
+    }
+    true
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(tool))
+            .find(|p| p.exists())
+    })
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Minimal HTTP/1.1 client: returns (status, body).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    http_ct(port, method, path, token, body, "application/json")
+}
+
+pub fn http_ct(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    content_type: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req += &format!("Authorization: Bearer {t}\r\n");
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" || method == "PATCH" {
+        req += &format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+    }
+    req += "\r\n";
+    req += body;
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn json(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let b = body.map(|b| b.to_string());
+    let (status, text) = http(port, method, path, Some(TOKEN), b.as_deref());
+    let v = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
+    (status, v)
+}
+
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    path
+}
+
+/// Comms, an agent and a developer key, all in one temp dir.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub ssh_port: u16,
+    pub api_port: u16,
+    pub comms: Option<Proc>,
+    pub agents: Vec<Proc>,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = World {
+            dir,
+            ssh_port: free_port(),
+            api_port: free_port(),
+            comms: None,
+            agents: Vec::new(),
+        };
+        w.start_comms();
+        w
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn start_comms(&mut self) {
+        let cfg = self.path("comms.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "ssh_listen = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\nadmin_token_sha256 = \"{}\"\nauth_rejection_ms = 50\n",
+                self.ssh_port,
+                self.api_port,
+                self.path("comms").display(),
+                sha256_hex(TOKEN)
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("comms.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_smarter-comms"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.comms = Some(Proc(child));
+        let port = self.api_port;
+        wait_for("comms API", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    pub fn stop_comms(&mut self) {
+        self.comms = None;
+    }
+
+    pub fn comms_host_key(&self) -> String {
+        std::fs::read_to_string(self.path("comms/host_key.pub"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Starts an agent for `gateway` with its own state dir; returns its public key.
+    pub fn start_agent(&mut self, gateway: &str, state: &str, extra: &str) -> String {
+        let state_dir = self.path(state);
+        let cfg = self.path(&format!("{state}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "comms_address = \"127.0.0.1:{}\"\ncomms_host_key = \"{}\"\ngateway_name = \"{gateway}\"\nstate_dir = \"{}\"\nkeepalive_secs = 2\nmax_backoff_secs = 1\n{extra}",
+                self.ssh_port,
+                self.comms_host_key(),
+                state_dir.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.path(&format!("{state}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_smarter-debug-agent"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agents.push(Proc(child));
+        let pubkey = state_dir.join("agent_key.pub");
+        wait_for("agent key", Duration::from_secs(20), || pubkey.exists());
+        std::fs::read_to_string(pubkey).unwrap().trim().to_string()
+    }
+
+    /// Enrols `gateway` with its agent, adds developer `dev` with a key and a
+    /// host-wide grant; writes ssh config and known_hosts. Returns nothing;
+    /// use [`World::ssh`].
+    pub fn standard_setup(&mut self) {
+        let key = self.start_agent("gateway-17", "agent", "");
+        self.enrol("gateway-17", &key);
+        self.add_developer("alice", None);
+        self.grant("alice", "gateway-17", None, None, None);
+        self.wait_connected("gateway-17");
+    }
+
+    pub fn enrol(&mut self, gateway: &str, key: &str) {
+        let (st, v) = json(
+            self.api_port,
+            "POST",
+            "/v1/gateways",
+            Some(serde_json::json!({"name": gateway, "public_key": key})),
+        );
+        assert_eq!(st, 201, "{v}");
+        let (st, kh) = http(
+            self.api_port,
+            "GET",
+            &format!("/v1/gateways/{gateway}/known_hosts"),
+            Some(TOKEN),
+            None,
+        );
+        assert_eq!(st, 200);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("known_hosts"))
+            .unwrap();
+        f.write_all(kh.as_bytes()).unwrap();
+        writeln!(f, "[127.0.0.1]:{} {}", self.ssh_port, self.comms_host_key()).unwrap();
+    }
+
+    /// Adds a developer with a fresh key pair `<name>` in the temp dir.
+    pub fn add_developer(&mut self, name: &str, expires_at: Option<i64>) -> PathBuf {
+        let (st, v) = json(
+            self.api_port,
+            "POST",
+            "/v1/developers",
+            Some(serde_json::json!({"name": name, "expires_at": expires_at})),
+        );
+        assert_eq!(st, 201, "{v}");
+        let key = keygen(self.dir.path(), name);
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let (st, v) = json(
+            self.api_port,
+            "POST",
+            &format!("/v1/developers/{name}/keys"),
+            Some(serde_json::json!({"public_key": public})),
+        );
+        assert_eq!(st, 201, "{v}");
+        key
+    }
+
+    pub fn grant(
+        &self,
+        dev: &str,
+        gw: &str,
+        ns: Option<&str>,
+        pod: Option<&str>,
+        expires_at: Option<i64>,
+    ) -> i64 {
+        let (st, v) = json(
+            self.api_port,
+            "POST",
+            "/v1/grants",
+            Some(
+                serde_json::json!({"developer": dev, "gateway": gw, "namespace": ns, "pod": pod, "expires_at": expires_at}),
+            ),
+        );
+        assert_eq!(st, 201, "{v}");
+        v["id"].as_i64().unwrap()
+    }
+
+    pub fn wait_connected(&self, gateway: &str) {
+        let port = self.api_port;
+        wait_for("gateway connected", Duration::from_secs(30), || {
+            let (_, v) = json(port, "GET", &format!("/v1/gateways/{gateway}"), None);
+            v["connected"] == true
+        });
+    }
+
+    fn ssh_config(&self, identity: &Path, user: &str) -> PathBuf {
+        let cfg = self.path(&format!(
+            "ssh_config_{}_{user}",
+            identity.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(
+            &cfg,
+            format!(
+                "Host comms\n  HostName 127.0.0.1\n  Port {}\n  User {user}\nHost *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n  LogLevel ERROR\n",
+                self.ssh_port,
+                identity.display(),
+                self.path("known_hosts").display()
+            ),
+        )
+        .unwrap();
+        cfg
+    }
+
+    /// `ssh -F cfg -J comms ARGS...` as developer with key `identity`.
+    pub fn ssh_cmd(&self, identity: &Path, args: &[&str]) -> Command {
+        let user = identity.file_name().unwrap().to_string_lossy().to_string();
+        self.ssh_cmd_as(identity, &user, args)
+    }
+
+    /// Like [`World::ssh_cmd`] but logging in to comms as `user`.
+    pub fn ssh_cmd_as(&self, identity: &Path, user: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-F")
+            .arg(self.ssh_config(identity, user))
+            .args(["-J", "comms"])
+            .args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn ssh(&self, identity: &Path, args: &[&str]) -> Output {
+        self.ssh_cmd(identity, args).output().unwrap()
+    }
+
+    pub fn scp(&self, identity: &Path, args: &[&str]) -> Output {
+        Command::new("scp")
+            .arg("-F")
+            .arg(self.ssh_config(identity, &identity.file_name().unwrap().to_string_lossy()))
+            .args(["-J", "comms"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        let (st, v) = json(self.api_port, "GET", "/v1/audit", None);
+        assert_eq!(st, 200);
+        v.as_array().unwrap().clone()
+    }
+
+    /// Waits for an audit entry with `event` whose detail contains `needle`.
+    pub fn wait_audit(&self, event: &str, needle: &str) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self.audit().into_iter().find(|e| {
+                e["event"] == event && e["detail"].as_str().unwrap_or("").contains(needle)
+            }) {
+                return e;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no audit entry {event} containing {needle:?}; log: {:#?}",
+                self.audit()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,280 @@
+//! End to end: real smarter-comms and smarter-debug-agent on loopback, the
+//! developer is Debian's OpenSSH client (`ssh -J`, `scp`) in BatchMode with a
+//! temporary known_hosts and StrictHostKeyChecking.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn command_shell_scp_and_recording_through_the_tunnel() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::new();
+    w.standard_setup();
+    let alice = w.path("alice");
+
+    // One-off command: output, stderr and exit status come back.
+    let t = Instant::now();
+    let o = w.ssh(
+        &alice,
+        &[
+            "gateway-17",
+            "--",
+            "echo out-$((40+2)); echo err >&2; exit 7",
+        ],
+    );
+    let elapsed = t.elapsed();
+    assert_eq!(o.status.code(), Some(7), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "out-42\n");
+    assert!(stderr(&o).contains("err"));
+    eprintln!("ssh start to command output through the tunnel: {elapsed:?}");
+
+    // The command ran on the agent's side: it sees the agent's environment.
+    let o = w.ssh(&alice, &["gateway-17", "echo $SMARTER_DEBUG_DEVELOPER"]);
+    assert_eq!(stdout(&o), "alice\n", "{}", stderr(&o));
+
+    // Interactive shell on a PTY, fed from stdin.
+    let mut c = w.ssh_cmd(&alice, &["-tt", "gateway-17"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"tty; echo shell-$((6*7))\nexit 5\n")
+            .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(5), "stderr: {}", stderr(&o));
+    assert!(stdout(&o).contains("/dev/pts/"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("shell-42"));
+
+    // File copy both ways (scp uses the sftp subsystem).
+    let src = w.path("payload");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let remote = w.path("copied");
+    let o = w.scp(
+        &alice,
+        &[
+            src.to_str().unwrap(),
+            &format!("gateway-17:{}", remote.display()),
+        ],
+    );
+    assert!(o.status.success(), "scp up: {}", stderr(&o));
+    assert_eq!(std::fs::read(&remote).unwrap(), data);
+    let back = w.path("back");
+    let o = w.scp(
+        &alice,
+        &[
+            &format!("gateway-17:{}", remote.display()),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "scp down: {}", stderr(&o));
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    // The shell session was recorded (asciinema v2) and shipped to comms.
+    let rec_session = {
+        let start = Instant::now();
+        loop {
+            let (_, v) = json(w.api_port, "GET", "/v1/sessions", None);
+            if let Some(s) = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| !s["recording"].is_null())
+            {
+                break s["id"].as_i64().unwrap();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no recording: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (st, cast) = http(
+        w.api_port,
+        "GET",
+        &format!("/v1/sessions/{rec_session}/recording"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(st, 200);
+    let mut lines = cast.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    let events: Vec<serde_json::Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let text: String = events
+        .iter()
+        .filter(|e| e[1] == "o")
+        .map(|e| e[2].as_str().unwrap())
+        .collect();
+    assert!(text.contains("shell-42"), "{text}");
+
+    // Audit: starts and ends.
+    w.wait_audit("session.start", "target host");
+    w.wait_audit("session.end", "closed");
+    w.wait_audit("gateway.connected", "");
+}
+
+#[test]
+fn denials_are_refused_and_audited() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::new();
+    w.standard_setup();
+    let past = now() - 10;
+
+    // No grant.
+    let bob = w.add_developer("bob", None);
+    let o = w.ssh(&bob, &["gateway-17", "true"]);
+    assert_eq!(o.status.code(), Some(255));
+    w.wait_audit("session.denied", "no grant for this gateway");
+
+    // Expired developer (with a grant).
+    let carol = w.add_developer("carol", Some(past));
+    w.grant("carol", "gateway-17", None, None, None);
+    let o = w.ssh(&carol, &["gateway-17", "true"]);
+    assert_eq!(o.status.code(), Some(255));
+    w.wait_audit("auth.denied", "developer account expired: user carol");
+
+    // Expired grant.
+    let dave = w.add_developer("dave", None);
+    w.grant("dave", "gateway-17", None, None, Some(past));
+    let o = w.ssh(&dave, &["gateway-17", "true"]);
+    assert_eq!(o.status.code(), Some(255));
+    w.wait_audit("session.denied", "grant expired");
+
+    // Wrong key: a key comms does not know for alice.
+    let stranger = keygen(w.dir.path(), "stranger");
+    let o = w
+        .ssh_cmd_as(&stranger, "alice", &["gateway-17", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(255));
+    w.wait_audit(
+        "auth.denied",
+        "key not registered for developer: user alice",
+    );
+
+    // Unknown gateway.
+    let alice = w.path("alice");
+    let o = w.ssh(&alice, &["gateway-99", "true"]);
+    assert_eq!(o.status.code(), Some(255));
+    w.wait_audit("session.denied", "unknown gateway");
+
+    // Scope: a grant for one pod does not open the host.
+    let erin = w.add_developer("erin", None);
+    w.grant("erin", "gateway-17", Some("apps"), Some("web"), None);
+    let o = w.ssh(&erin, &["gateway-17", "true"]);
+    assert_eq!(o.status.code(), Some(255));
+    w.wait_audit("session.denied", "at agent: no grant covers target host");
+
+    // An agent with a key comms did not enrol is refused.
+    w.start_agent("gateway-17", "impostor", "");
+    w.wait_audit("gateway.denied", "wrong key");
+    w.start_agent("gateway-42", "unknown", "");
+    w.wait_audit("gateway.denied", "unknown gateway");
+
+    // After all that, alice still gets in.
+    let o = w.ssh(&alice, &["gateway-17", "echo ok"]);
+    assert_eq!(stdout(&o), "ok\n", "{}", stderr(&o));
+}
+
+#[test]
+fn revoking_a_grant_ends_a_live_session_within_a_second() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::new();
+    w.standard_setup();
+    let (_, grants) = json(w.api_port, "GET", "/v1/grants?developer=alice", None);
+    let grant = grants[0]["id"].as_i64().unwrap();
+    let alice = w.path("alice");
+    let mut c = w.ssh_cmd(&alice, &["gateway-17", "echo started; exec sleep 30"]);
+    c.stdout(std::process::Stdio::piped());
+    let mut child = Proc(c.spawn().unwrap());
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "started\n");
+    }
+    let t = Instant::now();
+    let (st, _) = json(w.api_port, "DELETE", &format!("/v1/grants/{grant}"), None);
+    assert_eq!(st, 204);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "session still alive after revocation"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = t.elapsed();
+    eprintln!("session ended {took:?} after revocation");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(!status.success());
+    w.wait_audit("session.end", "ended by comms");
+    let (_, live) = json(w.api_port, "GET", "/v1/sessions?live=true", None);
+    assert_eq!(live.as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn grant_expiry_ends_a_live_session() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::new();
+    let key = w.start_agent("gateway-17", "agent", "");
+    w.enrol("gateway-17", &key);
+    let alice = w.add_developer("alice", None);
+    w.grant("alice", "gateway-17", None, None, Some(now() + 2));
+    w.wait_connected("gateway-17");
+    let t = Instant::now();
+    let o = w.ssh(&alice, &["gateway-17", "sleep 20"]);
+    assert!(!o.status.success());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    w.wait_audit("session.end", "grant expired");
+}
+
+#[test]
+fn agent_reconnects_after_comms_restart_and_state_survives() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::new();
+    w.standard_setup();
+    let alice = w.path("alice");
+    assert_eq!(stdout(&w.ssh(&alice, &["gateway-17", "echo one"])), "one\n");
+    w.stop_comms();
+    w.start_comms();
+    w.wait_connected("gateway-17");
+    let o = w.ssh(&alice, &["gateway-17", "echo two"]);
+    assert_eq!(stdout(&o), "two\n", "{}", stderr(&o));
+    let (_, devs) = json(w.api_port, "GET", "/v1/developers", None);
+    assert_eq!(devs[0]["name"], "alice");
+    // The audit log from before the restart is still there.
+    w.wait_audit("session.start", "target host");
+    let events: Vec<String> = w
+        .audit()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        events.iter().filter(|e| *e == "gateway.connected").count() >= 2,
+        "{events:?}"
+    );
+}
