@@ -11,6 +11,8 @@
 //!   sandbox's network namespace mode (`NODE`). Host-network pods have no
 //!   CNI record, so they are found by the list at start and at each resync
 //!   (`runtime_resync_s`); CRI's `GetContainerEvents` stream is not used yet.
+//!   Pod addresses come only from the records (the runtime's view of a
+//!   sandbox lags its CNI teardown).
 //! * **Docker**: the Engine API over its unix socket: `GET /containers/json`
 //!   at start, then the `GET /events` stream (start, die, destroy) with a
 //!   `GET /containers/{id}/json` per started container: fully event-driven.
@@ -18,7 +20,6 @@
 //!   pull hyper's client, serde_with and more for three GET requests.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -160,15 +161,6 @@ pub fn pod_from_cri(id: &str, resp: &cri::PodSandboxStatusResponse) -> Option<Po
         .and_then(|l| l.namespaces.as_ref())
         .and_then(|n| n.options.as_ref())
         .is_some_and(|o| o.network == cri::NamespaceMode::Node as i32);
-    let mut ips: Vec<IpAddr> = Vec::new();
-    if let Some(net) = &status.network {
-        ips.extend(net.ip.parse::<IpAddr>().ok());
-        ips.extend(
-            net.additional_ips
-                .iter()
-                .filter_map(|p| p.ip.parse::<IpAddr>().ok()),
-        );
-    }
     // containerd: info["info"] is JSON with config.hostname.
     let hostname = resp
         .info
@@ -183,7 +175,10 @@ pub fn pod_from_cri(id: &str, resp: &cri::PodSandboxStatusResponse) -> Option<Po
         hostname,
         app: app_from(&status.labels),
         host_network,
-        ips: if host_network { Vec::new() } else { ips },
+        // Under CRI, addresses come only from smarter-cni's records: a
+        // sandbox being torn down is still READY for a moment after its
+        // record is removed, and must not be served from the runtime's view.
+        ips: Vec::new(),
     })
 }
 
