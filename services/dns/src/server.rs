@@ -192,6 +192,58 @@ impl RequestHandler for Handler {
     }
 }
 
+/// A [`ResponseHandler`] that keeps the encoded response instead of
+/// sending it (for [`answer_raw`]).
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Option<Vec<u8>>>>);
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::zone_handler::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut bytes);
+        encoder.set_max_size(u16::MAX);
+        let info = response
+            .destructive_emit(&mut encoder)
+            .map_err(|e| hickory_server::net::NetError::from(e.to_string()))?;
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(bytes);
+        }
+        Ok(info)
+    }
+}
+
+/// Run one raw request through the same decoding and handler as the
+/// servers and return the encoded response; `None` when the request is
+/// dropped (not a parsable query). Used by the fuzz target and the
+/// random-packet test: no sockets involved.
+pub async fn answer_raw(handler: &Handler, bytes: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    let request = Request::from_bytes(
+        bytes.to_vec(),
+        src,
+        hickory_server::net::xfer::Protocol::Udp,
+    )
+    .ok()?;
+    if request.metadata.message_type == hickory_proto::op::MessageType::Response {
+        return None;
+    }
+    let capture = Capture::default();
+    handler
+        .handle_request::<_, hickory_server::net::runtime::TokioTime>(&request, capture.clone())
+        .await;
+    capture.0.lock().ok()?.take()
+}
+
 /// How long an idle TCP client may keep its connection.
 pub const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
