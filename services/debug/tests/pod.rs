@@ -1,0 +1,186 @@
+//! Per-pod sessions: a process in its own namespaces (made with `unshare`)
+//! stands in for the pod, and a small Docker Engine API server on a unix
+//! socket (real wire protocol: `/containers/json` with label filters,
+//! `/containers/ID/json` with `State.Pid`) stands in for the runtime. Needs
+//! root (setns); skips otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixListener;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Serves the two Docker API calls the agent makes, for one pod `apps/web` at `pid`.
+fn fake_docker(listener: UnixListener, pid: u32) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            // Drain headers.
+            loop {
+                let mut l = String::new();
+                if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+            }
+            let path = percent_decode(request_line.split_whitespace().nth(1).unwrap_or(""));
+            let body = if path.starts_with("/containers/json") {
+                if path.contains("io.kubernetes.pod.namespace=apps")
+                    && path.contains("io.kubernetes.pod.name=web")
+                {
+                    r#"[{"Id":"c0ffee","Labels":{"io.kubernetes.pod.namespace":"apps","io.kubernetes.pod.name":"web","io.kubernetes.docker.type":"container"}}]"#.to_string()
+                } else {
+                    "[]".to_string()
+                }
+            } else if path.starts_with("/containers/c0ffee/json") {
+                format!(r#"{{"Id":"c0ffee","State":{{"Running":true,"Pid":{pid}}}}}"#)
+            } else {
+                let _ = conn.write_all(b"HTTP/1.0 404 Not Found\r\n\r\n{}");
+                continue;
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
+fn child_of(parent: u32) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if ppid == parent {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn pod_session_lands_in_the_pods_namespaces() {
+    if !is_root() {
+        eprintln!("SKIP: pod sessions need root (setns)");
+        return;
+    }
+    if !have_openssh() {
+        return;
+    }
+    // The stand-in pod: own UTS, IPC, network, mount and PID namespaces.
+    let mut pod = Proc(
+        Command::new("unshare")
+            .args([
+                "--uts",
+                "--ipc",
+                "--net",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+            ])
+            .args([
+                "sh",
+                "-c",
+                "hostname pod-standin && echo ready && exec sleep 120",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = [0u8; 6];
+    pod.0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n");
+    let pod_pid = child_of(pod.0.id()).expect("pod process");
+
+    let mut w = World::new();
+    let sock = w.path("docker.sock");
+    fake_docker(UnixListener::bind(&sock).unwrap(), pod_pid);
+    let key = w.start_agent(
+        "gateway-17",
+        "agent",
+        &format!("docker_socket = \"{}\"\n", sock.display()),
+    );
+    w.enrol("gateway-17", &key);
+    let erin = w.add_developer("erin", None);
+    w.grant("erin", "gateway-17", Some("apps"), Some("web"), None);
+    let alice = w.add_developer("alice", None);
+    w.grant("alice", "gateway-17", None, None, None);
+    w.wait_connected("gateway-17");
+
+    // In the pod: its hostname, its network (only lo), its PID namespace.
+    let o = w.ssh(
+        &erin,
+        &[
+            "-l",
+            "apps/web",
+            "gateway-17",
+            "hostname; cat /proc/net/dev | tail -n +3 | cut -d: -f1; cat /proc/1/comm",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, ["pod-standin", "lo", "sleep"], "{out}");
+    w.wait_audit("session.start", "target pod apps/web");
+
+    // The same developer cannot reach another pod or the host.
+    let o = w.ssh(&erin, &["-l", "apps/db", "gateway-17", "true"]);
+    assert_eq!(o.status.code(), Some(255));
+    w.wait_audit("session.denied", "no grant covers target pod apps/db");
+
+    // A host session is on the host.
+    let o = w.ssh(&alice, &["gateway-17", "hostname"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(stdout(&o).trim(), "pod-standin");
+}
