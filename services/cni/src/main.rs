@@ -23,7 +23,11 @@ struct Cli {
 enum Cmd {
     /// Copy this binary into the CNI bin directory, write the conflist and
     /// keep it current until SIGTERM (the DaemonSet mode).
-    Install,
+    Install {
+        /// The same flags, accepted after the subcommand too.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,14 +54,27 @@ fn plugin() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    smarter_common::logging::init(&cli.common.log_level)?;
+    // Flags given after `install` win over those before it.
+    let common = match &cli.command {
+        Some(Cmd::Install { common })
+            if common.config.is_some() || common.check_config || common.log_level != "info" =>
+        {
+            CommonArgs {
+                config: common.config.clone().or(cli.common.config.clone()),
+                check_config: common.check_config || cli.common.check_config,
+                log_level: common.log_level.clone(),
+            }
+        }
+        _ => cli.common.clone(),
+    };
+    smarter_common::logging::init(&common.log_level)?;
     let config: Config =
-        match smarter_common::cli::startup(&cli.common, Path::new(DEFAULT_CONFIG_PATH))? {
+        match smarter_common::cli::startup(&common, Path::new(DEFAULT_CONFIG_PATH))? {
             Startup::Checked => return Ok(()),
             Startup::Run(c) => c,
         };
     match cli.command {
-        Some(Cmd::Install) => smarter_cni::install::run(&config, cli.common.config_path()),
+        Some(Cmd::Install { .. }) => smarter_cni::install::run(&config, common.config_path()),
         None => {
             // Run without CNI_COMMAND and without a subcommand: say what we are,
             // like the reference plugins do.
