@@ -490,3 +490,59 @@ fn original_smarter_conflist_with_host_local_delegation() {
     }
     assert!(!hl.join(ip_of(&ra)).exists(), "host-local released on DEL");
 }
+
+#[test]
+fn chained_portmap_maps_a_host_port_to_the_pod() {
+    if !can_run() {
+        return;
+    }
+    let n = net("1.0.0", "10.208.0.0/24", json!({}));
+    let pod = Netns::new(&format!("cnim{}", tag()));
+    let (code, ours) = Call::new("ADD", "pm-a", Some(&pod.path)).run(&n.conf);
+    assert_eq!(code, 0, "{ours}");
+    let pm_conf = json!({
+        "cniVersion": "1.0.0",
+        "name": n.conf["name"],
+        "type": "portmap",
+        "snat": true,
+        "capabilities": { "portMappings": true },
+        "runtimeConfig": { "portMappings": [{ "hostPort": 18081, "containerPort": 8081, "protocol": "tcp" }] },
+        "prevResult": ours,
+    });
+    let call = Call::new("ADD", "pm-a", Some(&pod.path));
+    let (code, chained) = call.run_bin("/usr/lib/cni/portmap", &pm_conf);
+    assert_eq!(code, 0, "portmap accepts our result: {chained}");
+    assert_eq!(chained["ips"], ours["ips"]);
+    // A one-shot server in the pod; the host reaches it through the mapping.
+    let server = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.name, "python3", "-c",
+            "import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',8081));s.listen(1);s.settimeout(15);c,_=s.accept();c.sendall(b'hello from pod');c.close()"])
+        .spawn();
+    let mut server = server.unwrap_or_else(|e| panic!("python3: {e}"));
+    let target: std::net::SocketAddr = format!("{}:18081", n.gateway)
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut got = String::new();
+    for _ in 0..100 {
+        if let Ok(mut s) =
+            std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(1))
+        {
+            use std::io::Read;
+            let _ = s.read_to_string(&mut got);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut pm_del = pm_conf.clone();
+    pm_del["prevResult"] = chained.clone();
+    assert_eq!(
+        Call::new("DEL", "pm-a", Some(&pod.path))
+            .run_bin("/usr/lib/cni/portmap", &pm_del)
+            .0,
+        0
+    );
+    assert_eq!(Call::new("DEL", "pm-a", Some(&pod.path)).run(&n.conf).0, 0);
+    assert_eq!(got, "hello from pod");
+}
