@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Benchmark: copy a file with scp through smarter-comms + smarter-debug-agent and, in the
+# same run, directly to an OpenSSH sshd on loopback; print both throughputs and the ratio
+# (target >= 0.8). Also time `ssh` start to the remote command's output through the
+# tunnel (target < 1 s). Everything runs on 127.0.0.1; nothing is left behind.
+#
+#   bench/debug/scp-through-comms.sh [SIZE_MB]      (default 100)
+#
+# Uses release binaries from $BIN_DIR (default: builds them with cargo --release).
+# Needs: openssh-client, openssh-server (/usr/sbin/sshd), curl. sshd runs as the caller
+# (root in CI) with its own config and keys in a temp dir.
+set -euo pipefail
+
+SIZE_MB=${1:-100}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+if [[ -z "${BIN_DIR:-}" ]]; then
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+    cargo build --release -p smarter-debug --manifest-path "$ROOT/Cargo.toml" >&2
+    BIN_DIR=$CARGO_TARGET_DIR/release
+fi
+
+T=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SSH_PORT=$(free_port); API_PORT=$(free_port); SSHD_PORT=$(free_port)
+TOKEN=bench-token
+HASH=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
+
+cat > "$T/comms.toml" <<EOF
+ssh_listen = "127.0.0.1:$SSH_PORT"
+api_listen = "127.0.0.1:$API_PORT"
+state_dir = "$T/comms"
+admin_token_sha256 = "$HASH"
+EOF
+"$BIN_DIR/smarter-comms" --config "$T/comms.toml" --log-level warn 2>"$T/comms.log" &
+PIDS+=($!)
+for _ in $(seq 100); do [[ -f "$T/comms/host_key.pub" ]] && curl -s "127.0.0.1:$API_PORT/healthz" >/dev/null && break; sleep 0.1; done
+
+cat > "$T/agent.toml" <<EOF
+comms_address = "127.0.0.1:$SSH_PORT"
+comms_host_key = "$(cat "$T/comms/host_key.pub")"
+gateway_name = "bench-gw"
+state_dir = "$T/agent"
+EOF
+"$BIN_DIR/smarter-debug-agent" --config "$T/agent.toml" --log-level warn 2>"$T/agent.log" &
+PIDS+=($!)
+for _ in $(seq 100); do [[ -f "$T/agent/agent_key.pub" ]] && break; sleep 0.1; done
+
+api() { curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' "$@"; }
+ssh-keygen -q -t ed25519 -N '' -f "$T/dev" -C dev
+api -d "{\"name\":\"bench-gw\",\"public_key\":\"$(cat "$T/agent/agent_key.pub")\"}" "127.0.0.1:$API_PORT/v1/gateways" >/dev/null
+api -d '{"name":"dev"}' "127.0.0.1:$API_PORT/v1/developers" >/dev/null
+api -d "{\"public_key\":\"$(cat "$T/dev.pub")\"}" "127.0.0.1:$API_PORT/v1/developers/dev/keys" >/dev/null
+api -d '{"developer":"dev","gateway":"bench-gw"}' "127.0.0.1:$API_PORT/v1/grants" >/dev/null
+api "127.0.0.1:$API_PORT/v1/gateways/bench-gw/known_hosts" > "$T/known_hosts"
+echo "[127.0.0.1]:$SSH_PORT $(cat "$T/comms/host_key.pub")" >> "$T/known_hosts"
+for _ in $(seq 100); do api "127.0.0.1:$API_PORT/v1/gateways/bench-gw" | grep -q '"connected":true' && break; sleep 0.1; done
+
+# The peer: OpenSSH's own sshd on loopback.
+ssh-keygen -q -t ed25519 -N '' -f "$T/sshd_host_key"
+cp "$T/dev.pub" "$T/authorized_keys"; chmod 600 "$T/authorized_keys"
+cat > "$T/sshd_config" <<EOF
+Port $SSHD_PORT
+ListenAddress 127.0.0.1
+HostKey $T/sshd_host_key
+AuthorizedKeysFile $T/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UsePAM no
+PidFile $T/sshd.pid
+Subsystem sftp /usr/lib/openssh/sftp-server
+EOF
+/usr/sbin/sshd -D -e -f "$T/sshd_config" 2>"$T/sshd.log" &
+PIDS+=($!)
+echo "[127.0.0.1]:$SSHD_PORT $(cat "$T/sshd_host_key.pub")" >> "$T/known_hosts"
+for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$SSHD_PORT") 2>/dev/null && break; sleep 0.1; done
+
+cat > "$T/ssh_config" <<EOF
+Host comms
+  HostName 127.0.0.1
+  Port $SSH_PORT
+  User dev
+Host direct
+  HostName 127.0.0.1
+  Port $SSHD_PORT
+  User $(id -un)
+Host *
+  IdentityFile $T/dev
+  IdentitiesOnly yes
+  UserKnownHostsFile $T/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+EOF
+
+head -c "${SIZE_MB}M" /dev/urandom > "$T/payload"
+
+secs() { python3 -c 'import sys,time; print(time.monotonic())'; }
+timed_scp() { # dest...
+    local a b
+    a=$(secs); scp -q -F "$T/ssh_config" "$@"; b=$(secs)
+    python3 -c "print($b-$a)"
+}
+
+# Warm-up so neither side pays first-connection costs in the measurement.
+ssh -F "$T/ssh_config" -J comms bench-gw true
+ssh -F "$T/ssh_config" direct true
+
+ours=$(timed_scp -J comms "$T/payload" "bench-gw:$T/through-comms")
+peer=$(timed_scp "$T/payload" "direct:$T/direct")
+cmp -s "$T/payload" "$T/through-comms" || { echo "copy through comms differs" >&2; exit 1; }
+cmp -s "$T/payload" "$T/direct" || { echo "direct copy differs" >&2; exit 1; }
+
+# Time from ssh start to the remote command's output through the tunnel.
+a=$(secs); out=$(ssh -F "$T/ssh_config" -J comms bench-gw echo ready); b=$(secs)
+[[ "$out" == ready ]] || { echo "unexpected output $out" >&2; exit 1; }
+
+python3 - "$SIZE_MB" "$ours" "$peer" "$a" "$b" <<'EOF'
+import sys
+size, ours, peer, a, b = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+o, p = size / ours, size / peer
+print(f"scp {size:.0f} MB through smarter-comms+agent: {o:8.1f} MB/s ({ours:.2f} s)")
+print(f"scp {size:.0f} MB direct to OpenSSH sshd:      {p:8.1f} MB/s ({peer:.2f} s)")
+print(f"ratio (ours / direct): {o / p:.2f}  (target >= 0.80)")
+print(f"ssh start to command output through the tunnel: {(b - a) * 1000:.0f} ms (target < 1000 ms)")
+EOF
