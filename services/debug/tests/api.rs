@@ -207,3 +207,72 @@ fn crud_round_trip() {
         assert!(events.iter().any(|x| x == e), "{e} missing from {events:?}");
     }
 }
+
+#[test]
+fn api_speaks_https_when_given_a_certificate() {
+    let have = |t: &str| {
+        std::process::Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok()
+    };
+    if !have("openssl") || !have("curl") {
+        eprintln!("SKIP: openssl and curl are needed to make and check a certificate");
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (c, k) = (cert.clone(), key.clone());
+    let w = World::with_comms_config(move |_| {
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            c.display(),
+            k.display()
+        )
+    });
+    let curl = |auth: bool| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&cert)
+            .arg(format!("https://127.0.0.1:{}/v1/developers", w.api_port));
+        if auth {
+            cmd.args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+        }
+        String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+    };
+    assert_eq!(curl(true), "200");
+    assert_eq!(curl(false), "401");
+    // Plain HTTP is not served on the TLS port.
+    let plain = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{}/healthz", w.api_port))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+}

@@ -148,17 +148,25 @@ pub struct World {
     pub api_port: u16,
     pub comms: Option<Proc>,
     pub agents: Vec<Proc>,
+    pub comms_extra: String,
 }
 
 impl World {
     pub fn new() -> World {
+        World::with_comms_config(|_| String::new())
+    }
+
+    /// Like [`World::new`], with extra comms config lines made from the temp dir path.
+    pub fn with_comms_config(extra: impl FnOnce(&Path) -> String) -> World {
         let dir = tempfile::tempdir().unwrap();
+        let comms_extra = extra(dir.path());
         let mut w = World {
             dir,
             ssh_port: free_port(),
             api_port: free_port(),
             comms: None,
             agents: Vec::new(),
+            comms_extra,
         };
         w.start_comms();
         w
@@ -173,11 +181,12 @@ impl World {
         std::fs::write(
             &cfg,
             format!(
-                "ssh_listen = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\nadmin_token_sha256 = \"{}\"\nauth_rejection_ms = 50\n",
+                "ssh_listen = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\nadmin_token_sha256 = \"{}\"\nauth_rejection_ms = 50\n{}",
                 self.ssh_port,
                 self.api_port,
                 self.path("comms").display(),
-                sha256_hex(TOKEN)
+                sha256_hex(TOKEN),
+                self.comms_extra
             ),
         )
         .unwrap();
