@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use smarter_cni::config::{Config, DEFAULT_CONFIG_PATH};
 use smarter_common::cli::{CommonArgs, Startup};
@@ -38,9 +39,25 @@ fn main() -> ExitCode {
     smarter_common::cli::exit_code("smarter-cni", run(cli))
 }
 
+/// What the plugin needs: netlink and nftables/iptables (NET_ADMIN,
+/// NET_RAW for iptables-legacy), entering network namespaces (SYS_ADMIN),
+/// opening `/proc/<pid>/ns/net` of pods running as other users
+/// (SYS_PTRACE). Tools it runs (`nft`, `iptables`, IPAM plugins) inherit at
+/// most these.
+const PLUGIN_CAPS: &[caps::Capability] = &[
+    caps::Capability::CAP_NET_ADMIN,
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_SYS_ADMIN,
+    caps::Capability::CAP_SYS_PTRACE,
+];
+
 fn plugin() -> ExitCode {
     let level = std::env::var("SMARTER_CNI_LOG").unwrap_or_else(|_| "warn".into());
     let _ = smarter_common::logging::init(&level);
+    // Hardening must not break networking: log and go on if it fails.
+    if let Err(e) = smarter_common::capabilities::retain_only(PLUGIN_CAPS) {
+        tracing::warn!(error = %e, "cannot drop capabilities");
+    }
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let outcome = smarter_cni::plugin::run_process(&stdin);
@@ -73,6 +90,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Startup::Checked => return Ok(()),
             Startup::Run(c) => c,
         };
+    // The installer only writes files it owns (as root): no capabilities.
+    smarter_common::capabilities::retain_only(&[]).context("dropping capabilities")?;
     match cli.command {
         Some(Cmd::Install { .. }) => smarter_cni::install::run(&config, common.config_path()),
         None => {
