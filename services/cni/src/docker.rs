@@ -4,7 +4,7 @@
 //! (127.0.0.11) answers for it, and report the address Docker assigned.
 //!
 //! The API is spoken with a tiny HTTP/1.1 client over the Unix socket (see
-//! `docs/decisions/0022-docker-api-client.md`): the plugin makes at most four
+//! `docs/decisions/0022-cni-docker-api-client.md`): the plugin makes at most four
 //! requests per call, so a full async client stack would only cost build
 //! time and binary size.
 

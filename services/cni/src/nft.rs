@@ -3,7 +3,7 @@
 //!
 //! The rules are generated here as an `nft -f` script (pure, golden-tested)
 //! and applied by running the `nft` binary, see
-//! `docs/decisions/0021-nftables-via-nft.md`. Each script replaces the
+//! `docs/decisions/0021-cni-nftables-via-nft.md`. Each script replaces the
 //! network's tables as a whole in one kernel transaction (create, delete,
 //! recreate), so the result never depends on what was there before and a
 //! concurrent reader never sees a half-built table:
