@@ -36,6 +36,14 @@ pub enum AgentRequest {
         /// Session id.
         session: i64,
     },
+    /// The agent refused a session comms had allowed (e.g. the pod is not
+    /// running); comms writes it to the audit log as `session.denied`.
+    Denied {
+        /// Session id.
+        session: i64,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl AgentRequest {

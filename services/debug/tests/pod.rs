@@ -179,6 +179,15 @@ fn pod_session_lands_in_the_pods_namespaces() {
     assert_eq!(o.status.code(), Some(255));
     w.wait_audit("session.denied", "no grant covers target pod apps/db");
 
+    // Granted, but no such pod running on the gateway: refused by the agent, audited.
+    w.grant("erin", "gateway-17", Some("apps"), Some("gone"), None);
+    let o = w.ssh(&erin, &["-l", "apps/gone", "gateway-17", "true"]);
+    assert_eq!(o.status.code(), Some(255));
+    w.wait_audit(
+        "session.denied",
+        "at agent: no running container for pod apps/gone",
+    );
+
     // A host session is on the host.
     let o = w.ssh(&alice, &["gateway-17", "hostname"]);
     assert!(o.status.success(), "{}", stderr(&o));

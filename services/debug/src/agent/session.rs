@@ -114,10 +114,26 @@ impl DebugSession {
             return Err(reply.reason.unwrap_or_else(|| "refused".into()));
         }
         if let Some(Target::Pod { namespace, pod }) = &reply.target {
-            let pid = pods::find_pid(&self.agent.config.docker_socket, namespace, pod)
-                .await
-                .map_err(|e| e.to_string())?;
-            let ns = Namespaces::of_pid(pid).map_err(|e| e.to_string())?;
+            let found = match pods::find_pid(&self.agent.config.docker_socket, namespace, pod).await
+            {
+                Ok(pid) => Namespaces::of_pid(pid)
+                    .map_err(|e| e.to_string())
+                    .map(|ns| (pid, ns)),
+                Err(e) => Err(e.to_string()),
+            };
+            let (pid, ns) = match found {
+                Ok(x) => x,
+                Err(reason) => {
+                    let report = AgentRequest::Denied {
+                        session: self.session_id,
+                        reason: reason.clone(),
+                    };
+                    if let Err(e) = self.agent.ask_comms(&report, &[]).await {
+                        tracing::warn!(error = %e, "could not report denial to comms");
+                    }
+                    return Err(reason);
+                }
+            };
             tracing::info!(session = self.session_id, %namespace, %pod, pid, namespaces = ns.len(), "pod session");
             self.namespaces = Some(Arc::new(ns));
         }

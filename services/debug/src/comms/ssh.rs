@@ -248,6 +248,21 @@ impl Hub {
                 };
                 serde_json::to_vec(&reply).map_err(|e| e.to_string())
             }
+            AgentRequest::Denied { session, reason } => {
+                let developer = lock(&self.live)
+                    .get(session)
+                    .filter(|s| s.gateway == gateway)
+                    .map(|s| s.developer.clone())
+                    .ok_or_else(|| format!("session {session} is not live on gateway {gateway}"))?;
+                self.audit(
+                    "session.denied",
+                    Some(&developer),
+                    Some(gateway),
+                    Some(*session),
+                    &format!("at agent: {reason}"),
+                );
+                Ok(Vec::new())
+            }
             AgentRequest::Recording { session } => {
                 let owned = self
                     .store
