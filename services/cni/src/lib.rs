@@ -22,3 +22,21 @@ pub mod netlink;
 pub mod nft;
 pub mod plugin;
 pub mod spec;
+
+/// Golden-file comparison for unit tests: `UPDATE_GOLDEN=1` rewrites.
+#[cfg(test)]
+pub(crate) fn golden(name: &str, got: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let _ = std::fs::write(&path, got);
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        got,
+        want,
+        "golden file {} differs (UPDATE_GOLDEN=1 to rewrite)",
+        path.display()
+    );
+}

@@ -207,22 +207,6 @@ pub fn list(nft: &Path, args: &[&str]) -> Result<String, NftError> {
 mod tests {
     use super::*;
 
-    fn golden(name: &str, got: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata")
-            .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            let _ = std::fs::write(&path, got);
-        }
-        let want = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(
-            got,
-            want,
-            "golden file {} differs (UPDATE_GOLDEN=1 to rewrite)",
-            path.display()
-        );
-    }
-
     #[test]
     fn masquerade_only() -> Result<(), String> {
         let iso = IsolationConf::default();
@@ -233,7 +217,7 @@ mod tests {
             isolation: &iso,
             pods: BTreeMap::new(),
         };
-        golden("nft-masquerade.nft", &r.script());
+        crate::golden("nft-masquerade.nft", &r.script());
         Ok(())
     }
 
@@ -271,7 +255,7 @@ mod tests {
             isolation: &iso,
             pods,
         };
-        golden("nft-isolation.nft", &r.script());
+        crate::golden("nft-isolation.nft", &r.script());
         Ok(())
     }
 }

@@ -234,3 +234,146 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
 pub fn run_process(stdin: &[u8]) -> Outcome {
     run(|k| std::env::var(k).ok(), stdin)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::spec::{Dns, Interface, IpConfig, Route};
+
+    fn invoke(env: &[(&str, &str)], stdin: &str) -> String {
+        let m: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let out = run(|k| m.get(k).cloned(), stdin.as_bytes());
+        let json = out
+            .stdout
+            .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+            .unwrap_or_default();
+        format!("exit {}\n{json}\n", out.exit_code)
+    }
+
+    const ADD_ENV: &[(&str, &str)] = &[
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "abc"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", "/run/netns/x"),
+    ];
+
+    #[test]
+    fn version_answers() {
+        let env = [("CNI_COMMAND", "VERSION")];
+        crate::golden(
+            "version-1.0.0.out",
+            &invoke(&env, r#"{"cniVersion":"1.0.0"}"#),
+        );
+        crate::golden("version-empty.out", &invoke(&env, ""));
+    }
+
+    #[test]
+    fn error_objects() {
+        crate::golden("error-decode.out", &invoke(ADD_ENV, "{"));
+        crate::golden(
+            "error-version.out",
+            &invoke(
+                ADD_ENV,
+                r#"{"cniVersion":"0.2.0","name":"n","type":"smarter-cni"}"#,
+            ),
+        );
+        crate::golden(
+            "error-env.out",
+            &invoke(
+                &ADD_ENV[..3],
+                r#"{"cniVersion":"1.1.0","name":"n","type":"smarter-cni"}"#,
+            ),
+        );
+        let check = [
+            ("CNI_COMMAND", "CHECK"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/x"),
+        ];
+        crate::golden(
+            "error-check-0.3.1.out",
+            &invoke(
+                &check,
+                r#"{"cniVersion":"0.3.1","name":"n","type":"smarter-cni"}"#,
+            ),
+        );
+        crate::golden(
+            "error-unsupported-field.out",
+            &invoke(
+                ADD_ENV,
+                r#"{"cniVersion":"1.1.0","name":"n","type":"smarter-cni","macspoofchk":true}"#,
+            ),
+        );
+    }
+
+    #[test]
+    fn results_per_version() {
+        let r = CniResult {
+            interfaces: vec![
+                Interface {
+                    name: "smartnet0".into(),
+                    mac: Some("02:42:ac:27:00:01".into()),
+                    sandbox: None,
+                    mtu: Some(1500),
+                },
+                Interface {
+                    name: "veth0a1b2c3d".into(),
+                    mac: Some("6e:11:22:33:44:55".into()),
+                    sandbox: None,
+                    mtu: Some(1500),
+                },
+                Interface {
+                    name: "eth0".into(),
+                    mac: Some("6e:11:22:33:44:66".into()),
+                    sandbox: Some("/var/run/netns/x".into()),
+                    mtu: Some(1500),
+                },
+            ],
+            ips: vec![IpConfig {
+                address: "172.39.0.2/16".into(),
+                gateway: "172.39.0.1".parse().ok(),
+                interface: Some(2),
+            }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".into(),
+                gw: "172.39.0.1".parse().ok(),
+            }],
+            dns: Dns::default(),
+        };
+        for v in spec::SUPPORTED_VERSIONS {
+            let text = serde_json::to_string_pretty(&r.to_json(v)).unwrap_or_default() + "\n";
+            crate::golden(&format!("result-{v}.json"), &text);
+        }
+    }
+
+    #[test]
+    fn chaining_shifts_interface_indexes() {
+        let prev = CniResult {
+            interfaces: vec![Interface {
+                name: "lo".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ours = CniResult {
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                ..Default::default()
+            }],
+            ips: vec![IpConfig {
+                address: "10.0.0.2/24".into(),
+                gateway: None,
+                interface: Some(0),
+            }],
+            ..Default::default()
+        };
+        let c = chain(prev, ours);
+        assert_eq!(c.interfaces.len(), 2);
+        assert_eq!(c.ips[0].interface, Some(1));
+    }
+}
