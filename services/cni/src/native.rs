@@ -28,11 +28,29 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("veth{h:08x}")
 }
 
+/// Find a host tool: `$PATH` first (runtimes pass their own environment,
+/// which may lack the sbin directories), then the usual sbin paths.
+fn host_tool(name: &str) -> PathBuf {
+    let from_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|c| c.is_file())
+    });
+    from_path
+        .or_else(|| {
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(|d| Path::new(d).join(name))
+                .find(|c| c.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// Where the `nft` binary is (`SMARTER_CNI_NFT` overrides, for tests).
 pub fn nft_binary() -> PathBuf {
     std::env::var_os("SMARTER_CNI_NFT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("nft"))
+        .unwrap_or_else(|| host_tool("nft"))
 }
 
 fn nl_err(e: NetlinkError) -> CniError {
@@ -286,7 +304,7 @@ fn allow_forwarding_in_iptables(bridge: &str) {
     let rules = forward_rules(bridge);
     for rule in rules {
         let run = |op: &str| {
-            std::process::Command::new("iptables")
+            std::process::Command::new(host_tool("iptables"))
                 .args(["-w", op, "FORWARD"])
                 .args(&rule)
                 .stdout(std::process::Stdio::null())
@@ -611,7 +629,7 @@ pub fn remove_network(network: &str, bridge: &str) -> Result<(), CniError> {
     nft::apply(&nft_binary(), &nft::remove_script(network))
         .map_err(|e| CniError::new(code::PLUGIN, "nftables").with_details(e.to_string()))?;
     for rule in forward_rules(bridge) {
-        while std::process::Command::new("iptables")
+        while std::process::Command::new(host_tool("iptables"))
             .args(["-w", "-D", "FORWARD"])
             .args(&rule)
             .stdout(std::process::Stdio::null())

@@ -333,8 +333,10 @@ fn gc_frees_leaked_and_killed_adds() {
     let leak = Netns::new(&format!("cnig{}", tag()));
     assert_eq!(Call::new("ADD", "keep", Some(&keep.path)).run(&n.conf).0, 0);
     assert_eq!(Call::new("ADD", "leak", Some(&leak.path)).run(&n.conf).0, 0);
-    // Killed ADDs at several points of their run.
-    let victims: Vec<Netns> = (0..6)
+    // Killed ADDs at points spread over a whole ADD (tens of ms in a debug
+    // build): before, during and after allocation, veth creation, addressing.
+    let delays_ms = [0u64, 1, 2, 4, 7, 10, 14, 18, 24, 30, 40, 55];
+    let victims: Vec<Netns> = (0..delays_ms.len())
         .map(|i| Netns::new(&format!("cnik{i}{}", tag())))
         .collect();
     for (i, ns) in victims.iter().enumerate() {
@@ -348,10 +350,24 @@ fn gc_frees_leaked_and_killed_adds() {
             use std::io::Write;
             let _ = w.write_all(n.conf.to_string().as_bytes());
         }
-        std::thread::sleep(std::time::Duration::from_micros(500 * i as u64));
+        std::thread::sleep(std::time::Duration::from_millis(delays_ms[i]));
         let _ = child.kill();
         let _ = child.wait();
     }
+    let ports_before = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "master", &n.bridge])
+        .output()
+        .map(|o| {
+            o.stdout
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count()
+        })
+        .unwrap_or(0);
+    eprintln!(
+        "before GC: {} allocations, {ports_before} bridge ports (2 are live pods)",
+        allocations(&n)
+    );
     let mut gc = n.conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{ "containerID": "keep", "ifname": "eth0" }]);
     let (code, r) = Call::new("GC", "", None).run(&gc);
@@ -360,7 +376,7 @@ fn gc_frees_leaked_and_killed_adds() {
     assert!(!host_link_exists(&smarter_cni::native::host_veth_name(
         "leak", "eth0"
     )));
-    for i in 0..6 {
+    for i in 0..delays_ms.len() {
         assert!(!host_link_exists(&smarter_cni::native::host_veth_name(
             &format!("killed-{i}"),
             "eth0"
@@ -545,4 +561,22 @@ fn chained_portmap_maps_a_host_port_to_the_pod() {
     );
     assert_eq!(Call::new("DEL", "pm-a", Some(&pod.path)).run(&n.conf).0, 0);
     assert_eq!(got, "hello from pod");
+}
+
+#[test]
+fn add_succeeds_when_the_records_directory_is_unusable() {
+    if !can_run() {
+        return;
+    }
+    let n = net("1.1.0", "10.209.0.0/24", json!({}));
+    // A regular file where the directory should be: every record write fails.
+    let blocker = n.records.with_file_name("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap_or_else(|e| panic!("{e}"));
+    let mut conf = n.conf.clone();
+    conf["recordsDir"] = json!(blocker.join("records"));
+    let pod = Netns::new(&format!("cnir{}", tag()));
+    let (code, r) = Call::new("ADD", "rec", Some(&pod.path)).run(&conf);
+    assert_eq!(code, 0, "{r}");
+    assert!(pod.ping(&n.gateway));
+    assert_eq!(Call::new("DEL", "rec", Some(&pod.path)).run(&conf).0, 0);
 }
