@@ -507,11 +507,103 @@ fn original_smarter_conflist_with_host_local_delegation() {
     assert!(!hl.join(ip_of(&ra)).exists(), "host-local released on DEL");
 }
 
+/// Removes the shared chains the reference portmap plugin leaves behind
+/// (it keeps them for other containers), when they were not there before.
+struct PortmapChains {
+    existed: bool,
+    ip6_nat_existed: bool,
+}
+
+impl PortmapChains {
+    fn new() -> Self {
+        let ipt = |args: &[&str]| {
+            std::process::Command::new("iptables")
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        Self {
+            existed: ipt(&["-t", "nat", "-S", "CNI-HOSTPORT-DNAT"]),
+            ip6_nat_existed: std::process::Command::new("nft")
+                .args(["list", "table", "ip6", "nat"])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+        }
+    }
+}
+
+impl Drop for PortmapChains {
+    fn drop(&mut self) {
+        let run = |prog: &str, args: &[&str]| {
+            let _ = std::process::Command::new(prog)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        if !self.existed {
+            for (chain, rule) in [
+                (
+                    "PREROUTING",
+                    vec![
+                        "-m",
+                        "addrtype",
+                        "--dst-type",
+                        "LOCAL",
+                        "-j",
+                        "CNI-HOSTPORT-DNAT",
+                    ],
+                ),
+                (
+                    "OUTPUT",
+                    vec![
+                        "-m",
+                        "addrtype",
+                        "--dst-type",
+                        "LOCAL",
+                        "-j",
+                        "CNI-HOSTPORT-DNAT",
+                    ],
+                ),
+                (
+                    "POSTROUTING",
+                    vec![
+                        "-m",
+                        "comment",
+                        "--comment",
+                        "CNI portfwd requiring masquerade",
+                        "-j",
+                        "CNI-HOSTPORT-MASQ",
+                    ],
+                ),
+            ] {
+                let mut args = vec!["-t", "nat", "-D", chain];
+                args.extend(rule);
+                run("iptables", &args);
+            }
+            for chain in [
+                "CNI-HOSTPORT-DNAT",
+                "CNI-HOSTPORT-MASQ",
+                "CNI-HOSTPORT-SETMARK",
+            ] {
+                run("iptables", &["-t", "nat", "-F", chain]);
+                run("iptables", &["-t", "nat", "-X", chain]);
+            }
+        }
+        if !self.ip6_nat_existed {
+            run("nft", &["delete", "table", "ip6", "nat"]);
+        }
+    }
+}
+
 #[test]
 fn chained_portmap_maps_a_host_port_to_the_pod() {
     if !can_run() {
         return;
     }
+    let _chains = PortmapChains::new();
     let n = net("1.0.0", "10.208.0.0/24", json!({}));
     let pod = Netns::new(&format!("cnim{}", tag()));
     let (code, ours) = Call::new("ADD", "pm-a", Some(&pod.path)).run(&n.conf);
