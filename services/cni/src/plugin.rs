@@ -143,7 +143,7 @@ fn dispatch(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Option<CniResult>
                     let bin = crate::delegate::find(p, &env.path)?;
                     crate::delegate::exec(&bin, "GC", env, stdin)?;
                 }
-                (Mode::Docker, _) => {}
+                (Mode::Docker, _) => docker_gc(conf, env, &valid),
             }
             gc_records(conf, &valid);
             Ok(None)
@@ -187,6 +187,30 @@ fn write_record(conf: &NetConf, env: &Env, result: &CniResult) {
     // Never fail an ADD because names are unavailable: log and go on.
     if let Err(e) = records::write(&conf.records_dir, &record) {
         tracing::warn!(error = %e, "cannot write DNS record");
+    }
+}
+
+/// Docker mode keeps no state of its own: the records say which containers
+/// this plugin attached, so only those are disconnected (other containers on
+/// the same Docker network are left alone).
+fn docker_gc(conf: &NetConf, env: &Env, valid: &[(String, String)]) {
+    let Ok(all) = records::read_dir(&conf.records_dir) else {
+        return;
+    };
+    for r in all.into_iter().flatten() {
+        let known = valid
+            .iter()
+            .any(|(id, ifn)| *id == r.container_id && *ifn == r.ifname);
+        if r.network == conf.name && !known {
+            let stale = Env {
+                container_id: r.container_id.clone(),
+                ifname: r.ifname.clone(),
+                ..env.clone()
+            };
+            if let Err(e) = docker::del(conf, &stale) {
+                tracing::warn!(container = %r.container_id, error = %e, "gc: cannot disconnect");
+            }
+        }
     }
 }
 

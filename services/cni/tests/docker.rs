@@ -184,4 +184,12 @@ fn docker_mode_attaches_with_alias_and_detaches() {
     assert!(!records.path().join(format!("{ida}_eth0.json")).exists());
     let (code, r) = Call::new("STATUS", "", None).run(&conf);
     assert_eq!((code, r), (0, Value::Null));
+    // GC: podb is no longer valid; it is disconnected and its record goes.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let (code, r) = Call::new("GC", "", None).run(&gc);
+    assert_eq!((code, r), (0, Value::Null));
+    let (_, nets) = docker(&["inspect", "-f", "{{json .NetworkSettings.Networks}}", &idb]);
+    assert!(!nets.contains(&network), "{nets}");
+    assert!(!records.path().join(format!("{idb}_eth0.json")).exists());
 }
