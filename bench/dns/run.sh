@@ -10,14 +10,19 @@
 #
 # Needs root (a private network namespace), dnsperf, dnsmasq, python3.
 # Usage: bench/dns/run.sh [seconds-per-run]   (default 10)
+#        SMARTER_DNS_BIN=path/to/release/smarter-dns bench/dns/run.sh   (skip the build)
 set -euo pipefail
 
 SECS=${1:-10}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --release -p smarter-dns --manifest-path "$ROOT/Cargo.toml" >&2
-BIN=$CARGO_TARGET_DIR/release/smarter-dns
+if [ -n "${SMARTER_DNS_BIN:-}" ]; then
+    BIN=$SMARTER_DNS_BIN   # an already-built release binary
+else
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+    cargo build --release -p smarter-dns --manifest-path "$ROOT/Cargo.toml" >&2
+    BIN=$CARGO_TARGET_DIR/release/smarter-dns
+fi
 
 NS=smdns-bench-$$
 WORK=$(mktemp -d)

@@ -75,6 +75,9 @@ pub struct Config {
     /// Full re-list of pods from the runtime every this many seconds (finds
     /// host-network pods under CRI, repairs missed events).
     pub runtime_resync_s: u64,
+    /// Threads answering queries: 1 runs everything on one thread (lowest
+    /// latency, like dnsmasq); more use a multi-threaded runtime.
+    pub worker_threads: usize,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             cri_socket: PathBuf::from(DEFAULT_CRI_SOCKET),
             docker_socket: PathBuf::from(DEFAULT_DOCKER_SOCKET),
             runtime_resync_s: 30,
+            worker_threads: 1,
         }
     }
 }
@@ -185,6 +189,13 @@ impl Validate for Config {
                 "max_inflight",
                 self.max_inflight,
                 "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=64).contains(&self.worker_threads) {
+            return Err(Invalid::new(
+                "worker_threads",
+                self.worker_threads,
+                "must be between 1 and 64",
             ));
         }
         if !(1..=86_400).contains(&self.runtime_resync_s) {

@@ -81,10 +81,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(interface = %iface, ?addrs, "cluster DNS address ready");
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads)
+            .enable_all()
+            .build()
+    }
+    .context("starting the async runtime")?;
     rt.block_on(serve(config))
 }
 

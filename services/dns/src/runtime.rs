@@ -9,8 +9,9 @@
 //!   forms arrive together with the pod name. The hostname comes from
 //!   containerd's verbose info (`config.hostname`), host networking from the
 //!   sandbox's network namespace mode (`NODE`). Host-network pods have no
-//!   CNI record, so they are found by the list at start and at each resync
-//!   (`runtime_resync_s`); CRI's `GetContainerEvents` stream is not used yet.
+//!   CNI record: they are found through the `GetContainerEvents` stream
+//!   (sandbox start/stop events) and, with runtimes that lack it, by the list
+//!   at start and at each resync (`runtime_resync_s`).
 //!   Pod addresses come only from the records (the runtime's view of a
 //!   sandbox lags its CNI teardown).
 //! * **Docker**: the Engine API over its unix socket: `GET /containers/json`
@@ -126,6 +127,46 @@ impl Cri {
             }
         }
         Ok(pods)
+    }
+
+    /// Stream sandbox lifecycle events (`GetContainerEvents`) into `tx` as
+    /// `("start" | "die", sandbox id)` until the stream ends. Events of
+    /// ordinary containers are skipped: only sandboxes carry names.
+    pub async fn events(
+        &self,
+        tx: mpsc::UnboundedSender<(String, String)>,
+    ) -> Result<(), RuntimeError> {
+        let err = |s: tonic::Status| RuntimeError::Cri {
+            call: "GetContainerEvents",
+            status: Box::new(s),
+        };
+        let mut stream = self
+            .client
+            .clone()
+            .get_container_events(cri::GetEventsRequest {})
+            .await
+            .map_err(err)?
+            .into_inner();
+        while let Some(ev) = stream.message().await.map_err(err)? {
+            let Some(status) = ev.pod_sandbox_status else {
+                continue;
+            };
+            if ev.container_id != status.id {
+                continue;
+            }
+            let action = match cri::ContainerEventType::try_from(ev.container_event_type) {
+                Ok(
+                    cri::ContainerEventType::ContainerCreatedEvent
+                    | cri::ContainerEventType::ContainerStartedEvent,
+                ) => "start",
+                Ok(_) => "die",
+                Err(_) => continue,
+            };
+            if tx.send((action.to_string(), ev.container_id)).is_err() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// One sandbox, `None` when it is gone or not ready.
@@ -393,6 +434,16 @@ impl Source {
             Self::Docker(d) => d.pod(id).await,
         }
     }
+
+    async fn events(
+        &self,
+        tx: mpsc::UnboundedSender<(String, String)>,
+    ) -> Result<(), RuntimeError> {
+        match self {
+            Self::Cri(c) => c.events(tx).await,
+            Self::Docker(d) => d.events(tx).await,
+        }
+    }
 }
 
 /// Keep runtime metadata in `names` current: a full list now and every
@@ -406,13 +457,22 @@ pub async fn run(
     resync: Duration,
 ) {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<(String, String)>();
-    if let Source::Docker(d) = &source {
-        let d = d.clone();
+    {
+        let source = source.clone();
         let tx = ev_tx.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(error) = d.events(tx.clone()).await {
-                    tracing::warn!(%error, "docker event stream failed; retrying");
+                match source.events(tx.clone()).await {
+                    Err(RuntimeError::Cri { status, .. })
+                        if status.code() == tonic::Code::Unimplemented =>
+                    {
+                        tracing::info!(
+                            "runtime has no GetContainerEvents; relying on records and resyncs"
+                        );
+                        break;
+                    }
+                    Err(error) => tracing::warn!(%error, "runtime event stream failed; retrying"),
+                    Ok(()) => tracing::debug!("runtime event stream ended; reconnecting"),
                 }
                 if tx.is_closed() {
                     break;

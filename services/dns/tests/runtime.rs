@@ -24,15 +24,68 @@ use tonic::{Request, Response, Status};
 
 const LIMIT: Duration = Duration::from_millis(50);
 
+type EventSender = tokio::sync::mpsc::Sender<Result<cri::ContainerEventResponse, Status>>;
+
 /// A CRI runtime holding sandboxes in memory; records the calls it gets.
 #[derive(Clone, Default)]
 struct FakeCri {
     sandboxes: Arc<Mutex<HashMap<String, cri::PodSandboxStatusResponse>>>,
     calls: Arc<Mutex<Vec<String>>>,
+    subscribers: Arc<Mutex<Vec<EventSender>>>,
+}
+
+impl FakeCri {
+    /// Send a sandbox event to every GetContainerEvents subscriber.
+    async fn emit(&self, id: &str, kind: cri::ContainerEventType) {
+        let status = self
+            .sandboxes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).and_then(|r| r.status.clone()))
+            .unwrap_or_else(|| cri::PodSandboxStatus {
+                id: id.into(),
+                ..Default::default()
+            });
+        let ev = cri::ContainerEventResponse {
+            container_id: id.into(),
+            container_event_type: kind as i32,
+            created_at: 1,
+            pod_sandbox_status: Some(status),
+        };
+        let subs: Vec<_> = self
+            .subscribers
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        for s in subs {
+            let _ = s.send(Ok(ev.clone())).await;
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl RuntimeService for FakeCri {
+    type GetContainerEventsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<cri::ContainerEventResponse, Status>>;
+
+    async fn get_container_events(
+        &self,
+        _request: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        self.subscribers
+            .lock()
+            .map_err(|_| Status::internal("lock"))?
+            .push(tx);
+        self.calls
+            .lock()
+            .map_err(|_| Status::internal("lock"))?
+            .push("GetContainerEvents".into());
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn list_pod_sandbox(
         &self,
         request: Request<cri::ListPodSandboxRequest>,
@@ -174,6 +227,8 @@ async fn cri_metadata_adds_hostname_app_and_host_network_names() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut cfg = config(dir.path());
     cfg.runtime = Runtime::Cri;
+    // Long resync: anything found after start comes from records or events.
+    cfg.runtime_resync_s = 3600;
     let fake = FakeCri::default();
     {
         let mut m = fake.sandboxes.lock().map_err(|_| "lock")?;
@@ -268,6 +323,43 @@ async fn cri_metadata_adds_hostname_app_and_host_network_names() -> TestResult {
     })
     .await;
     assert!(gone.is_some(), "names still served after the record went");
+
+    // A host-network pod started later arrives through GetContainerEvents.
+    let subscribed = wait_until(Duration::from_secs(2), || async {
+        fake.calls
+            .lock()
+            .is_ok_and(|c| c.iter().any(|c| c == "GetContainerEvents"))
+    })
+    .await;
+    assert!(subscribed.is_some(), "no GetContainerEvents subscription");
+    fake.sandboxes.lock().map_err(|_| "lock")?.insert(
+        "h2".into(),
+        sandbox(
+            "h2",
+            "logger-abc",
+            "kube-system",
+            "gateway1",
+            &[("app.kubernetes.io/name", "logger")],
+            "",
+            true,
+        ),
+    );
+    fake.emit("h2", cri::ContainerEventType::ContainerStartedEvent)
+        .await;
+    let lo = vec![IpAddr::from([127, 0, 0, 1])];
+    let started = wait_until(LIMIT, || async { a(dns, "logger.").await == lo }).await;
+    assert!(
+        started.is_some(),
+        "host-network pod not served within 50 ms of its start event"
+    );
+    fake.sandboxes.lock().map_err(|_| "lock")?.remove("h2");
+    fake.emit("h2", cri::ContainerEventType::ContainerStoppedEvent)
+        .await;
+    let stopped = wait_until(LIMIT, || async { a(dns, "logger.").await.is_empty() }).await;
+    assert!(
+        stopped.is_some(),
+        "host-network pod still served after its stop event"
+    );
     server.abort();
     Ok(())
 }

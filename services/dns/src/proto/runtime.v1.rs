@@ -154,6 +154,21 @@ pub struct PodSandboxStatusResponse {
     >,
 }
 #[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetEventsRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ContainerEventResponse {
+    #[prost(string, tag = "1")]
+    pub container_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "ContainerEventType", tag = "2")]
+    pub container_event_type: i32,
+    #[prost(int64, tag = "3")]
+    pub created_at: i64,
+    #[prost(message, optional, tag = "4")]
+    pub pod_sandbox_status: ::core::option::Option<PodSandboxStatus>,
+}
+#[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum PodSandboxState {
@@ -209,6 +224,39 @@ impl NamespaceMode {
             "CONTAINER" => Some(Self::Container),
             "NODE" => Some(Self::Node),
             "TARGET" => Some(Self::Target),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ContainerEventType {
+    ContainerCreatedEvent = 0,
+    ContainerStartedEvent = 1,
+    ContainerStoppedEvent = 2,
+    ContainerDeletedEvent = 3,
+}
+impl ContainerEventType {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::ContainerCreatedEvent => "CONTAINER_CREATED_EVENT",
+            Self::ContainerStartedEvent => "CONTAINER_STARTED_EVENT",
+            Self::ContainerStoppedEvent => "CONTAINER_STOPPED_EVENT",
+            Self::ContainerDeletedEvent => "CONTAINER_DELETED_EVENT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CONTAINER_CREATED_EVENT" => Some(Self::ContainerCreatedEvent),
+            "CONTAINER_STARTED_EVENT" => Some(Self::ContainerStartedEvent),
+            "CONTAINER_STOPPED_EVENT" => Some(Self::ContainerStoppedEvent),
+            "CONTAINER_DELETED_EVENT" => Some(Self::ContainerDeletedEvent),
             _ => None,
         }
     }
@@ -345,6 +393,35 @@ pub mod runtime_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// GetContainerEvents gets container events from the CRI runtime
+        /// (Kubernetes 1.26+, containerd 1.7+; containerd also reports sandbox
+        /// start/stop/delete with the sandbox id as container_id).
+        pub async fn get_container_events(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetEventsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ContainerEventResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/runtime.v1.RuntimeService/GetContainerEvents",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("runtime.v1.RuntimeService", "GetContainerEvents"),
+                );
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -374,6 +451,22 @@ pub mod runtime_service_server {
             request: tonic::Request<super::PodSandboxStatusRequest>,
         ) -> std::result::Result<
             tonic::Response<super::PodSandboxStatusResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the GetContainerEvents method.
+        type GetContainerEventsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ContainerEventResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// GetContainerEvents gets container events from the CRI runtime
+        /// (Kubernetes 1.26+, containerd 1.7+; containerd also reports sandbox
+        /// start/stop/delete with the sandbox id as container_id).
+        async fn get_container_events(
+            &self,
+            request: tonic::Request<super::GetEventsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::GetContainerEventsStream>,
             tonic::Status,
         >;
     }
@@ -541,6 +634,53 @@ pub mod runtime_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/runtime.v1.RuntimeService/GetContainerEvents" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetContainerEventsSvc<T: RuntimeService>(pub Arc<T>);
+                    impl<
+                        T: RuntimeService,
+                    > tonic::server::ServerStreamingService<super::GetEventsRequest>
+                    for GetContainerEventsSvc<T> {
+                        type Response = super::ContainerEventResponse;
+                        type ResponseStream = T::GetContainerEventsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetEventsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as RuntimeService>::get_container_events(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetContainerEventsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
