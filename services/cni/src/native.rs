@@ -486,7 +486,12 @@ fn check_failed(msg: impl Into<String>) -> CniError {
 }
 
 /// CHECK in native mode: everything ADD set up is still there.
-pub fn check(conf: &NetConf, env: &Env, prev: Option<&CniResult>) -> Result<(), CniError> {
+pub fn check(
+    conf: &NetConf,
+    env: &Env,
+    stdin: &[u8],
+    prev: Option<&CniResult>,
+) -> Result<(), CniError> {
     let netns_path = env
         .netns
         .as_deref()
@@ -505,7 +510,12 @@ pub fn check(conf: &NetConf, env: &Env, prev: Option<&CniResult>) -> Result<(), 
                 ))
             })?)
         }
-        Ipam::Delegate(_) => None,
+        Ipam::Delegate(plugin) => {
+            // The IPAM plugin checks its own state (it gets prevResult too).
+            let bin = delegate::find(plugin, &env.path)?;
+            delegate::exec(&bin, "CHECK", env, stdin)?;
+            None
+        }
     };
     let prev_ip = prev.and_then(|p| {
         p.ips.iter().find_map(|i| match i.ip() {

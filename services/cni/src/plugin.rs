@@ -117,7 +117,7 @@ fn dispatch(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Option<CniResult>
                 .map(CniResult::from_json)
                 .transpose()?;
             match conf.mode {
-                Mode::Native => native::check(conf, env, prev.as_ref())?,
+                Mode::Native => native::check(conf, env, stdin, prev.as_ref())?,
                 Mode::Docker => docker::check(conf, env)?,
             }
             Ok(None)
@@ -140,8 +140,12 @@ fn dispatch(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Option<CniResult>
                     );
                 }
                 (Mode::Native, Ipam::Delegate(p)) => {
-                    let bin = crate::delegate::find(p, &env.path)?;
-                    crate::delegate::exec(&bin, "GC", env, stdin)?;
+                    // Best effort: older IPAM plugins predate GC.
+                    let gc = crate::delegate::find(p, &env.path)
+                        .and_then(|bin| crate::delegate::exec(&bin, "GC", env, stdin));
+                    if let Err(e) = gc {
+                        tracing::warn!(ipam = %p, error = %e, "delegated GC failed");
+                    }
                 }
                 (Mode::Docker, _) => docker_gc(conf, env, &valid),
             }

@@ -498,6 +498,21 @@ fn original_smarter_conflist_with_host_local_delegation() {
     assert_eq!(code, 0, "{rb}");
     assert!(a.ping(&ip_of(&rb)));
     assert!(a.ping("10.206.0.1"));
+    // CHECK (needs 0.4.0+) consults host-local too.
+    let mut check = conf.clone();
+    check["cniVersion"] = json!("1.0.0");
+    check["prevResult"] = ra.clone();
+    let (code, r) = Call::new("CHECK", "h-a", Some(&a.path)).run(&check);
+    assert_eq!(code, 0, "{r}");
+    // host-local's CHECK fails once its allocation is gone.
+    let hl_file = dir
+        .path()
+        .join(n.conf["name"].as_str().unwrap_or_default())
+        .join(ip_of(&ra));
+    let saved = std::fs::read(&hl_file).unwrap_or_default();
+    std::fs::remove_file(&hl_file).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(Call::new("CHECK", "h-a", Some(&a.path)).run(&check).0, 0);
+    std::fs::write(&hl_file, saved).unwrap_or_else(|e| panic!("{e}"));
     // host-local keeps its own files: one per address.
     let hl = dir.path().join(n.conf["name"].as_str().unwrap_or_default());
     assert!(hl.join(ip_of(&ra)).exists());
