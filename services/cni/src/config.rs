@@ -42,6 +42,8 @@ pub struct Config {
     pub mtu: Option<u32>,
     /// Masquerade traffic leaving the subnet.
     pub ip_masq: bool,
+    /// Drop new connections routed into the pods from other interfaces.
+    pub deny_inbound: bool,
     /// IPAM state directory.
     pub data_dir: PathBuf,
     /// Directory of attachment records read by smarter-dns.
@@ -69,6 +71,7 @@ impl Default for Config {
             gateway: None,
             mtu: None,
             ip_masq: true,
+            deny_inbound: true,
             data_dir: PathBuf::from(crate::netconf::DEFAULT_DATA_DIR),
             records_dir: PathBuf::from(smarter_common::records::DEFAULT_DIR),
             portmap: true,

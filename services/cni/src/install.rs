@@ -30,6 +30,7 @@ pub fn conflist(c: &Config) -> Value {
         "isGateway": true,
         "isDefaultGateway": true,
         "ipMasq": c.ip_masq,
+        "denyInbound": c.deny_inbound,
         "hairpinMode": true,
         "ipam": ipam,
         "recordsDir": c.records_dir,

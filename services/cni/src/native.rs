@@ -242,7 +242,9 @@ fn sync_rules(conf: &NetConf, subnet: Ipv4Net, force: bool) -> Result<(), CniErr
     let rules = nft::Rules {
         network: &conf.name,
         subnet,
+        bridge: &conf.bridge,
         masquerade: conf.ip_masq,
+        deny_inbound: conf.deny_inbound,
         isolation: &conf.isolation,
         pods,
     };
@@ -570,7 +572,7 @@ pub fn check(
             return Err(check_failed("default route is missing in the container"));
         }
     }
-    if conf.ip_masq {
+    if conf.ip_masq || conf.deny_inbound {
         let t = nft::table_name(&conf.name);
         nft::list(&nft_binary(), &["list", "table", "ip", &t]).map_err(|e| {
             check_failed(format!("masquerade table {t} is missing")).with_details(e.to_string())

@@ -158,6 +158,8 @@ pub struct NetConf {
     pub is_default_gateway: bool,
     /// Masquerade traffic leaving the subnet.
     pub ip_masq: bool,
+    /// Drop new connections routed into the pods from other interfaces.
+    pub deny_inbound: bool,
     /// Let a pod reach itself through the bridge.
     pub hairpin_mode: bool,
     /// MTU of bridge and veth; `None` keeps the kernel default.
@@ -192,6 +194,7 @@ struct RawConf {
     is_gateway: Option<bool>,
     is_default_gateway: Option<bool>,
     ip_masq: Option<bool>,
+    deny_inbound: Option<bool>,
     hairpin_mode: Option<bool>,
     #[serde(default)]
     force_address: bool,
@@ -292,6 +295,7 @@ impl NetConf {
             is_gateway,
             is_default_gateway,
             ip_masq: raw.ip_masq.unwrap_or(true),
+            deny_inbound: raw.deny_inbound.unwrap_or(true),
             hairpin_mode: raw.hairpin_mode.unwrap_or(true),
             mtu: raw.mtu,
             ipam,

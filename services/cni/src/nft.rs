@@ -9,7 +9,10 @@
 //! concurrent reader never sees a half-built table:
 //!
 //! - `table ip smarter-cni-<net>`: `postrouting` NAT chain masquerading
-//!   packets from the subnet to anything outside it (not multicast).
+//!   packets from the subnet to anything outside it (not multicast), and a
+//!   `forward` chain dropping new connections routed into the bridge from
+//!   any other interface (pods stay invisible from outside; replies and
+//!   port mappings pass).
 //! - `table bridge smarter-cni-<net>`: with isolation on, a `forward` chain
 //!   on the bridge that drops frames between pods of different namespaces,
 //!   except allowed pairs and shared namespaces. Bridge-family rules see
@@ -37,8 +40,13 @@ pub struct Rules<'a> {
     pub network: &'a str,
     /// The pod subnet.
     pub subnet: Ipv4Net,
+    /// Bridge name.
+    pub bridge: &'a str,
     /// Masquerade outbound traffic.
     pub masquerade: bool,
+    /// Drop new connections routed into the pods from other interfaces
+    /// (port mappings, being DNAT, still pass).
+    pub deny_inbound: bool,
     /// Isolation settings; `enabled: false` removes the bridge table.
     pub isolation: &'a IsolationConf,
     /// Pod addresses by namespace (`""` for pods without one).
@@ -60,12 +68,23 @@ impl Rules<'_> {
         // "add" is idempotent; then delete so the definition below starts
         // from nothing. All in one transaction.
         let _ = writeln!(s, "add table ip {t}\ndelete table ip {t}");
-        if self.masquerade {
+        if self.masquerade || self.deny_inbound {
             let net = self.subnet.network();
-            let _ = writeln!(
-                s,
-                "table ip {t} {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr {net} ip daddr != {net} ip daddr != 224.0.0.0/4 masquerade\n\t}}\n}}"
-            );
+            let br = self.bridge;
+            let _ = writeln!(s, "table ip {t} {{");
+            if self.masquerade {
+                let _ = writeln!(
+                    s,
+                    "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr {net} ip daddr != {net} ip daddr != 224.0.0.0/4 masquerade\n\t}}"
+                );
+            }
+            if self.deny_inbound {
+                let _ = writeln!(
+                    s,
+                    "\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\toifname {br:?} iifname != {br:?} ct state established,related accept\n\t\toifname {br:?} iifname != {br:?} ct status dnat accept\n\t\toifname {br:?} iifname != {br:?} drop\n\t}}"
+                );
+            }
+            let _ = writeln!(s, "}}");
         }
         let _ = writeln!(s, "add table bridge {t}\ndelete table bridge {t}");
         if self.isolation.enabled {
@@ -213,7 +232,9 @@ mod tests {
         let r = Rules {
             network: "smartnet",
             subnet: "172.39.0.0/16".parse()?,
+            bridge: "smartnet0",
             masquerade: true,
+            deny_inbound: true,
             isolation: &iso,
             pods: BTreeMap::new(),
         };
@@ -251,7 +272,9 @@ mod tests {
         let r = Rules {
             network: "smartnet",
             subnet: "172.39.0.0/16".parse()?,
+            bridge: "smartnet0",
             masquerade: false,
+            deny_inbound: false,
             isolation: &iso,
             pods,
         };

@@ -121,6 +121,18 @@ impl<'a> Call<'a> {
     pub fn run(&self, conf: &Value) -> (i32, Value) {
         self.run_bin(BIN, conf)
     }
+
+    /// Run our binary inside network namespace `netns` (as if that were the
+    /// host), through `ip netns exec`.
+    pub fn run_in(&self, netns: &str, conf: &Value) -> (i32, Value) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let wrapper = dir.path().join("in-netns");
+        let script = format!("#!/bin/sh\nexec ip netns exec {netns} {BIN}\n");
+        std::fs::write(&wrapper, script).unwrap_or_else(|e| panic!("{e}"));
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755));
+        self.run_bin(&wrapper.display().to_string(), conf)
+    }
 }
 
 /// `ip netns add`; deleted on drop.
