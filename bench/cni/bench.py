@@ -91,7 +91,6 @@ def main():
             subprocess.run(["ip", "netns", "del", n], stderr=subprocess.DEVNULL)
         for b in ("cbenchours", "cbenchref"):
             subprocess.run(["ip", "link", "del", b], stderr=subprocess.DEVNULL)
-        subprocess.run([OURS], env={"PATH": os.environ["PATH"]}, stdout=subprocess.DEVNULL)
         for fam in ("ip", "bridge"):
             subprocess.run(["nft", "delete", "table", fam, "smarter-cni-benchours"],
                            stderr=subprocess.DEVNULL)
