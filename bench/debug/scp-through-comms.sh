@@ -78,6 +78,8 @@ UsePAM no
 PidFile $T/sshd.pid
 Subsystem sftp /usr/lib/openssh/sftp-server
 EOF
+# sshd insists on its privilege separation directory (Debian creates it in the service unit).
+[[ -d /run/sshd ]] || mkdir -p /run/sshd
 /usr/sbin/sshd -D -e -f "$T/sshd_config" 2>"$T/sshd.log" &
 PIDS+=($!)
 echo "[127.0.0.1]:$SSHD_PORT $(cat "$T/sshd_host_key.pub")" >> "$T/known_hosts"

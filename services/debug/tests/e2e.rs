@@ -242,10 +242,11 @@ fn grant_expiry_ends_a_live_session() {
     let key = w.start_agent("gateway-17", "agent", "");
     w.enrol("gateway-17", &key);
     let alice = w.add_developer("alice", None);
-    w.grant("alice", "gateway-17", None, None, Some(now() + 2));
     w.wait_connected("gateway-17");
+    w.grant("alice", "gateway-17", None, None, Some(now() + 3));
     let t = Instant::now();
-    let o = w.ssh(&alice, &["gateway-17", "sleep 20"]);
+    let o = w.ssh(&alice, &["gateway-17", "echo started; sleep 20"]);
+    assert_eq!(stdout(&o), "started\n", "{}", stderr(&o));
     assert!(!o.status.success());
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     w.wait_audit("session.end", "grant expired");
