@@ -79,7 +79,9 @@ async fn hotplug_and_allocate() -> R {
         let t0 = Instant::now();
         env.mknod(&id, 240, i)?;
         let p = k
-            .wait_for(res, T, |p| p.devices.iter().any(|(d, h)| *d == id && h == "Healthy"))
+            .wait_for(res, T, |p| {
+                p.devices.iter().any(|(d, h)| *d == id && h == "Healthy")
+            })
             .await?;
         lat.push(p.updated_at.map_or(t0.elapsed(), |u| u.duration_since(t0)));
     }
@@ -98,7 +100,9 @@ async fn hotplug_and_allocate() -> R {
         let id = format!("n{}", i % 200);
         let t0 = Instant::now();
         c.allocate(pb::AllocateRequest {
-            container_requests: vec![pb::ContainerAllocateRequest { devices_ids: vec![id] }],
+            container_requests: vec![pb::ContainerAllocateRequest {
+                devices_ids: vec![id],
+            }],
         })
         .await?;
         lat.push(t0.elapsed());
@@ -137,8 +141,16 @@ async fn memory() -> R {
     drop(env);
 
     for (label, config, prefix) in [
-        ("1,000 nodes in one pooled resource", "[[rules]]\nname = \"p\"\npath = \"^ttyUSB[0-9]+$\"\n", true),
-        ("1,000 nodes, one resource each (original rules)", "[[rules]]\npath = \"^ttyUSB[0-9]+$\"\n", false),
+        (
+            "1,000 nodes in one pooled resource",
+            "[[rules]]\nname = \"p\"\npath = \"^ttyUSB[0-9]+$\"\n",
+            true,
+        ),
+        (
+            "1,000 nodes, one resource each (original rules)",
+            "[[rules]]\npath = \"^ttyUSB[0-9]+$\"\n",
+            false,
+        ),
     ] {
         let mut env = Env::new("dm.toml")?;
         env.write_config(&format!("health_interval_secs = 0\n{config}"))?;
@@ -149,9 +161,11 @@ async fn memory() -> R {
         let t0 = Instant::now();
         env.spawn(&["--log-level", "warn"])?;
         if prefix {
-            k.wait_for("smarter-devices/p", T, |p| p.devices.len() == 1000).await?;
+            k.wait_for("smarter-devices/p", T, |p| p.devices.len() == 1000)
+                .await?;
         } else {
-            k.wait_for("smarter-devices/ttyUSB999", T, |p| p.updates >= 1).await?;
+            k.wait_for("smarter-devices/ttyUSB999", T, |p| p.updates >= 1)
+                .await?;
             let end = Instant::now() + T;
             while k.resources().len() < 1000 && Instant::now() < end {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -171,14 +185,19 @@ async fn memory() -> R {
 
 fn sizes() {
     let exe = Path::new(env!("CARGO_BIN_EXE_smarter-device-manager"));
-    let Some(profile_dir) = exe.parent() else { return };
+    let Some(profile_dir) = exe.parent() else {
+        return;
+    };
     let target = profile_dir.parent().unwrap_or(profile_dir);
     let mut found = false;
     for (arch, dir) in [
         ("host (this build)", profile_dir.to_path_buf()),
         ("x86_64", target.join("release")),
         ("aarch64", target.join("aarch64-unknown-linux-gnu/release")),
-        ("armv7", target.join("armv7-unknown-linux-gnueabihf/release")),
+        (
+            "armv7",
+            target.join("armv7-unknown-linux-gnueabihf/release"),
+        ),
     ] {
         let p = dir.join("smarter-device-manager");
         if let Ok(m) = std::fs::metadata(&p) {

@@ -456,4 +456,44 @@ mod tests {
         assert_eq!(r.preferred("r", &avail, &[], 2), ["c.0", "a.1"]);
         assert_eq!(r.preferred("r", &avail, &["b.1".into()], 2), ["b.1", "c.0"]);
     }
+
+    #[test]
+    fn renumbered_device_keeps_its_id() {
+        use crate::config::RuleConfig;
+        use crate::discover::{Inventory, Kind, StaticInfo, discover};
+        let mut cfg = RuleConfig::from_devicematch("^ttyUSB[0-9]+$", 1);
+        cfg.name = Some("serial".into());
+        let rules = crate::rules::compile(&[cfg], "rules").unwrap_or_default();
+        let link = "serial/by-id/usb-FTDI_A1-if00-port0";
+        let before = Inventory::default()
+            .with("ttyUSB0", Kind::Char, 188 << 8, None)
+            .with(link, Kind::Char, 188 << 8, Some("ttyUSB0"));
+        // Unplugged, then back as ttyUSB1 (another adapter took ttyUSB0).
+        let after = Inventory::default()
+            .with("ttyUSB0", Kind::Char, 188 << 8, None)
+            .with("ttyUSB1", Kind::Char, (188 << 8) | 1, None)
+            .with(link, Kind::Char, (188 << 8) | 1, Some("ttyUSB1"));
+        let info = StaticInfo::default();
+        let root = std::path::Path::new("/dev");
+        let mut r = Registry::default();
+        r.apply(&discover(&rules, &before, &info, root), Mode::Rescan);
+        r.apply(
+            &discover(&rules, &Inventory::default(), &info, root),
+            Mode::Rescan,
+        );
+        assert_eq!(
+            ids(&r.slots("serial").unwrap_or_default()),
+            [("usb-FTDI_A1-if00-port0".into(), false)]
+        );
+        r.apply(&discover(&rules, &after, &info, root), Mode::Rescan);
+        let slots = ids(&r.slots("serial").unwrap_or_default());
+        assert!(
+            slots.contains(&("usb-FTDI_A1-if00-port0".into(), true)),
+            "{slots:?}"
+        );
+        let a = r
+            .allocate("serial", &["usb-FTDI_A1-if00-port0".into()])
+            .unwrap_or_default();
+        assert_eq!(a.nodes[0].0.host_path, PathBuf::from("/dev/ttyUSB1"));
+    }
 }
