@@ -280,3 +280,58 @@ fn agent_reconnects_after_comms_restart_and_state_survives() {
         "{events:?}"
     );
 }
+
+#[test]
+fn recording_is_shipped_when_the_developer_drops_the_connection() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::new();
+    w.standard_setup();
+    let alice = w.path("alice");
+    let mut c = w.ssh_cmd(&alice, &["-tt", "gateway-17"]);
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = Proc(c.spawn().unwrap());
+    {
+        use std::io::{BufRead, Write};
+        let mut stdin = child.0.stdin.take().unwrap();
+        stdin.write_all(b"echo marker-$((40+2))\n").unwrap();
+        let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("marker-42") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "ssh ended early");
+        }
+        // Keep stdin open: the shell is still running when we cut the connection.
+        child.0.kill().unwrap();
+        drop(stdin);
+    }
+    let start = Instant::now();
+    loop {
+        let (_, v) = json(w.api_port, "GET", "/v1/sessions", None);
+        if let Some(s) = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| !s["recording"].is_null())
+        {
+            let id = s["id"].as_i64().unwrap();
+            let (st, cast) = http(
+                w.api_port,
+                "GET",
+                &format!("/v1/sessions/{id}/recording"),
+                Some(TOKEN),
+                None,
+            );
+            assert_eq!(st, 200);
+            assert!(cast.contains("marker-42"), "{cast}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no recording shipped: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

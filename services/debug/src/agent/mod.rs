@@ -36,6 +36,9 @@ pub enum AgentError {
     Comms(String),
 }
 
+/// How long the agent waits for comms to answer a request.
+const COMMS_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What every session of this agent shares.
 pub struct Agent {
     /// Configuration.
@@ -56,6 +59,16 @@ impl std::fmt::Debug for Agent {
 impl Agent {
     /// Sends `req` (with `body`) to comms over the tunnel and returns its stdout.
     pub async fn ask_comms(&self, req: &AgentRequest, body: &[u8]) -> Result<Vec<u8>, AgentError> {
+        tokio::time::timeout(COMMS_REQUEST_TIMEOUT, self.ask_comms_inner(req, body))
+            .await
+            .map_err(|_| AgentError::Comms("comms did not answer in time".into()))?
+    }
+
+    async fn ask_comms_inner(
+        &self,
+        req: &AgentRequest,
+        body: &[u8],
+    ) -> Result<Vec<u8>, AgentError> {
         let handle = self
             .tunnel
             .read()

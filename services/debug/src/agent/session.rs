@@ -49,6 +49,7 @@ pub async fn serve(agent: Arc<Agent>, session_id: i64, channel: Channel<client::
         namespaces: None,
         channels: HashMap::new(),
         tasks: Vec::new(),
+        recordings: Vec::new(),
     };
     match server::run_stream(config, channel.into_stream(), handler).await {
         Ok(running) => {
@@ -67,9 +68,12 @@ struct Chan {
     env: Vec<(String, String)>,
     stdin: Option<mpsc::Sender<Vec<u8>>>,
     master: Option<Arc<OwnedFd>>,
-    recording: Option<Arc<Mutex<Recording>>>,
+    recording: Option<SharedRecording>,
     started: bool,
 }
+
+/// A recording; whoever takes it out ships it (so it ships exactly once).
+type SharedRecording = Arc<Mutex<Option<Recording>>>;
 
 struct DebugSession {
     agent: Arc<Agent>,
@@ -78,6 +82,7 @@ struct DebugSession {
     namespaces: Option<Arc<Namespaces>>,
     channels: HashMap<ChannelId, Chan>,
     tasks: Vec<AbortHandle>,
+    recordings: Vec<SharedRecording>,
 }
 
 impl Drop for DebugSession {
@@ -85,6 +90,18 @@ impl Drop for DebugSession {
         // Ends every process of the session (children are kill_on_drop).
         for t in &self.tasks {
             t.abort();
+        }
+        // Ship what was recorded of shells cut off by a disconnect.
+        for r in &self.recordings {
+            if let Some(rec) = lock(r).take()
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                rt.spawn(ship_recording(
+                    self.agent.clone(),
+                    self.session_id,
+                    rec.bytes().to_vec(),
+                ));
+            }
         }
     }
 }
@@ -200,15 +217,16 @@ impl DebugSession {
             let master = Arc::new(p.master);
             chan.master = Some(master.clone());
             let recording = command.is_none().then(|| {
-                Arc::new(Mutex::new(Recording::new(
+                Arc::new(Mutex::new(Some(Recording::new(
                     cols,
                     rows,
                     now(),
                     &term,
                     &format!("session {session_id} by {developer}"),
-                )))
+                ))))
             });
             chan.recording = recording.clone();
+            self.recordings.extend(recording.clone());
             let reader = master.try_clone().map_err(|e| e.to_string())?;
             let writer = master.try_clone().map_err(|e| e.to_string())?;
             self.spawn(async move {
@@ -227,8 +245,10 @@ impl DebugSession {
                     match r.read(&mut buf).await {
                         Ok(0) | Err(_) => break, // EIO once the last slave fd closes
                         Ok(n) => {
-                            if let Some(rec) = &recording {
-                                lock(rec).output(&buf[..n]);
+                            if let Some(rec) = &recording
+                                && let Some(r) = lock(rec).as_mut()
+                            {
+                                r.output(&buf[..n]);
                             }
                             if handle.data(channel, buf[..n].to_vec()).await.is_err() {
                                 break;
@@ -245,9 +265,9 @@ impl DebugSession {
                 let _ = handle.exit_status_request(channel, status as u32).await;
                 let _ = handle.eof(channel).await;
                 let _ = handle.close(channel).await;
-                if let Some(rec) = recording {
-                    let data = lock(&rec).bytes().to_vec();
-                    ship_recording(&agent, session_id, data).await;
+                if let Some(rec) = recording.as_ref().and_then(|r| lock(r).take()) {
+                    // Detached: the session may end (and abort its tasks) meanwhile.
+                    tokio::spawn(ship_recording(agent, session_id, rec.bytes().to_vec()));
                 }
             });
         } else {
@@ -305,7 +325,7 @@ impl DebugSession {
     }
 }
 
-async fn ship_recording(agent: &Agent, session: i64, data: Vec<u8>) {
+async fn ship_recording(agent: Arc<Agent>, session: i64, data: Vec<u8>) {
     let req = AgentRequest::Recording { session };
     match agent.ask_comms(&req, &data).await {
         Ok(_) => tracing::info!(session, bytes = data.len(), "recording shipped"),
@@ -422,8 +442,10 @@ impl server::Handler for DebugSession {
             if let Some(m) = &chan.master {
                 process::resize(m, col_width, row_height);
             }
-            if let Some(r) = &chan.recording {
-                lock(r).resize(col_width, row_height);
+            if let Some(rec) = &chan.recording
+                && let Some(r) = lock(rec).as_mut()
+            {
+                r.resize(col_width, row_height);
             }
         }
         Ok(())
