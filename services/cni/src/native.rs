@@ -156,6 +156,24 @@ fn release(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
     }
 }
 
+/// Another attachment (per the built-in IPAM) whose host veth is `host`.
+fn other_owner_of(conf: &NetConf, env: &Env, host: &str) -> Result<Option<String>, CniError> {
+    let Ipam::Builtin(b) = &conf.ipam else {
+        return Ok(None);
+    };
+    let store = Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?;
+    Ok(store
+        .list()
+        .map_err(ipam_err)?
+        .into_values()
+        .flatten()
+        .find(|o| {
+            (o.container_id != env.container_id || o.ifname != env.ifname)
+                && host_veth_name(&o.container_id, &o.ifname) == host
+        })
+        .map(|o| format!("{}/{}", o.container_id, o.ifname)))
+}
+
 /// Make sure the bridge exists, is up, and (as gateway) has the gateway
 /// address. Returns it and whether this call created it.
 fn ensure_bridge(
@@ -334,7 +352,8 @@ pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<CniResult, CniErro
         .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is not set"))?;
     let ns = open_netns(netns_path)?;
     let lease = lease(conf, env, stdin)?;
-    match attach(conf, env, &ns, netns_path, &lease) {
+    let mut created_veth = false;
+    match attach(conf, env, &ns, netns_path, &lease, &mut created_veth) {
         Ok(mut result) => {
             if let Some(d) = &lease.delegated {
                 result.dns = d.dns.clone();
@@ -345,8 +364,10 @@ pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<CniResult, CniErro
             Ok(result)
         }
         Err(e) => {
-            // Leave nothing behind: the veth and the address.
-            if let Ok(mut nl) = Netlink::new()
+            // Leave nothing behind: the veth (only if this call made it) and
+            // the address.
+            if created_veth
+                && let Ok(mut nl) = Netlink::new()
                 && let Ok(Some(l)) =
                     nl.link_by_name(&host_veth_name(&env.container_id, &env.ifname))
             {
@@ -366,6 +387,7 @@ fn attach(
     ns: &File,
     netns_path: &Path,
     lease: &Lease,
+    created_veth: &mut bool,
 ) -> Result<CniResult, CniError> {
     let mut nl = Netlink::new().map_err(nl_err)?;
     let gw_net = Ipv4Net::new(lease.gateway, lease.subnet.prefix());
@@ -375,7 +397,15 @@ fn attach(
     }
     let host = host_veth_name(&env.container_id, &env.ifname);
     if let Some(stale) = nl.link_by_name(&host).map_err(nl_err)? {
-        // Left by an ADD that was killed half-way: start again.
+        // Normally left by an ADD of this attachment that was killed half-way:
+        // start again. Never take it from another live attachment whose name
+        // hashes the same (32-bit hash, so rare but possible).
+        if let Some(owner) = other_owner_of(conf, env, &host)? {
+            return Err(CniError::new(
+                code::PLUGIN,
+                format!("host veth name {host} is already used by {owner}"),
+            ));
+        }
         nl.del_link(stale.index).map_err(nl_err)?;
     }
     let mut cnl = Netlink::in_netns(netns_path).map_err(nl_err)?;
@@ -391,6 +421,7 @@ fn attach(
     }
     nl.add_veth(&host, bridge.index, &env.ifname, ns, conf.mtu)
         .map_err(nl_err)?;
+    *created_veth = true;
     let hl = nl
         .link_by_name(&host)
         .map_err(nl_err)?
@@ -459,7 +490,9 @@ fn attach(
 pub fn del(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
     let mut nl = Netlink::new().map_err(nl_err)?;
     let host = host_veth_name(&env.container_id, &env.ifname);
-    if let Some(l) = nl.link_by_name(&host).map_err(nl_err)? {
+    if let Some(l) = nl.link_by_name(&host).map_err(nl_err)?
+        && other_owner_of(conf, env, &host)?.is_none()
+    {
         match nl.del_link(l.index) {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}

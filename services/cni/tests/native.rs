@@ -687,3 +687,42 @@ fn add_succeeds_when_the_records_directory_is_unusable() {
     assert!(pod.ping(&n.gateway));
     assert_eq!(Call::new("DEL", "rec", Some(&pod.path)).run(&conf).0, 0);
 }
+
+#[test]
+fn veth_name_collision_fails_the_add_without_harming_the_owner() {
+    if !can_run() {
+        return;
+    }
+    // Two container ids whose host veth names collide (32-bit hash).
+    let mut seen = std::collections::HashMap::new();
+    let (mut a, mut b) = (String::new(), String::new());
+    for i in 0u32.. {
+        let id = format!("coll{i}");
+        let name = smarter_cni::native::host_veth_name(&id, "eth0");
+        if let Some(prev) = seen.insert(name, id.clone()) {
+            (a, b) = (prev, id);
+            break;
+        }
+    }
+    let n = net("1.1.0", "10.210.0.0/24", json!({}));
+    let (pa, pb) = (
+        Netns::new(&format!("cnica{}", tag())),
+        Netns::new(&format!("cnicb{}", tag())),
+    );
+    assert_eq!(Call::new("ADD", &a, Some(&pa.path)).run(&n.conf).0, 0);
+    let (code, r) = Call::new("ADD", &b, Some(&pb.path)).run(&n.conf);
+    assert_eq!(code, 1);
+    assert!(
+        r["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already used"),
+        "{r}"
+    );
+    assert!(pa.ping(&n.gateway), "the owner keeps its network");
+    assert_eq!(allocations(&n), 1, "the failed ADD released its address");
+    // The runtime's DEL after the failed ADD must not touch the owner either.
+    assert_eq!(Call::new("DEL", &b, Some(&pb.path)).run(&n.conf).0, 0);
+    assert!(pa.ping(&n.gateway), "the owner survives the other's DEL");
+    assert_eq!(Call::new("DEL", &a, Some(&pa.path)).run(&n.conf).0, 0);
+}
