@@ -625,13 +625,15 @@ pub struct GcReport {
 
 /// GC in native mode: free addresses, veths and rules of attachments not
 /// in `valid`.
+/// With a delegated IPAM (`b` is `None`) the delegate frees addresses; the
+/// bridge ports are still ours to clean.
 pub fn gc(
     conf: &NetConf,
     valid: &[(String, String)],
-    b: &BuiltinIpam,
+    b: Option<&BuiltinIpam>,
 ) -> Result<GcReport, CniError> {
     let mut report = GcReport::default();
-    {
+    if let Some(b) = b {
         let store = Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?;
         for (_, owner) in store.gc(valid).map_err(ipam_err)? {
             if let Some(o) = owner {
@@ -658,7 +660,9 @@ pub fn gc(
             }
         }
     }
-    sync_rules(conf, b.subnet, true)?;
+    if let Some(b) = b {
+        sync_rules(conf, b.subnet, true)?;
+    }
     Ok(report)
 }
 

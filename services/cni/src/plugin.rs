@@ -132,7 +132,7 @@ fn dispatch(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Option<CniResult>
                 .collect();
             match (&conf.mode, &conf.ipam) {
                 (Mode::Native, Ipam::Builtin(b)) => {
-                    let report = native::gc(conf, &valid, b)?;
+                    let report = native::gc(conf, &valid, Some(b))?;
                     tracing::info!(
                         released = report.released.len(),
                         links = report.links.len(),
@@ -146,6 +146,7 @@ fn dispatch(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Option<CniResult>
                     if let Err(e) = gc {
                         tracing::warn!(ipam = %p, error = %e, "delegated GC failed");
                     }
+                    native::gc(conf, &valid, None)?;
                 }
                 (Mode::Docker, _) => docker_gc(conf, env, &valid),
             }

@@ -513,6 +513,22 @@ fn original_smarter_conflist_with_host_local_delegation() {
     std::fs::remove_file(&hl_file).unwrap_or_else(|e| panic!("{e}"));
     assert_ne!(Call::new("CHECK", "h-a", Some(&a.path)).run(&check).0, 0);
     std::fs::write(&hl_file, saved).unwrap_or_else(|e| panic!("{e}"));
+    // GC with a delegated IPAM still removes our leaked bridge ports.
+    let c = Netns::new(&format!("cnih{}", tag()));
+    assert_eq!(Call::new("ADD", "h-c", Some(&c.path)).run(&conf).0, 0);
+    let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([
+        { "containerID": "h-a", "ifname": "eth0" },
+        { "containerID": "h-b", "ifname": "eth0" },
+    ]);
+    let (code, r) = Call::new("GC", "", None).run(&gc);
+    assert_eq!(code, 0, "{r}");
+    assert!(!host_link_exists(&smarter_cni::native::host_veth_name(
+        "h-c", "eth0"
+    )));
+    assert!(a.ping(&ip_of(&rb)), "valid attachments untouched");
+    assert_eq!(Call::new("DEL", "h-c", Some(&c.path)).run(&conf).0, 0);
     // host-local keeps its own files: one per address.
     let hl = dir.path().join(n.conf["name"].as_str().unwrap_or_default());
     assert!(hl.join(ip_of(&ra)).exists());
