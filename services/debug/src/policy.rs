@@ -99,6 +99,9 @@ pub enum Denial {
     /// Gateway known but its agent is not connected.
     #[error("gateway not connected")]
     GatewayOffline,
+    /// The developer has as many live sessions as allowed.
+    #[error("session limit reached ({0} live sessions)")]
+    TooManySessions(usize),
     /// The session the agent asked about is not live.
     #[error("no such live session")]
     NoSession,

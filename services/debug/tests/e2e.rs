@@ -335,3 +335,53 @@ fn recording_is_shipped_when_the_developer_drops_the_connection() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn per_developer_session_cap() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::with_comms_config(|_| "max_sessions_per_developer = 1\n".into());
+    w.standard_setup();
+    let alice = w.path("alice");
+    let mut c = w.ssh_cmd(&alice, &["gateway-17", "echo started; exec sleep 30"]);
+    c.stdout(std::process::Stdio::piped());
+    let mut first = Proc(c.spawn().unwrap());
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(first.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "started\n");
+    }
+    let o = w.ssh(&alice, &["gateway-17", "true"]);
+    assert_eq!(o.status.code(), Some(255));
+    w.wait_audit("session.denied", "session limit reached (1 live sessions)");
+    drop(first);
+    // Once the first is gone, a new one is allowed.
+    let start = Instant::now();
+    loop {
+        let o = w.ssh(&alice, &["gateway-17", "echo again"]);
+        if stdout(&o) == "again\n" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn idle_sessions_are_ended() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::with_comms_config(|_| "idle_timeout_secs = 1\n".into());
+    w.standard_setup();
+    let alice = w.path("alice");
+    let t = Instant::now();
+    let o = w.ssh(&alice, &["gateway-17", "echo started; sleep 20"]);
+    assert_eq!(stdout(&o), "started\n", "{}", stderr(&o));
+    assert!(!o.status.success());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    w.wait_audit("session.end", "idle for 1s");
+}

@@ -35,6 +35,10 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Delay before answering a failed SSH authentication, in milliseconds.
     pub auth_rejection_ms: u64,
+    /// Live sessions one developer may have at once; 0 = unlimited.
+    pub max_sessions_per_developer: usize,
+    /// End a session after this many seconds without a byte either way; 0 = never.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -51,6 +55,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             auth_rejection_ms: 1000,
+            max_sessions_per_developer: 8,
+            idle_timeout_secs: 1800,
         }
     }
 }

@@ -64,7 +64,12 @@ pub async fn run(config: Config, mut signals: UnboundedReceiver<Event>) -> Resul
     })?;
     let host_key = keys::load_or_create(&config.state_dir.join("host_key"))?;
     let store = Arc::new(store::Store::open(&config.state_dir.join("comms.db"))?);
-    let hub = ssh::Hub::new(store, config.state_dir.join("recordings"));
+    let limits = ssh::Limits {
+        max_sessions_per_developer: config.max_sessions_per_developer,
+        idle_timeout: (config.idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(config.idle_timeout_secs)),
+    };
+    let hub = ssh::Hub::new(store, config.state_dir.join("recordings"), limits);
     let ssh_listener = tokio::net::TcpListener::bind(config.ssh_listen)
         .await
         .map_err(|source| CommsError::Bind {

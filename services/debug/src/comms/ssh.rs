@@ -56,6 +56,16 @@ pub struct Hub {
     changed: Notify,
     recordings_dir: PathBuf,
     next_conn: AtomicU64,
+    limits: Limits,
+}
+
+/// Per-session limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Live sessions one developer may have at once (0 = unlimited).
+    pub max_sessions_per_developer: usize,
+    /// A session with no bytes either way for this long is ended.
+    pub idle_timeout: Option<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -67,7 +77,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Hub {
     /// A hub over `store`, keeping recordings in `recordings_dir`.
-    pub fn new(store: Arc<Store>, recordings_dir: PathBuf) -> Arc<Hub> {
+    pub fn new(store: Arc<Store>, recordings_dir: PathBuf, limits: Limits) -> Arc<Hub> {
         Arc::new(Hub {
             store,
             gateways: Mutex::new(HashMap::new()),
@@ -75,6 +85,7 @@ impl Hub {
             changed: Notify::new(),
             recordings_dir,
             next_conn: AtomicU64::new(1),
+            limits,
         })
     }
 
@@ -602,6 +613,18 @@ impl server::Handler for Conn {
             }),
             _ => Err(Denial::UnknownGateway),
         };
+        let verdict = verdict.and_then(|ok| {
+            let max = hub.limits.max_sessions_per_developer;
+            let live = lock(&hub.live)
+                .values()
+                .filter(|s| s.developer == developer)
+                .count();
+            if max > 0 && live >= max {
+                Err(Denial::TooManySessions(max))
+            } else {
+                Ok(ok)
+            }
+        });
         let gw = match verdict {
             Ok((_, gw)) => gw,
             Err(d) => {
@@ -679,20 +702,49 @@ async fn bridge(
             reply.accept().await;
             let dev_id = dev_channel.id();
             let gw_id = gw_channel.id();
-            let mut a = dev_channel.into_stream();
-            let mut b = gw_channel.into_stream();
+            let (dev_r, dev_w) = tokio::io::split(dev_channel.into_stream());
+            let (gw_r, gw_w) = tokio::io::split(gw_channel.into_stream());
+            let start = std::time::Instant::now();
+            let last = AtomicU64::new(0);
+            let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+            let copy = async {
+                tokio::join!(
+                    pump(dev_r, gw_w, &up, &last, start),
+                    pump(gw_r, dev_w, &down, &last, start)
+                )
+            };
+            let idle = async {
+                match hub.limits.idle_timeout {
+                    None => std::future::pending::<()>().await,
+                    Some(limit) => loop {
+                        let quiet = start
+                            .elapsed()
+                            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+                        if quiet >= limit {
+                            break;
+                        }
+                        tokio::time::sleep(limit - quiet).await;
+                    },
+                }
+            };
+            let bytes = || {
+                format!(
+                    "{} bytes up, {} down",
+                    up.load(Ordering::Relaxed),
+                    down.load(Ordering::Relaxed)
+                )
+            };
             let reason = tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut a, &mut b) => match r {
-                    Ok((up, down)) => format!("closed ({up} bytes up, {down} down)"),
-                    Err(e) => format!("closed: {e}"),
+                (a, b) = copy => match (a, b) {
+                    (Ok(()), Ok(())) => format!("closed ({})", bytes()),
+                    (Err(e), _) | (_, Err(e)) => format!("closed: {e} ({})", bytes()),
                 },
                 r = cancel => match r {
-                    Ok(why) => format!("ended by comms: {why}"),
-                    Err(_) => "ended by comms".to_string(),
+                    Ok(why) => format!("ended by comms: {why} ({})", bytes()),
+                    Err(_) => format!("ended by comms ({})", bytes()),
                 },
+                () = idle => format!("ended by comms: idle for {:?} ({})", hub.limits.idle_timeout.unwrap_or_default(), bytes()),
             };
-            drop(a);
-            drop(b);
             let _ = dev_handle.close(dev_id).await;
             let _ = gw.handle.close(gw_id).await;
             reason
@@ -707,4 +759,30 @@ async fn bridge(
         Some(id),
         &reason,
     );
+}
+
+/// Copies `r` to `w` until EOF (then half-closes `w`), counting bytes and
+/// noting the time of the last activity (milliseconds since `start`).
+async fn pump<R, W>(
+    mut r: R,
+    mut w: W,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    start: std::time::Instant,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
+        }
+        w.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
 }
