@@ -44,7 +44,7 @@ step "policy"
 "$py" deploy/tests/policy.py --self-test
 
 step "release binaries ($bin_dir)"
-if [ ! -d "$bin_dir" ] && [ -x cross/build-release.sh ]; then
+if [ -z "${SMARTER_BIN_DIR:-}" ] && [ ! -d "$bin_dir" ] && [ -x cross/build-release.sh ]; then
     cross/build-release.sh
 fi
 for t in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
@@ -82,11 +82,17 @@ done
 step "dockerd"
 docker info > /dev/null 2>&1 || { echo "dockerd is not running"; exit 1; }
 
+# The last steps all run even when one fails, so one CI log shows every problem.
+status=0
 step "images run as their manifests say (amd64 under docker, arm under qemu-user)"
-"$py" deploy/tests/run_images.py --images "$images"
+"$py" deploy/tests/run_images.py --images "$images" || status=1
 
 step "k3s configuration, install scripts, air-gap import"
-"$py" deploy/tests/k3s_config.py --images "$images"
+"$py" deploy/tests/k3s_config.py --images "$images" || status=1
 
 step "image sizes"
 "$py" deploy/tests/sizes.py "$images/images.json"
+ls -l "$images"/airgap/
+
+if [ "$status" -ne 0 ]; then echo "deploy/test.sh: FAILED (see FAIL lines above)"; fi
+exit "$status"

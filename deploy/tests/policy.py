@@ -2,8 +2,8 @@
 """SMARTER's own policy over the Kubernetes manifests in deploy/kubernetes.
 
 What the OpenAPI schemas cannot say: the original SMARTER contract (node selectors, the edge
-toleration, system-node-critical, host network), least privilege (no privileged pod except the
-debug agent, every capability dropped except a per-service allowlist, read-only root, no
+toleration, system-node-critical, host network), least privilege (no privileged pod, every
+capability dropped except a per-service allowlist, host PID only for the debug agent, read-only root, no
 privilege escalation, no service-account token since no service talks to the API), resource
 requests and limits on every container, our images pinned to the workspace version, hostPath
 mounts limited to what each service needs, and device rules in the original conf.yaml format.
@@ -59,9 +59,11 @@ GATEWAY = {
     "smarter-debug-agent": {
         "selector": ("smarter.debug", "enabled"),
         "image": "smarter-debug-agent",
-        "caps": set(),
-        # Serves shells on the host and inside pods' namespaces: it must be privileged.
-        "privileged": True,
+        # Serves shells on the host and inside pods' namespaces (services/debug/README.md).
+        "caps": {"SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER",
+                 "CHOWN", "KILL", "SETUID", "SETGID", "NET_ADMIN", "NET_RAW", "SYS_RESOURCE"},
+        "privileged": False,
+        "host_pid": True,
         "host_paths": {"/var/lib/smarter/debug-agent", "/run/k3s/containerd"},
     },
 }
@@ -156,8 +158,8 @@ def check(docs: list[tuple[str, dict]]) -> list[str]:
                 err(where, f"hostPath not allowed for this service: {sorted(extra)}")
         elif host_paths:
             err(where, f"example apps get devices from smarter-device-manager, not hostPath: {sorted(host_paths)}")
-        if spec.get("hostPID") and not (expect and expect["privileged"]):
-            err(where, "hostPID only for the privileged debug agent")
+        if spec.get("hostPID") and not (expect and expect.get("host_pid")):
+            err(where, "hostPID only for the debug agent")
         for c in spec.get("initContainers", []) + spec["containers"]:
             cwhere = f"{where} container {c['name']}"
             errors.extend(f"{cwhere}: {e}" for e in check_resources(c.get("resources", {})))
@@ -169,9 +171,10 @@ def check(docs: list[tuple[str, dict]]) -> list[str]:
             if privileged and not may_be_privileged:
                 err(cwhere, "privileged is not allowed for this service")
             if not privileged:
-                if sc.get("allowPrivilegeEscalation") is not False:
-                    err(cwhere, "allowPrivilegeEscalation must be false")
                 caps = sc.get("capabilities", {})
+                # Kubernetes refuses allowPrivilegeEscalation=false together with SYS_ADMIN.
+                if sc.get("allowPrivilegeEscalation") is not False and "SYS_ADMIN" not in caps.get("add", []):
+                    err(cwhere, "allowPrivilegeEscalation must be false")
                 if caps.get("drop") != ["ALL"]:
                     err(cwhere, "capabilities.drop must be [ALL]")
                 allowed = expect["caps"] if expect else set()
@@ -278,6 +281,9 @@ def _container(docs, name):
 
 
 MUTATIONS = {
+    "debug agent privileged": lambda d: _container(d, "smarter-debug-agent")["securityContext"].update(
+        privileged=True),
+    "cni hostPID": lambda d: _workload(d, "smarter-cni")["spec"]["template"]["spec"].update(hostPID=True),
     "dns privileged": lambda d: _container(d, "smarter-dns")["securityContext"].update(privileged=True),
     "device-manager adds a capability": lambda d: _container(d, "smarter-device-manager")["securityContext"][
         "capabilities"].update(add=["SYS_ADMIN"]),

@@ -180,6 +180,15 @@ CAP_NAMES = [
 ]
 
 
+def host_missing_caps() -> list[str]:
+    """Capabilities missing from this process's bounding set (a sandboxed CI host)."""
+    bounding = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapBnd:"):
+            bounding = int(line.split()[1], 16)
+    return [n for i, n in enumerate(CAP_NAMES) if not bounding & (1 << i)]
+
+
 def privileged_flags() -> list[str]:
     """`--privileged`, or its nearest equivalent where this machine cannot grant it.
 
@@ -191,11 +200,7 @@ def privileged_flags() -> list[str]:
                f"ghcr.io/smarter-project/smarter-dns:{VERSION}", "--version")
     if probe.returncode == 0:
         return ["--privileged"]
-    bounding = 0
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapBnd:"):
-            bounding = int(line.split()[1], 16)
-    missing = [n for i, n in enumerate(CAP_NAMES) if not bounding & (1 << i)]
+    missing = host_missing_caps()
     print(f"NOTE  this host cannot start --privileged containers; privileged workloads get every "
           f"capability but {missing}, seccomp=unconfined, apparmor=unconfined")
     flags = ["--cap-add", "ALL", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined"]
@@ -217,7 +222,12 @@ def docker_flags(pod: Pod, scratch: Path) -> list[str]:
         caps = sc.get("capabilities", {})
         if caps.get("drop") == ["ALL"]:
             flags += ["--cap-drop", "ALL"]
+        missing = host_missing_caps()
         for cap in caps.get("add", []):
+            if cap in missing:
+                # runc cannot grant what the host itself lacks; say so instead of failing to start.
+                print(f"NOTE  {pod.workload}: this host cannot grant {cap}; running without it")
+                continue
             flags += ["--cap-add", cap]
     if sc.get("readOnlyRootFilesystem"):
         flags.append("--read-only")
