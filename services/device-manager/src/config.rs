@@ -46,6 +46,9 @@ pub struct Config {
     /// Optional `host:port` for `/metrics` and `/healthz` (plain HTTP/1).
     /// Keep it on a local address; empty disables it.
     pub metrics_address: String,
+    /// Reload when the config file changes (an edit or a ConfigMap update),
+    /// as on SIGHUP.
+    pub watch_config: bool,
     /// The rules. Absent means the original's default rules.
     pub rules: Option<Vec<RuleConfig>>,
 }
@@ -59,6 +62,7 @@ impl Default for Config {
             udev_data_dir: PathBuf::from(DEFAULT_UDEV_DATA_DIR),
             health_interval_secs: DEFAULT_HEALTH_INTERVAL_SECS,
             metrics_address: String::new(),
+            watch_config: true,
             rules: None,
         }
     }

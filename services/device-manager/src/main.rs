@@ -92,6 +92,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     smarter_common::capabilities::retain_only(&[]).context("dropping capabilities")?;
     let signals = smarter_common::signals::listen().context("installing signal handlers")?;
     let path = cli.common.config_path().map(Path::to_path_buf);
+    let default = Path::new(config::DEFAULT_CONFIG_PATH);
+    let watched = path
+        .clone()
+        .or_else(|| default.exists().then(|| default.to_path_buf()))
+        .filter(|_| config.watch_config);
     let overrides = (cli.dev_root, cli.sys_root, cli.plugin_dir);
     let reload: service::Reloader = Box::new(move || {
         let mut c = config::load_or_default(path.as_deref()).map_err(|e| e.to_string())?;
@@ -111,7 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting tokio")?
-        .block_on(service::run(config, reload, signals))?;
+        .block_on(service::run(config, watched, reload, signals))?;
     Ok(())
 }
 

@@ -7,7 +7,8 @@
 //!   a resource a reload drops has its task stopped and socket removed.
 //! * `kubelet.sock` created → every plugin registers again; one of our
 //!   sockets deleted → that plugin serves anew and registers.
-//! * SIGHUP reloads the config: only resources that appear or disappear get
+//! * SIGHUP, or a change to the config file (an edit, or a ConfigMap
+//!   update), reloads the config: only resources that appear or disappear get
 //!   servers started or stopped; the others just get updated lists. A config
 //!   that does not load is logged and the last good one stays.
 //! * SIGTERM/SIGINT: all devices are sent Unhealthy, servers stop and our
@@ -27,7 +28,7 @@ use crate::plugin::{self, Ctl, PluginHandle, Shared};
 use crate::registry::Mode;
 use crate::rules::{self, Rule};
 use crate::scan::{self, SysfsInfo};
-use crate::watch::{DevWatcher, PluginDirEvent, PluginDirWatcher, WatchError};
+use crate::watch::{ConfigWatcher, DevWatcher, PluginDirEvent, PluginDirWatcher, WatchError};
 
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +72,15 @@ enum Wake {
     Signal(Option<Event>),
     Dev(Option<usize>),
     PluginDir(Option<PluginDirEvent>),
+    ConfigFile(Option<()>),
     Tick,
 }
 
-/// Run until SIGTERM/SIGINT (or the signal channel closes).
+/// Run until SIGTERM/SIGINT (or the signal channel closes). When
+/// `config_file` is given, changes to it reload the config as SIGHUP does.
 pub async fn run(
     config: Config,
+    config_file: Option<PathBuf>,
     reload: Reloader,
     mut signals: UnboundedReceiver<Event>,
 ) -> Result<(), ServiceError> {
@@ -88,6 +92,14 @@ pub async fn run(
     })?;
     let mut plugin_watch = PluginDirWatcher::new(&config.plugin_dir)?;
     let mut dev_watch = DevWatcher::new()?;
+    let mut config_watch = match config_file.as_deref().map(ConfigWatcher::new) {
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "not watching the config file; use SIGHUP to reload");
+            None
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared::default());
 
     let _metrics_task = if config.metrics_address.is_empty() {
@@ -138,6 +150,12 @@ pub async fn run(
             s = signals.recv() => Wake::Signal(s),
             n = dev_watch.changed() => Wake::Dev(n),
             p = plugin_watch.next() => Wake::PluginDir(p),
+            c = async {
+                match config_watch.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => Wake::ConfigFile(c),
             () = async {
                 match tick.as_mut() {
                     Some(t) => { t.tick().await; }
@@ -161,6 +179,14 @@ pub async fn run(
             Wake::PluginDir(None) => {
                 tracing::error!("plugin dir watch ended; re-creating it");
                 plugin_watch = PluginDirWatcher::new(&sup.config.plugin_dir)?;
+            }
+            Wake::ConfigFile(Some(())) => {
+                tracing::info!("config file changed: reloading");
+                sup.reload(&reload, &mut dev_watch).await;
+            }
+            Wake::ConfigFile(None) => {
+                tracing::warn!("config file watch ended; use SIGHUP to reload");
+                config_watch = None;
             }
             Wake::Tick => {
                 let d = sup.scan(&mut dev_watch).await;

@@ -172,3 +172,53 @@ impl PluginDirWatcher {
         }
     }
 }
+
+/// Watches the config file, so an edited file or an updated ConfigMap
+/// (kubelet swaps the `..data` symlink) reloads it like SIGHUP does; a pod
+/// built `FROM scratch` has no `kill` to send one.
+#[derive(Debug)]
+pub struct ConfigWatcher {
+    stream: EventStream<Vec<u8>>,
+    name: OsString,
+}
+
+impl ConfigWatcher {
+    /// Watch the directory holding `file`.
+    pub fn new(file: &Path) -> Result<Self, WatchError> {
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = file.file_name().map(OsString::from).unwrap_or_default();
+        let (stream, mut watches) = stream(4096)?;
+        watches
+            .add(
+                &dir,
+                WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE,
+            )
+            .map_err(|source| WatchError::Add { path: dir, source })?;
+        Ok(Self { stream, name })
+    }
+
+    /// Wait until the file (or a ConfigMap's `..data`) changed, then let a
+    /// burst of writes settle for 50 ms. `None` if the stream ended.
+    pub async fn changed(&mut self) -> Option<()> {
+        loop {
+            let ev = self.stream.next().await?;
+            let relevant = match &ev {
+                Ok(e) => e
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| *n == self.name || n == "..data"),
+                Err(_) => true,
+            };
+            if relevant {
+                break;
+            }
+        }
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(50), self.stream.next()).await
+        {}
+        Some(())
+    }
+}

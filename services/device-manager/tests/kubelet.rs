@@ -210,8 +210,9 @@ async fn sighup_reload_changes_only_changed_resources() -> R {
         return Ok(());
     }
     let mut env = Env::new("dm.toml")?;
+    // No file watch here: only the signal may trigger the reload.
     env.write_config(
-        "[[rules]]\nname = \"serial\"\npath = \"^ttyUSB[0-9]+$\"\nid = \"path\"\n\n[[rules]]\npath = \"^snd$\"\n\n[[rules]]\npath = \"^video0$\"\n",
+        "watch_config = false\n[[rules]]\nname = \"serial\"\npath = \"^ttyUSB[0-9]+$\"\nid = \"path\"\n\n[[rules]]\npath = \"^snd$\"\n\n[[rules]]\npath = \"^video0$\"\n",
     )?;
     env.mknod("ttyUSB0", 188, 0)?;
     env.mknod("snd/controlC0", 116, 0)?;
@@ -228,8 +229,17 @@ async fn sighup_reload_changes_only_changed_resources() -> R {
 
     // serial: more users; snd: removed; video0: unchanged; net/tun: added.
     env.write_config(
-        "[[rules]]\nname = \"serial\"\npath = \"^ttyUSB[0-9]+$\"\nid = \"path\"\nmax_users = 3\npermissions = \"rwm\"\n\n[[rules]]\npath = \"^video0$\"\n\n[[rules]]\npath = \"^net/tun$\"\n",
+        "watch_config = false\n[[rules]]\nname = \"serial\"\npath = \"^ttyUSB[0-9]+$\"\nid = \"path\"\nmax_users = 3\npermissions = \"rwm\"\n\n[[rules]]\npath = \"^video0$\"\n\n[[rules]]\npath = \"^net/tun$\"\n",
     )?;
+    // Without the signal nothing changes.
+    let e = k
+        .wait_for(
+            "smarter-devices/net_tun",
+            Duration::from_millis(300),
+            |_| true,
+        )
+        .await;
+    assert!(e.is_err(), "reloaded without SIGHUP");
     env.signal(libc::SIGHUP);
     k.wait_for("smarter-devices/net_tun", T, |p| p.devices.len() == 1)
         .await?;
@@ -379,5 +389,32 @@ async fn metrics_and_healthz() -> R {
         m.contains("smarter_device_manager_devices{resource=\"smarter-devices/ttyUSB0\",health=\"Healthy\"} 1"),
         "{m}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_change_reloads_without_a_signal() -> R {
+    if !can_mknod("config_file_change_reloads_without_a_signal") {
+        return Ok(());
+    }
+    let mut env = Env::new("conf.yaml")?;
+    env.write_config("- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: 1\n")?;
+    env.mknod("ttyUSB0", 188, 0)?;
+    env.mknod("video0", 81, 0)?;
+    let k = FakeKubelet::start(&env.plugins)?;
+    env.spawn(&[])?;
+    k.wait_for("smarter-devices/ttyUSB0", T, |p| p.updates >= 1)
+        .await?;
+    // As a ConfigMap update does: the file is replaced, nobody sends SIGHUP.
+    env.write_config(
+        "- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: 2\n- devicematch: ^video0$\n  nummaxdevices: 5\n",
+    )?;
+    k.wait_for("smarter-devices/video0", T, |p| p.devices.len() == 5)
+        .await?;
+    let p = k
+        .wait_for("smarter-devices/ttyUSB0", T, |p| p.devices.len() == 2)
+        .await?;
+    assert_eq!(p.registrations, 1);
+    assert!(env.log_text().contains("config file changed"));
     Ok(())
 }
