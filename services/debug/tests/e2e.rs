@@ -279,6 +279,12 @@ fn agent_reconnects_after_comms_restart_and_state_survives() {
         events.iter().filter(|e| *e == "gateway.connected").count() >= 2,
         "{events:?}"
     );
+
+    // Deleting the gateway disconnects its agent, which is then refused.
+    let (st, _) = json(w.api_port, "DELETE", "/v1/gateways/gateway-17", None);
+    assert_eq!(st, 204);
+    w.wait_audit("gateway.disconnected", "gateway removed");
+    w.wait_audit("gateway.denied", "unknown gateway");
 }
 
 #[test]

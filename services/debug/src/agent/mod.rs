@@ -259,8 +259,14 @@ pub async fn run(config: Config, mut signals: UnboundedReceiver<Event>) -> Resul
             }
             Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "tunnel to comms failed"),
         }
+        // Up to 50 % jitter, so a fleet does not reconnect in lockstep after a comms restart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+        let jitter = Duration::from_millis(nanos % (backoff.as_millis() as u64 / 2 + 1));
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff + jitter) => {}
             _ = &mut stop => return Ok(()),
         }
         backoff = (backoff * 2).min(max);

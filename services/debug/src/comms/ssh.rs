@@ -120,6 +120,7 @@ impl Hub {
     /// Re-checks every live session and ends those no longer allowed;
     /// returns the earliest future expiry among them.
     fn sweep(&self) -> Option<i64> {
+        self.drop_removed_gateways();
         let t = now();
         let mut next: Option<i64> = None;
         let mut ended = Vec::new();
@@ -168,6 +169,34 @@ impl Hub {
             .grants(Some(developer), Some(gateway))
             .unwrap_or_default();
         policy::authorize(&dev, &grants, target, t)
+    }
+
+    /// Disconnects agents whose gateway was deleted.
+    fn drop_removed_gateways(&self) {
+        let gone: Vec<(String, server::Handle)> = lock(&self.gateways)
+            .iter()
+            .filter(|(name, _)| matches!(self.store.gateway(name), Ok(None)))
+            .map(|(name, g)| (name.clone(), g.handle.clone()))
+            .collect();
+        for (name, handle) in gone {
+            lock(&self.gateways).remove(&name);
+            self.audit(
+                "gateway.disconnected",
+                None,
+                Some(&name),
+                None,
+                "gateway removed",
+            );
+            tokio::spawn(async move {
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "gateway removed".into(),
+                        String::new(),
+                    )
+                    .await;
+            });
+        }
     }
 
     /// Ends live sessions whose developer or grant is no longer valid:
@@ -570,6 +599,15 @@ impl server::Handler for Conn {
                 u.body.extend_from_slice(data);
             }
         }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.uploads.remove(&channel);
         Ok(())
     }
 
