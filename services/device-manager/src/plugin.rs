@@ -382,11 +382,15 @@ fn start_server(
     let sock = socket.to_path_buf();
     let resource = name.to_string();
     let task = tokio::spawn(async move {
+        // One service per socket: served without a router.
         let r = Server::builder()
-            .add_service(pb::device_plugin_server::DevicePluginServer::new(svc))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-                let _ = stop_signal.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(
+                pb::device_plugin_server::DevicePluginServer::new(svc),
+                UnixListenerStream::new(listener),
+                async move {
+                    let _ = stop_signal.wait_for(|s| *s).await;
+                },
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(resource = %resource, socket = %sock.display(), error = %e, "plugin server failed");

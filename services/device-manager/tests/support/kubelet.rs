@@ -187,8 +187,7 @@ impl FakeKubelet {
             pb::registration_server::RegistrationServer::new(Registration(Arc::clone(&self.state)));
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(svc, UnixListenerStream::new(listener), async {
                     let _ = rx.await;
                 })
                 .await;
