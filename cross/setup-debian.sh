@@ -16,7 +16,7 @@ APT_PACKAGES=(
     libudev-dev:arm64 libudev-dev:armhf
     qemu-user-static file
     # test peers
-    iproute2 iptables nftables dnsutils dnsmasq-base dnsperf
+    iproute2 iptables nftables iputils-ping busybox-static dnsutils dnsmasq-base dnsperf
     openssh-client openssh-server containernetworking-plugins
     docker.io skopeo umoci jq
     python3 python3-venv python3-pip
