@@ -111,7 +111,51 @@ fn pod_session_lands_in_the_pods_namespaces() {
     if !have_openssh() {
         return;
     }
-    // The stand-in pod: own UTS, IPC, network, mount and PID namespaces.
+    let (_pod, pod_pid) = standin_pod();
+
+    let mut w = World::new();
+    let sock = w.path("docker.sock");
+    fake_docker(UnixListener::bind(&sock).unwrap(), pod_pid);
+    let extra = format!(
+        "docker_socket = \"{}\"\ncontainerd_state_dirs = []\n",
+        sock.display()
+    );
+    check_pod_sessions(&mut w, &extra);
+}
+
+#[test]
+fn pod_found_in_containerd_task_state() {
+    if !is_root() {
+        eprintln!("SKIP: pod sessions need root (setns)");
+        return;
+    }
+    if !have_openssh() {
+        return;
+    }
+    let (_pod, pod_pid) = standin_pod();
+    let mut w = World::new();
+    // containerd's layout: <state>/<task id>/{config.json (OCI spec), init.pid}.
+    let state = w.path("containerd-state");
+    for (id, kind) in [("sandbox0", "sandbox"), ("app0", "container")] {
+        let t = state.join(id);
+        std::fs::create_dir_all(&t).unwrap();
+        let spec = serde_json::json!({"ociVersion": "1.1.0", "annotations": {
+            "io.kubernetes.cri.container-type": kind,
+            "io.kubernetes.cri.sandbox-namespace": "apps",
+            "io.kubernetes.cri.sandbox-name": "web"}});
+        std::fs::write(t.join("config.json"), spec.to_string()).unwrap();
+        std::fs::write(t.join("init.pid"), pod_pid.to_string()).unwrap();
+    }
+    let extra = format!(
+        "docker_socket = \"{}\"\ncontainerd_state_dirs = [\"{}\"]\n",
+        w.path("no-docker.sock").display(),
+        state.display()
+    );
+    check_pod_sessions(&mut w, &extra);
+}
+
+/// The stand-in pod: own UTS, IPC, network, mount and PID namespaces.
+fn standin_pod() -> (Proc, u32) {
     let mut pod = Proc(
         Command::new("unshare")
             .args([
@@ -142,15 +186,13 @@ fn pod_session_lands_in_the_pods_namespaces() {
         .unwrap();
     assert_eq!(&ready, b"ready\n");
     let pod_pid = child_of(pod.0.id()).expect("pod process");
+    (pod, pod_pid)
+}
 
-    let mut w = World::new();
-    let sock = w.path("docker.sock");
-    fake_docker(UnixListener::bind(&sock).unwrap(), pod_pid);
-    let key = w.start_agent(
-        "gateway-17",
-        "agent",
-        &format!("docker_socket = \"{}\"\n", sock.display()),
-    );
+/// With an agent configured by `extra` finding pod apps/web: sessions land
+/// in it, other pods and the host are refused, missing pods are reported.
+fn check_pod_sessions(w: &mut World, extra: &str) {
+    let key = w.start_agent("gateway-17", "agent", extra);
     w.enrol("gateway-17", &key);
     let erin = w.add_developer("erin", None);
     w.grant("erin", "gateway-17", Some("apps"), Some("web"), None);

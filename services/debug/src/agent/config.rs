@@ -35,6 +35,9 @@ pub struct Config {
     /// Docker Engine API socket used to find a pod's process (its
     /// `io.kubernetes.pod.namespace`/`io.kubernetes.pod.name` labels).
     pub docker_socket: PathBuf,
+    /// containerd task state directories searched first for a pod's process
+    /// (k3s' embedded containerd, then a stand-alone one).
+    pub containerd_state_dirs: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -49,6 +52,10 @@ impl Default for Config {
             shell: PathBuf::from("/bin/sh"),
             sftp_server: PathBuf::from(DEFAULT_SFTP_SERVER),
             docker_socket: PathBuf::from("/var/run/docker.sock"),
+            containerd_state_dirs: vec![
+                PathBuf::from("/run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io"),
+                PathBuf::from("/run/containerd/io.containerd.runtime.v2.task/k8s.io"),
+            ],
         }
     }
 }

@@ -131,8 +131,22 @@ impl DebugSession {
             return Err(reply.reason.unwrap_or_else(|| "refused".into()));
         }
         if let Some(Target::Pod { namespace, pod }) = &reply.target {
-            let found = match pods::find_pid(&self.agent.config.docker_socket, namespace, pod).await
-            {
+            let config = &self.agent.config;
+            let (dirs, ns, name) = (
+                config.containerd_state_dirs.clone(),
+                namespace.clone(),
+                pod.clone(),
+            );
+            let in_containerd =
+                tokio::task::spawn_blocking(move || pods::find_pid_containerd(&dirs, &ns, &name))
+                    .await
+                    .ok()
+                    .flatten();
+            let found = match in_containerd {
+                Some(pid) => Ok(pid),
+                None => pods::find_pid(&config.docker_socket, namespace, pod).await,
+            };
+            let found = match found {
                 Ok(pid) => Namespaces::of_pid(pid)
                     .map_err(|e| e.to_string())
                     .map(|ns| (pid, ns)),
