@@ -233,6 +233,13 @@ impl Supervisor {
                 }
             };
             result = d;
+            let mut dirs = dirs;
+            // udev writes its database after the node appears; watching it
+            // re-runs the rules once udev-only properties (ID_SERIAL, ID_PATH)
+            // are known. Absent without a udev daemon: then nothing to watch.
+            if self.config.udev_data_dir.is_dir() {
+                dirs.push(self.config.udev_data_dir.clone());
+            }
             if !watcher.watch_dirs(&dirs) {
                 break;
             }

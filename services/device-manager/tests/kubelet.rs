@@ -418,3 +418,32 @@ async fn config_file_change_reloads_without_a_signal() -> R {
     assert!(env.log_text().contains("config file changed"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udev_database_written_after_the_node_is_picked_up() -> R {
+    if !can_mknod("udev_database_written_after_the_node_is_picked_up") {
+        return Ok(());
+    }
+    let mut env = Env::new("dm.toml")?;
+    let udev = env.tmp.path().join("udev-data");
+    std::fs::create_dir_all(&udev)?;
+    env.write_config(&format!(
+        "health_interval_secs = 0\nudev_data_dir = \"{}\"\n[[rules]]\nname = \"widget\"\npath = \"^ttyUSB\"\nudev = {{ ID_SERIAL = \"Widget_*\" }}\n\n[[rules]]\npath = \"^keepalive$\"\n",
+        udev.display()
+    ))?;
+    env.mknod("keepalive", 1, 3)?;
+    let k = FakeKubelet::start(&env.plugins)?;
+    env.spawn(&[])?;
+    k.wait_for("smarter-devices/keepalive", T, |p| p.updates >= 1)
+        .await?;
+    // The kernel makes the node first; udev only later writes what it knows.
+    env.mknod("ttyUSB3", 188, 3)?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(k.plugin("smarter-devices/widget").is_none());
+    let tmp = udev.join(".c188:3.tmp");
+    std::fs::write(&tmp, "E:ID_SERIAL=Widget_123\nE:SUBSYSTEM=tty\n")?;
+    std::fs::rename(&tmp, udev.join("c188:3"))?;
+    k.wait_for("smarter-devices/widget", T, |p| healthy(p, "Widget_123"))
+        .await?;
+    Ok(())
+}
