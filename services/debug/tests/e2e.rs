@@ -228,9 +228,39 @@ fn revoking_a_grant_ends_a_live_session_within_a_second() {
     eprintln!("session ended {took:?} after revocation");
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert!(!status.success());
-    w.wait_audit("session.end", "ended by comms");
+    w.wait_audit("session.end", "ended by comms: no grant for this gateway");
     let (_, live) = json(w.api_port, "GET", "/v1/sessions?live=true", None);
     assert_eq!(live.as_array().unwrap().len(), 0);
+
+    // Expiring the developer's account ends their live session the same way.
+    w.grant("alice", "gateway-17", None, None, None);
+    let mut c = w.ssh_cmd(&alice, &["gateway-17", "echo started; exec sleep 30"]);
+    c.stdout(std::process::Stdio::piped());
+    let mut child = Proc(c.spawn().unwrap());
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "started\n");
+    }
+    let t = Instant::now();
+    let (st, _) = json(
+        w.api_port,
+        "PATCH",
+        "/v1/developers/alice",
+        Some(serde_json::json!({"expires_at": now() - 1})),
+    );
+    assert_eq!(st, 200);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "session still alive after expiry"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    w.wait_audit("session.end", "ended by comms: developer account expired");
 }
 
 #[test]
