@@ -13,8 +13,10 @@
 //!   [`service`] wires scans, inotify ([`watch`]), signals and plugins.
 //!
 //! Limitations: hotplug uses inotify on the device root, not a udev netlink
-//! monitor (see `docs/decisions/0010-inotify-not-libudev.md`); udev
-//! properties come from sysfs and `/run/udev/data` without libudev.
+//! monitor (see `docs/decisions/0010-device-manager-inotify-not-libudev.md`); udev
+//! properties come from sysfs and `/run/udev/data` without libudev. The
+//! kubelet API needs one socket, server and connection per resource: about
+//! 55 KiB each, so thousands of per-node resources are better pooled.
 //!
 //! See `services/device-manager/README.md` for the configuration reference.
 

@@ -61,6 +61,9 @@ pub struct Changes {
     pub added: Vec<String>,
     /// Removed resource names (stop the server).
     pub removed: Vec<String>,
+    /// `(resource, device key)` whose nodes now have another major:minor
+    /// (or path) than when last seen: a different device under the same ID.
+    pub renumbered: Vec<(String, String)>,
 }
 
 /// One entry of a ListAndWatch list.
@@ -178,6 +181,11 @@ impl Registry {
                 dev.healthy = false;
             }
             for f in &spec.devices {
+                if let Some(old) = res.devices.get(&f.key)
+                    && old.found.nodes != f.nodes
+                {
+                    changes.renumbered.push((name.clone(), f.key.clone()));
+                }
                 res.devices.insert(
                     f.key.clone(),
                     DeviceState {
@@ -409,6 +417,20 @@ mod tests {
         let c = r.apply(&Discovery::default(), Mode::Reload);
         assert_eq!(c.removed, ["r"]);
         assert!(r.slots("r").is_none());
+    }
+
+    #[test]
+    fn changed_major_minor_is_reported() {
+        let mut r = Registry::default();
+        r.apply(&disc(false, 1, vec![dev("r", "/dev/x")]), Mode::Rescan);
+        let mut moved = dev("r", "/dev/x");
+        moved.nodes[0].rdev = 2;
+        let c = r.apply(&disc(false, 1, vec![moved]), Mode::Rescan);
+        assert_eq!(c.renumbered, [("r".to_string(), "r".to_string())]);
+        let c = r.apply(&disc(false, 1, vec![dev("r", "/dev/x")]), Mode::Rescan);
+        assert_eq!(c.renumbered.len(), 1);
+        let c = r.apply(&disc(false, 1, vec![dev("r", "/dev/x")]), Mode::Rescan);
+        assert!(c.renumbered.is_empty());
     }
 
     #[test]

@@ -260,6 +260,13 @@ impl Supervisor {
             .unwrap_or_else(PoisonError::into_inner)
             .apply(d, mode);
         self.shared.publish();
+        for (name, key) in &changes.renumbered {
+            tracing::info!(
+                resource = %rules::resource_name(name),
+                device = %key,
+                "device node changed (other major:minor or path); now serving the new node"
+            );
+        }
         for name in &changes.removed {
             if let Some(p) = self.plugins.remove(name) {
                 tracing::info!(resource = %rules::resource_name(name), "resource removed");
