@@ -415,9 +415,23 @@ fn idle_sessions_are_ended() {
     w.standard_setup();
     let alice = w.path("alice");
     let t = Instant::now();
-    let o = w.ssh(&alice, &["gateway-17", "echo started; sleep 20"]);
+    let o = w.ssh(&alice, &["gateway-17", "echo started; sleep 19.25; true"]);
     assert_eq!(stdout(&o), "started\n", "{}", stderr(&o));
     assert!(!o.status.success());
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     w.wait_audit("session.end", "idle for 1s");
+    // The session's processes, grandchildren included, are gone.
+    let running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0019.25\x00")
+        })
+    };
+    let start = Instant::now();
+    while running() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "sleep 19.25 survived the session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

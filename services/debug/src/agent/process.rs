@@ -127,11 +127,33 @@ impl Spec<'_> {
     }
 }
 
+/// The process group of a session's program; everything still in it is
+/// killed when this is dropped, so a session leaves nothing running.
+#[derive(Debug)]
+pub struct Group(libc::pid_t);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            // SAFETY: kill has no memory effects; a negative pid names the group.
+            unsafe {
+                libc::kill(-self.0, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn group_of(child: &tokio::process::Child) -> Group {
+    Group(child.id().map(|p| p as libc::pid_t).unwrap_or(0))
+}
+
 /// A process with pipes.
 #[derive(Debug)]
 pub struct Piped {
     /// The child (killed when dropped).
     pub child: tokio::process::Child,
+    /// Its process group (killed when dropped).
+    pub group: Group,
 }
 
 /// Starts `spec` with piped stdin/stdout/stderr.
@@ -140,11 +162,13 @@ pub fn spawn_piped(spec: &Spec<'_>) -> Result<Piped, SpawnError> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     let child = cmd
         .spawn()
         .map_err(sys(format!("starting {}", spec.program.display())))?;
-    Ok(Piped { child })
+    let group = group_of(&child);
+    Ok(Piped { child, group })
 }
 
 /// A process on a pseudo-terminal.
@@ -154,6 +178,8 @@ pub struct OnPty {
     pub child: tokio::process::Child,
     /// The terminal's master side.
     pub master: OwnedFd,
+    /// Its process group (the new session; killed when dropped).
+    pub group: Group,
 }
 
 /// Sets the terminal size on a pty master.
@@ -216,5 +242,10 @@ pub fn spawn_pty(spec: &Spec<'_>, cols: u32, rows: u32) -> Result<OnPty, SpawnEr
         .spawn()
         .map_err(sys(format!("starting {}", spec.program.display())))?;
     drop(slave);
-    Ok(OnPty { child, master })
+    let group = group_of(&child);
+    Ok(OnPty {
+        child,
+        master,
+        group,
+    })
 }

@@ -252,7 +252,9 @@ impl DebugSession {
                 }
             });
             let mut child = p.child;
+            let group = p.group;
             self.spawn(async move {
+                let _group = group;
                 let mut r = tokio::fs::File::from_std(std::fs::File::from(reader));
                 let mut buf = vec![0u8; 16 * 1024];
                 loop {
@@ -287,6 +289,7 @@ impl DebugSession {
         } else {
             let p = process::spawn_piped(&spec).map_err(|e| e.to_string())?;
             let mut child = p.child;
+            let group = p.group;
             let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
                 (child.stdin.take(), child.stdout.take(), child.stderr.take())
             else {
@@ -302,6 +305,7 @@ impl DebugSession {
             });
             let h2 = handle.clone();
             self.spawn(async move {
+                let _group = group;
                 let err_task = async {
                     let mut buf = vec![0u8; 16 * 1024];
                     while let Ok(n) = stderr.read(&mut buf).await {
