@@ -18,6 +18,12 @@ pub fn have_openssh() -> bool {
             return false;
         }
     }
+    if !Path::new("/usr/lib/openssh/sftp-server").exists() {
+        eprintln!(
+            "SKIP: /usr/lib/openssh/sftp-server missing (apt-get install openssh-sftp-server)"
+        );
+        return false;
+    }
     true
 }
 
