@@ -53,6 +53,10 @@ for t in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-
     done
 done
 
+if [ -f "$bin_dir/SHA256SUMS" ]; then
+    (cd "$bin_dir" && sha256sum --quiet -c SHA256SUMS) && echo "ok: binaries match $bin_dir/SHA256SUMS"
+fi
+
 step "images, built twice: digests must be identical"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 "$py" deploy/images/build.py --bin-dir "$bin_dir" --out "$images"

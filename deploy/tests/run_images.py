@@ -63,8 +63,6 @@ WORKLOADS = {
 KNOWN_GAPS: dict[tuple[str, str], str] = {
     ("smarter-comms", "version"): "`smarter-comms --version` prints the package name `smarter-debug` (issue 6)",
     ("smarter-debug-agent", "version"): "`smarter-debug-agent --version` prints the package name `smarter-debug` (issue 6)",
-    ("smarter-device-manager", "config"): "device-manager does not read the original conf.yaml yet (issue 3)",
-    ("smarter-device-manager", "start"): "device-manager does not read the original conf.yaml yet (issue 3)",
 }
 
 QEMU = {"arm64": "qemu-aarch64-static", "armv7": "qemu-arm-static"}
@@ -373,14 +371,48 @@ def job_dns_answers(pod: Pod, volumes: Path, pid: int) -> tuple[bool, str] | str
     return ok, ("camera.demo.svc.cluster.local -> 172.39.0.5 on 169.254.0.2" if ok else f"answers {answers}")
 
 
+def job_device_manager_serves(pod: Pod, volumes: Path, pid: int) -> tuple[bool, str] | str:
+    """One plugin socket per matched device in the kubelet's plugin dir, named as the original."""
+    if os.geteuid() != 0:
+        return "needs root to mknod the fixture device nodes"
+    plugin_dir = volumes / "device-plugins"
+    want = {f"smarter-{n}.sock" for n in ("video0", "ttyUSB0", "snd", "gpiomem", "nvidia-gpu0")}
+    have: set[str] = set()
+
+    def served() -> bool:
+        have.clear()
+        have.update(p.name for p in plugin_dir.iterdir() if p.is_socket())
+        return want <= have
+
+    ok = wait_for(served)
+    return ok, f"sockets {sorted(want)}" if ok else f"missing {sorted(want - have)}, have {sorted(have)}"
+
+
 LIVE_JOBS: dict[str, list[tuple[str, LiveJob]]] = {
+    "smarter-device-manager": [("serves", job_device_manager_serves)],
     "smarter-cni": [("installs", job_cni_installed)],
     "smarter-dns": [("answers", job_dns_answers)],
 }
 
 
+def job_board_rules(pod: Pod, flags: list[str], help_text: str) -> tuple[bool, str] | str:
+    """Every board ConfigMap (device-rules/*.yaml) passes the real binary's --check-config."""
+    bad, boards = [], []
+    for path in sorted((MANIFESTS / "device-rules").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == "ConfigMap":
+                with tempfile.TemporaryDirectory(prefix="smarter-rules-") as tmp:
+                    (Path(tmp) / "conf.yaml").write_text(doc["data"]["conf.yaml"])
+                    out = docker_run([*flags, "-v", f"{tmp}:/rules:ro"], pod.image,
+                                     ["--config=/rules/conf.yaml", "--check-config"])
+                boards.append(path.stem)
+                if out.returncode != 0:
+                    bad.append(f"{path.name}: {out.stdout}{out.stderr}")
+    return not bad, f"{boards} valid" if not bad else "; ".join(bad)
+
+
 JOBS: dict[str, list[tuple[str, Job]]] = {
-    "smarter-device-manager": [("list", job_device_manager_list)],
+    "smarter-device-manager": [("list", job_device_manager_list), ("board-rules", job_board_rules)],
 }
 
 
