@@ -36,6 +36,8 @@ cleanup() {
 trap cleanup EXIT
 ip netns add "$NS"
 ip -n "$NS" link set lo up
+# (Background processes are started with `ip netns exec` directly, not via
+# this function, so that $! is their pid and cleanup can stop them.)
 inns() { ip netns exec "$NS" "$@"; }
 
 # 1,000 pods: records for smarter-dns, a hosts file for dnsmasq.
@@ -55,13 +57,13 @@ done
 for i in $(seq 0 199); do echo "host$i.fwd.test A" >>"$WORK/fwd.txt"; done
 
 # Upstream for forwarded names.
-inns dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --user=root --pid-file= \
+ip netns exec "$NS" dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --user=root --pid-file= \
     --listen-address=127.0.0.9 --port=53 --address=/fwd.test/10.9.9.9 --local-ttl=3600 \
     --log-facility=- 2>/dev/null &
 PIDS+=($!)
 
 # The peer: dnsmasq with the same names, same TTL, caching forwards.
-inns dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --user=root --pid-file= \
+ip netns exec "$NS" dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --user=root --pid-file= \
     --listen-address=127.0.0.3 --port=53 --addn-hosts="$WORK/hosts" --local-ttl=5 \
     --server=127.0.0.9 --cache-size=10000 --log-facility=- 2>/dev/null &
 PIDS+=($!)
@@ -75,7 +77,7 @@ listen = ["127.0.0.2"]
 dummy_interface = ""
 ttl = 5
 TOML
-inns "$BIN" --config "$WORK/dns.toml" --log-level warn &
+ip netns exec "$NS" "$BIN" --config "$WORK/dns.toml" --log-level warn &
 PIDS+=($!)
 
 for s in 127.0.0.2 127.0.0.3; do

@@ -194,8 +194,11 @@ impl RequestHandler for Handler {
 
 /// A [`ResponseHandler`] that keeps the encoded response instead of
 /// sending it (for [`answer_raw`]).
-#[derive(Clone, Default)]
-struct Capture(Arc<std::sync::Mutex<Option<Vec<u8>>>>);
+#[derive(Clone)]
+struct Capture {
+    out: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    max_size: u16,
+}
 
 #[async_trait::async_trait]
 impl ResponseHandler for Capture {
@@ -212,57 +215,121 @@ impl ResponseHandler for Capture {
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut bytes);
-        encoder.set_max_size(u16::MAX);
+        encoder.set_max_size(self.max_size);
         let info = response
             .destructive_emit(&mut encoder)
             .map_err(|e| hickory_server::net::NetError::from(e.to_string()))?;
-        if let Ok(mut slot) = self.0.lock() {
+        if let Ok(mut slot) = self.out.lock() {
             *slot = Some(bytes);
         }
         Ok(info)
     }
 }
 
-/// Run one raw request through the same decoding and handler as the
-/// servers and return the encoded response; `None` when the request is
-/// dropped (not a parsable query). Used by the fuzz target and the
-/// random-packet test: no sockets involved.
+/// Run one raw UDP request through decoding and the handler and return the
+/// encoded response, sized for UDP (512 bytes, or the client's EDNS size;
+/// longer answers are truncated with TC set). `None` when the packet is
+/// dropped: shorter than a header, or a response. A header followed by an
+/// unparsable body gets FORMERR. Used by the UDP server, the fuzz target and
+/// the random-packet test.
 pub async fn answer_raw(handler: &Handler, bytes: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
-    let request = Request::from_bytes(
+    let request = match Request::from_bytes(
         bytes.to_vec(),
         src,
         hickory_server::net::xfer::Protocol::Udp,
-    )
-    .ok()?;
+    ) {
+        Ok(r) => r,
+        Err(_) => return formerr(bytes),
+    };
     if request.metadata.message_type == hickory_proto::op::MessageType::Response {
         return None;
     }
-    let capture = Capture::default();
+    let capture = Capture {
+        out: Arc::default(),
+        max_size: request.max_payload(),
+    };
     handler
         .handle_request::<_, hickory_server::net::runtime::TokioTime>(&request, capture.clone())
         .await;
-    capture.0.lock().ok()?.take()
+    capture.out.lock().ok()?.take()
+}
+
+/// FORMERR for a packet whose header parses but whose body does not.
+fn formerr(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut decoder = hickory_proto::serialize::binary::BinDecoder::new(bytes);
+    let header =
+        <Header as hickory_proto::serialize::binary::BinDecodable>::read(&mut decoder).ok()?;
+    if header.metadata.message_type == hickory_proto::op::MessageType::Response {
+        return None;
+    }
+    let mut m = hickory_proto::op::Message::error_msg(
+        header.metadata.id,
+        header.metadata.op_code,
+        ResponseCode::FormErr,
+    );
+    m.metadata.recursion_desired = header.metadata.recursion_desired;
+    m.to_vec().ok()
+}
+
+/// Serve DNS over UDP on `socket` until the task is aborted.
+///
+/// hickory-server's own UDP loop hands every answer through a channel to
+/// a separate sender task; this loop runs the same [`Handler`] and sends
+/// the answer itself. Answers that need no waiting (local names, cache
+/// hits) are computed and sent inline without spawning a task; only
+/// questions that go upstream get a task of their own. See
+/// docs/decisions/0033-dns-udp-fast-path.md.
+pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
+    use futures_util::FutureExt;
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, src) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::debug!(%error, "udp receive failed");
+                continue;
+            }
+        };
+        if src.port() == 0 || src.ip().is_unspecified() {
+            continue;
+        }
+        let packet = buf[..n].to_vec();
+        let h = handler.clone();
+        let mut fut = Box::pin(async move { answer_raw(&h, &packet, src).await });
+        match fut.as_mut().now_or_never() {
+            Some(Some(resp)) => match socket.try_send_to(&resp, src) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let s = Arc::clone(&socket);
+                    tokio::spawn(async move {
+                        let _ = s.send_to(&resp, src).await;
+                    });
+                }
+                Err(error) => tracing::debug!(%src, %error, "udp send failed"),
+            },
+            Some(None) => {}
+            None => {
+                let s = Arc::clone(&socket);
+                tokio::spawn(async move {
+                    if let Some(resp) = fut.await {
+                        let _ = s.send_to(&resp, src).await;
+                    }
+                });
+            }
+        }
+    }
 }
 
 /// How long an idle TCP client may keep its connection.
 pub const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A running DNS server on already-bound sockets.
-pub fn serve(handler: Handler, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>) -> Server<Handler> {
+/// A running hickory DNS server on already-bound TCP listeners (UDP is
+/// served by [`serve_udp`]).
+pub fn serve(handler: Handler, tcp: Vec<TcpListener>) -> Server<Handler> {
     let mut server = Server::new(handler);
-    for s in udp {
-        server.register_socket(s);
-    }
     for l in tcp {
         server.register_listener(l, TCP_TIMEOUT, 64 * 1024);
     }
     server
-}
-
-/// Addresses of already-bound sockets, for logs and tests.
-pub fn local_addrs(udp: &[UdpSocket], tcp: &[TcpListener]) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
-    (
-        udp.iter().filter_map(|s| s.local_addr().ok()).collect(),
-        tcp.iter().filter_map(|s| s.local_addr().ok()).collect(),
-    )
 }

@@ -214,7 +214,10 @@ pub fn start(
     }
     let handler = Handler::new(names.zone(), forwarder, metrics);
     let (udp, tcp): (Vec<_>, Vec<_>) = sockets.into_iter().unzip();
-    let server = serve(handler, udp, tcp);
+    for u in udp {
+        tasks.spawn(crate::server::serve_udp(u, handler.clone()));
+    }
+    let server = serve(handler, tcp);
     Ok(Running {
         dns_addrs,
         metrics_addr,
