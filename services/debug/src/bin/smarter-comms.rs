@@ -10,7 +10,7 @@ use smarter_debug::comms::config::{Config, DEFAULT_CONFIG_PATH};
 
 /// Cloud endpoint for remote debugging: developers reach gateways through it with ssh.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "smarter-comms", version, about)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,

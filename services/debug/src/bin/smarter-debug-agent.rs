@@ -11,7 +11,7 @@ use smarter_debug::agent::config::{Config, DEFAULT_CONFIG_PATH};
 
 /// Gateway agent for remote debugging: dials out to smarter-comms and serves debug sessions.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "smarter-debug-agent", version, about)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
