@@ -235,3 +235,29 @@ fn check_pod_sessions(w: &mut World, extra: &str) {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(stdout(&o).trim(), "pod-standin");
 }
+
+#[test]
+fn host_sessions_enter_the_configured_host_namespaces() {
+    if !is_root() {
+        eprintln!("SKIP: entering namespaces needs root (setns)");
+        return;
+    }
+    if !have_openssh() {
+        return;
+    }
+    // Stand-in for PID 1 of the real host as seen from an agent in a hostPID pod.
+    let (_host, host_pid) = standin_pod();
+    let mut w = World::new();
+    let key = w.start_agent(
+        "gateway-17",
+        "agent",
+        &format!("host_namespaces_pid = {host_pid}\n"),
+    );
+    w.enrol("gateway-17", &key);
+    let alice = w.add_developer("alice", None);
+    w.grant("alice", "gateway-17", None, None, None);
+    w.wait_connected("gateway-17");
+    let o = w.ssh(&alice, &["gateway-17", "hostname"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "pod-standin");
+}

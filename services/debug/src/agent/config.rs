@@ -38,6 +38,10 @@ pub struct Config {
     /// containerd task state directories searched first for a pod's process
     /// (k3s' embedded containerd, then a stand-alone one).
     pub containerd_state_dirs: Vec<PathBuf>,
+    /// Host sessions run in the namespaces of this process: 1 (default) is
+    /// the real host when the agent runs in a pod with `hostPID: true`; 0
+    /// keeps them in the agent's own namespaces (agent installed on the host).
+    pub host_namespaces_pid: u32,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
                 PathBuf::from("/run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io"),
                 PathBuf::from("/run/containerd/io.containerd.runtime.v2.task/k8s.io"),
             ],
+            host_namespaces_pid: 1,
         }
     }
 }

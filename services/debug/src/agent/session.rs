@@ -130,46 +130,63 @@ impl DebugSession {
         if !reply.allowed {
             return Err(reply.reason.unwrap_or_else(|| "refused".into()));
         }
-        if let Some(Target::Pod { namespace, pod }) = &reply.target {
-            let config = &self.agent.config;
-            let (dirs, ns, name) = (
-                config.containerd_state_dirs.clone(),
-                namespace.clone(),
-                pod.clone(),
-            );
-            let in_containerd =
-                tokio::task::spawn_blocking(move || pods::find_pid_containerd(&dirs, &ns, &name))
-                    .await
-                    .ok()
-                    .flatten();
-            let found = match in_containerd {
-                Some(pid) => Ok(pid),
-                None => pods::find_pid(&config.docker_socket, namespace, pod).await,
-            };
-            let found = match found {
-                Ok(pid) => Namespaces::of_pid(pid)
-                    .map_err(|e| e.to_string())
-                    .map(|ns| (pid, ns)),
-                Err(e) => Err(e.to_string()),
-            };
-            let (pid, ns) = match found {
-                Ok(x) => x,
-                Err(reason) => {
-                    let report = AgentRequest::Denied {
-                        session: self.session_id,
-                        reason: reason.clone(),
-                    };
-                    if let Err(e) = self.agent.ask_comms(&report, &[]).await {
-                        tracing::warn!(error = %e, "could not report denial to comms");
-                    }
-                    return Err(reason);
+        let target = reply.target.clone().unwrap_or(Target::Host);
+        let found = self.target_pid(&target).await.and_then(|pid| match pid {
+            None => Ok(None),
+            Some(pid) => Namespaces::of_pid(pid)
+                .map(|ns| Some((pid, ns)))
+                .map_err(|e| e.to_string()),
+        });
+        match found {
+            Ok(Some((pid, ns))) => {
+                tracing::info!(session = self.session_id, %target, pid, namespaces = ns.len(), "entering target namespaces");
+                self.namespaces = Some(Arc::new(ns));
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                let report = AgentRequest::Denied {
+                    session: self.session_id,
+                    reason: reason.clone(),
+                };
+                if let Err(e) = self.agent.ask_comms(&report, &[]).await {
+                    tracing::warn!(error = %e, "could not report denial to comms");
                 }
-            };
-            tracing::info!(session = self.session_id, %namespace, %pod, pid, namespaces = ns.len(), "pod session");
-            self.namespaces = Some(Arc::new(ns));
+                return Err(reason);
+            }
         }
         self.authorized = Some(reply);
         Ok(())
+    }
+
+    /// The process whose namespaces a session on `target` enters: a
+    /// running container of the pod, or for the host `host_namespaces_pid`
+    /// (PID 1 by default: the real host when the agent runs in a pod with
+    /// `hostPID`; `None` when 0, i.e. stay in the agent's own namespaces).
+    async fn target_pid(&self, target: &Target) -> Result<Option<u32>, String> {
+        let config = &self.agent.config;
+        let (namespace, pod) = match target {
+            Target::Host => {
+                return Ok((config.host_namespaces_pid != 0).then_some(config.host_namespaces_pid));
+            }
+            Target::Pod { namespace, pod } => (namespace, pod),
+        };
+        let (dirs, ns, name) = (
+            config.containerd_state_dirs.clone(),
+            namespace.clone(),
+            pod.clone(),
+        );
+        let in_containerd =
+            tokio::task::spawn_blocking(move || pods::find_pid_containerd(&dirs, &ns, &name))
+                .await
+                .ok()
+                .flatten();
+        match in_containerd {
+            Some(pid) => Ok(Some(pid)),
+            None => pods::find_pid(&config.docker_socket, namespace, pod)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string()),
+        }
     }
 
     fn spawn(&mut self, fut: impl Future<Output = ()> + Send + 'static) {

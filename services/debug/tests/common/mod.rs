@@ -229,11 +229,17 @@ impl World {
     /// Starts an agent for `gateway` with its own state dir; returns its public key.
     pub fn start_agent(&mut self, gateway: &str, state: &str, extra: &str) -> String {
         let state_dir = self.path(state);
+        // Host sessions stay in the test's namespaces unless a test says otherwise.
+        let host_ns = if extra.contains("host_namespaces_pid") {
+            ""
+        } else {
+            "host_namespaces_pid = 0\n"
+        };
         let cfg = self.path(&format!("{state}.toml"));
         std::fs::write(
             &cfg,
             format!(
-                "comms_address = \"127.0.0.1:{}\"\ncomms_host_key = \"{}\"\ngateway_name = \"{gateway}\"\nstate_dir = \"{}\"\nkeepalive_secs = 2\nmax_backoff_secs = 1\n{extra}",
+                "comms_address = \"127.0.0.1:{}\"\ncomms_host_key = \"{}\"\ngateway_name = \"{gateway}\"\nstate_dir = \"{}\"\nkeepalive_secs = 2\nmax_backoff_secs = 1\n{host_ns}{extra}",
                 self.ssh_port,
                 self.comms_host_key(),
                 state_dir.display()
