@@ -33,6 +33,12 @@ pub enum KeyError {
 
 /// Parses one OpenSSH public key line (`ssh-ed25519 AAAA... comment`).
 pub fn parse_public(text: &str) -> Result<PublicKey, KeyError> {
+    if text.trim_start().starts_with("ssh-rsa ") {
+        return Err(KeyError::Invalid {
+            what: "public key".into(),
+            message: "RSA keys are not supported; use ssh-keygen -t ed25519 (or ecdsa)".into(),
+        });
+    }
     PublicKey::from_openssh(text.trim()).map_err(|e| KeyError::Invalid {
         what: "public key".into(),
         message: e.to_string(),
@@ -136,5 +142,7 @@ mod tests {
     fn garbage_is_rejected() {
         assert!(parse_public("ssh-ed25519 notbase64!").is_err());
         assert!(parse_public("").is_err());
+        let rsa = parse_public("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ x").unwrap_err();
+        assert!(rsa.to_string().contains("ed25519"), "{rsa}");
     }
 }
