@@ -477,7 +477,15 @@ async fn plugin_task(
         }
         // Then register.
         if need_register {
-            match register(&kubelet_sock, &endpoint, &name).await {
+            // A Stop (SIGTERM) must not wait for a slow kubelet.
+            let result = tokio::select! {
+                r = register(&kubelet_sock, &endpoint, &name) => r,
+                m = ctl.recv() => match m {
+                    Some(Ctl::KubeletRestarted | Ctl::SocketDeleted) => continue,
+                    Some(Ctl::Stop) | None => break,
+                },
+            };
+            match result {
                 Ok(()) => {
                     tracing::info!(resource = %rules::resource_name(&name), endpoint = %endpoint, "registered with kubelet");
                     shared.metrics.registered();
