@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_proto::rr::{DNSClass, LowerName, Record, RecordType};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -21,28 +21,27 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::zone::{Answer, Zone};
+use crate::zone::{Answer, Store};
 
-/// The current zone, swapped whole on every change.
+/// The store of local names, shared by the server (readers) and the
+/// watchers (writers, who update it in place).
 #[derive(Debug, Clone)]
-pub struct ZoneHandle(Arc<RwLock<Arc<Zone>>>);
+pub struct ZoneHandle(Arc<RwLock<Store>>);
 
 impl ZoneHandle {
-    /// A handle holding `zone`.
-    pub fn new(zone: Zone) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(zone))))
+    /// A handle holding `store`.
+    pub fn new(store: Store) -> Self {
+        Self(Arc::new(RwLock::new(store)))
     }
 
-    /// The zone now.
-    pub fn get(&self) -> Option<Arc<Zone>> {
-        self.0.read().ok().map(|z| Arc::clone(&z))
+    /// Answer one question from the current zone.
+    pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Option<Answer> {
+        self.0.read().ok().map(|s| s.zone().lookup(name, qtype))
     }
 
-    /// Replace the zone.
-    pub fn set(&self, zone: Zone) {
-        if let Ok(mut z) = self.0.write() {
-            *z = Arc::new(zone);
-        }
+    /// Change the store; returns `f`'s result.
+    pub fn update<T>(&self, f: impl FnOnce(&mut Store) -> T) -> Option<T> {
+        self.0.write().ok().map(|mut s| f(&mut s))
     }
 }
 
@@ -104,7 +103,7 @@ impl Handler {
             self.metrics.refused.inc();
             return Reply::error(ResponseCode::Refused);
         }
-        let Some(zone) = self.zone.get() else {
+        let Some(answer) = self.zone.lookup(query.name(), qtype) else {
             return Reply::error(ResponseCode::ServFail);
         };
         let local = |rcode, answers, authorities| Reply {
@@ -113,7 +112,7 @@ impl Handler {
             answers,
             authorities,
         };
-        match zone.lookup(query.name(), qtype) {
+        match answer {
             Answer::Records(r) => {
                 self.metrics.local_answers.inc();
                 local(ResponseCode::NoError, r, Vec::new())

@@ -231,9 +231,9 @@ pub fn start(
 pub fn print_records(config: &Config, out: &mut impl std::io::Write) -> std::io::Result<()> {
     let mut domain = Name::from_ascii(&config.domain).unwrap_or_else(|_| Name::root());
     domain.set_fqdn(true);
-    let mut store = crate::zone::Store::default();
+    let mut store = crate::zone::Store::new(&domain, config.ttl);
     store.replace_records(crate::watch::load_records(&config.records_dir));
-    let zone = store.zone(&domain, config.ttl);
+    let zone = store.zone();
     for (name, ips) in zone.entries() {
         let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
         writeln!(out, "{name} {}", ips.join(" "))?;

@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt};
 use hickory_proto::rr::Name;
@@ -36,23 +36,15 @@ pub enum WatchError {
 /// The store of local names and the zone built from it, updated together.
 #[derive(Debug, Clone)]
 pub struct LocalNames {
-    store: Arc<Mutex<Store>>,
     zone: ZoneHandle,
-    domain: Name,
-    ttl: u32,
     metrics: Arc<Metrics>,
 }
 
 impl LocalNames {
     /// An empty set of local names under `domain`.
     pub fn new(domain: Name, ttl: u32, metrics: Arc<Metrics>) -> Self {
-        let store = Store::default();
-        let zone = ZoneHandle::new(store.zone(&domain, ttl));
         Self {
-            store: Arc::new(Mutex::new(store)),
-            zone,
-            domain,
-            ttl,
+            zone: ZoneHandle::new(Store::new(&domain, ttl)),
             metrics,
         }
     }
@@ -62,20 +54,20 @@ impl LocalNames {
         self.zone.clone()
     }
 
-    /// Change the store and publish the rebuilt zone.
+    /// Change the store (which updates the zone in place).
     pub fn update(&self, f: impl FnOnce(&mut Store)) {
-        let Ok(mut store) = self.store.lock() else {
-            return;
-        };
-        f(&mut store);
-        let zone = store.zone(&self.domain, self.ttl);
-        self.metrics
-            .records
-            .set(u64::try_from(store.record_count()).unwrap_or(u64::MAX));
-        self.metrics
-            .names
-            .set(u64::try_from(zone.name_count()).unwrap_or(u64::MAX));
-        self.zone.set(zone);
+        let counts = self.zone.update(|store| {
+            f(store);
+            (store.record_count(), store.zone().name_count())
+        });
+        if let Some((records, names)) = counts {
+            self.metrics
+                .records
+                .set(u64::try_from(records).unwrap_or(u64::MAX));
+            self.metrics
+                .names
+                .set(u64::try_from(names).unwrap_or(u64::MAX));
+        }
     }
 }
 

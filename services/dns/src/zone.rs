@@ -52,17 +52,71 @@ pub fn app_name<'a>(labels: impl Fn(&str) -> Option<&'a str>) -> Option<String> 
         .map(str::to_string)
 }
 
-/// Everything known about local pods, keyed by source.
-#[derive(Debug, Clone, Default)]
+/// What one source (a record, or a pod without a record) puts in the zone.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Contribution {
+    forward: Vec<(LowerName, IpAddr)>,
+    reverse: Vec<(IpAddr, Name)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Source {
+    Record(String),
+    Pod(String),
+}
+
+/// Everything known about local pods, keyed by source, and the zone built
+/// from it. The zone is maintained incrementally: a change to one record or
+/// pod touches only that source's names, so an update costs the same with
+/// ten pods or ten thousand.
+#[derive(Debug, Clone)]
 pub struct Store {
     records: BTreeMap<String, Attachment>,
+    /// Number of records per sandbox id.
+    record_ids: HashMap<String, usize>,
     pods: BTreeMap<String, Pod>,
+    contributions: HashMap<Source, Contribution>,
+    zone: Zone,
 }
 
 impl Store {
+    /// An empty store for `domain`, answering with `ttl`.
+    pub fn new(domain: &Name, ttl: u32) -> Self {
+        Self {
+            records: BTreeMap::new(),
+            record_ids: HashMap::new(),
+            pods: BTreeMap::new(),
+            contributions: HashMap::new(),
+            zone: Zone::empty(domain, ttl),
+        }
+    }
+
+    /// The current zone.
+    pub fn zone(&self) -> &Zone {
+        &self.zone
+    }
+
     /// Add or replace the attachment record stored under `key` (file name).
     pub fn upsert_record(&mut self, key: String, record: Attachment) {
-        self.records.insert(key, record);
+        let id = record.container_id.clone();
+        if let Some(old) = self.records.insert(key.clone(), record) {
+            self.forget_id(&old.container_id);
+            if old.container_id != id {
+                self.refresh(Source::Pod(old.container_id));
+            }
+        }
+        *self.record_ids.entry(id.clone()).or_default() += 1;
+        self.refresh(Source::Record(key));
+        self.refresh(Source::Pod(id));
+    }
+
+    fn forget_id(&mut self, id: &str) {
+        if let Some(n) = self.record_ids.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                self.record_ids.remove(id);
+            }
+        }
     }
 
     /// Forget the attachment record stored under `key`, and the runtime
@@ -73,12 +127,11 @@ impl Store {
         let Some(rec) = self.records.remove(key) else {
             return false;
         };
-        if !self
-            .records
-            .values()
-            .any(|r| r.container_id == rec.container_id)
-        {
+        self.forget_id(&rec.container_id);
+        self.refresh(Source::Record(key.to_string()));
+        if !self.record_ids.contains_key(&rec.container_id) {
             self.pods.remove(&rec.container_id);
+            self.refresh(Source::Pod(rec.container_id));
         }
         true
     }
@@ -86,21 +139,32 @@ impl Store {
     /// Replace every attachment record (after a full directory scan).
     pub fn replace_records(&mut self, records: impl IntoIterator<Item = (String, Attachment)>) {
         self.records = records.into_iter().collect();
+        self.rebuild();
     }
 
     /// Replace all runtime pod metadata.
     pub fn replace_pods(&mut self, pods: impl IntoIterator<Item = Pod>) {
         self.pods = pods.into_iter().map(|p| (p.id.clone(), p)).collect();
+        self.rebuild();
     }
 
     /// Add or replace one pod's runtime metadata.
     pub fn upsert_pod(&mut self, pod: Pod) {
-        self.pods.insert(pod.id.clone(), pod);
+        let id = pod.id.clone();
+        if self.pods.get(&id) == Some(&pod) {
+            return;
+        }
+        self.pods.insert(id.clone(), pod);
+        self.refresh_id(&id);
     }
 
     /// Forget one pod's runtime metadata.
     pub fn remove_pod(&mut self, id: &str) -> bool {
-        self.pods.remove(id).is_some()
+        if self.pods.remove(id).is_none() {
+            return false;
+        }
+        self.refresh_id(id);
+        true
     }
 
     /// Number of attachment records held.
@@ -108,47 +172,129 @@ impl Store {
         self.records.len()
     }
 
-    /// Build the lookup index.
-    pub fn zone(&self, domain: &Name, ttl: u32) -> Zone {
-        let mut b = ZoneBuilder::new(domain, ttl);
-        let mut with_record: BTreeSet<&str> = BTreeSet::new();
-        for rec in self.records.values() {
-            with_record.insert(rec.container_id.as_str());
-            let pod = self.pods.get(&rec.container_id);
-            let namespace = rec
-                .namespace
-                .as_deref()
-                .or_else(|| pod.and_then(|p| p.namespace.as_deref()));
-            let mut names = rec.names();
-            if let Some(p) = pod {
-                names.extend(p.name.as_deref());
-                names.extend(p.hostname.as_deref());
-                names.extend(p.app.as_deref());
-            }
-            b.add(&names, namespace, &rec.ips, true);
-        }
-        for pod in self.pods.values() {
-            if with_record.contains(pod.id.as_str()) {
-                continue;
-            }
-            let mut names: Vec<&str> = Vec::new();
-            names.extend(pod.name.as_deref());
-            names.extend(pod.app.as_deref());
-            if pod.host_network {
-                // The hostname of a host-network pod is the node's: not a
-                // name of this pod.
-                b.add(
-                    &names,
-                    pod.namespace.as_deref(),
-                    &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-                    false,
-                );
-            } else if !pod.ips.is_empty() {
-                names.extend(pod.hostname.as_deref());
-                b.add(&names, pod.namespace.as_deref(), &pod.ips, true);
+    /// Recompute every source of sandbox `id`.
+    fn refresh_id(&mut self, id: &str) {
+        if self.record_ids.contains_key(id) {
+            let keys: Vec<String> = self
+                .records
+                .iter()
+                .filter(|(_, r)| r.container_id == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                self.refresh(Source::Record(k));
             }
         }
-        b.finish()
+        self.refresh(Source::Pod(id.to_string()));
+    }
+
+    /// Recompute everything (after a full scan or resync).
+    fn rebuild(&mut self) {
+        self.record_ids.clear();
+        for r in self.records.values() {
+            *self.record_ids.entry(r.container_id.clone()).or_default() += 1;
+        }
+        self.contributions.clear();
+        self.zone.forward.clear();
+        self.zone.reverse.clear();
+        let sources: Vec<Source> = self
+            .records
+            .keys()
+            .cloned()
+            .map(Source::Record)
+            .chain(self.pods.keys().cloned().map(Source::Pod))
+            .collect();
+        for s in sources {
+            self.refresh(s);
+        }
+    }
+
+    /// What `source` contributes now.
+    fn contribution(&self, source: &Source) -> Contribution {
+        let mut c = Contribution::default();
+        match source {
+            Source::Record(key) => {
+                let Some(rec) = self.records.get(key) else {
+                    return c;
+                };
+                let pod = self.pods.get(&rec.container_id);
+                let namespace = rec
+                    .namespace
+                    .as_deref()
+                    .or_else(|| pod.and_then(|p| p.namespace.as_deref()));
+                let mut names = rec.names();
+                if let Some(p) = pod {
+                    names.extend(p.name.as_deref());
+                    names.extend(p.hostname.as_deref());
+                    names.extend(p.app.as_deref());
+                }
+                self.zone.add(&mut c, &names, namespace, &rec.ips, true);
+            }
+            Source::Pod(id) => {
+                let Some(pod) = self.pods.get(id) else {
+                    return c;
+                };
+                if self.record_ids.contains_key(id) {
+                    return c;
+                }
+                let mut names: Vec<&str> = Vec::new();
+                names.extend(pod.name.as_deref());
+                names.extend(pod.app.as_deref());
+                if pod.host_network {
+                    // The hostname of a host-network pod is the node's: not
+                    // a name of this pod.
+                    let lo = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+                    self.zone
+                        .add(&mut c, &names, pod.namespace.as_deref(), &lo, false);
+                } else if !pod.ips.is_empty() {
+                    names.extend(pod.hostname.as_deref());
+                    self.zone
+                        .add(&mut c, &names, pod.namespace.as_deref(), &pod.ips, true);
+                }
+            }
+        }
+        c
+    }
+
+    /// Swap `source`'s old contribution for its current one in the zone.
+    fn refresh(&mut self, source: Source) {
+        let new = self.contribution(&source);
+        let old = self.contributions.remove(&source).unwrap_or_default();
+        if old == new {
+            if !new.forward.is_empty() || !new.reverse.is_empty() {
+                self.contributions.insert(source, new);
+            }
+            return;
+        }
+        for (name, ip) in &old.forward {
+            if let Some(v) = self.zone.forward.get_mut(name) {
+                if let Some(i) = v.iter().position(|e| e == ip) {
+                    v.swap_remove(i);
+                }
+                if v.is_empty() {
+                    self.zone.forward.remove(name);
+                }
+            }
+        }
+        for (ip, name) in &old.reverse {
+            if let Some(v) = self.zone.reverse.get_mut(ip) {
+                if let Some(i) = v.iter().position(|e| e == name) {
+                    v.remove(i);
+                }
+                if v.is_empty() {
+                    self.zone.reverse.remove(ip);
+                }
+            }
+        }
+        for (name, ip) in &new.forward {
+            self.zone.forward.entry(name.clone()).or_default().push(*ip);
+        }
+        for (ip, name) in &new.reverse {
+            self.zone.reverse.entry(*ip).or_default().push(name.clone());
+        }
+        if !new.forward.is_empty() || !new.reverse.is_empty() {
+            self.contributions.insert(source, new);
+        }
     }
 }
 
@@ -167,77 +313,6 @@ fn dns_name(raw: &str) -> Option<String> {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
     ok.then_some(n)
-}
-
-struct ZoneBuilder {
-    domain: Name,
-    ttl: u32,
-    forward: HashMap<LowerName, Vec<IpAddr>>,
-    reverse: HashMap<IpAddr, Name>,
-}
-
-impl ZoneBuilder {
-    fn new(domain: &Name, ttl: u32) -> Self {
-        let mut domain = domain.to_lowercase();
-        domain.set_fqdn(true);
-        Self {
-            domain,
-            ttl,
-            forward: HashMap::new(),
-            reverse: HashMap::new(),
-        }
-    }
-
-    fn add(&mut self, names: &[&str], namespace: Option<&str>, ips: &[IpAddr], ptr: bool) {
-        let namespace = namespace
-            .and_then(dns_name)
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        let domain = self.domain.to_ascii();
-        let domain = domain.trim_end_matches('.');
-        let mut seen = BTreeSet::new();
-        for raw in names {
-            let Some(n) = dns_name(raw) else { continue };
-            if !seen.insert(n.clone()) {
-                continue;
-            }
-            let forms = [
-                format!("{n}."),
-                format!("{n}.{namespace}.svc.{domain}."),
-                format!("{n}.svc.{domain}."),
-                format!("{n}.{domain}."),
-            ];
-            for (i, form) in forms.iter().enumerate() {
-                let Ok(name) = Name::from_ascii(form) else {
-                    continue;
-                };
-                if ptr && i == 1 {
-                    for ip in ips {
-                        self.reverse.entry(*ip).or_insert_with(|| name.clone());
-                    }
-                }
-                let entry = self.forward.entry(LowerName::new(&name)).or_default();
-                for ip in ips {
-                    if !entry.contains(ip) {
-                        entry.push(*ip);
-                    }
-                }
-            }
-        }
-    }
-
-    fn finish(self) -> Zone {
-        let mut forward = self.forward;
-        for ips in forward.values_mut() {
-            ips.sort();
-        }
-        Zone {
-            soa: soa(&self.domain, self.ttl),
-            domain: LowerName::new(&self.domain),
-            ttl: self.ttl,
-            forward,
-            reverse: self.reverse,
-        }
-    }
 }
 
 fn soa(domain: &Name, ttl: u32) -> Record {
@@ -269,20 +344,77 @@ pub enum Answer {
     NotLocal,
 }
 
-/// An immutable index of local names, rebuilt on every change.
+/// The index of local names. A forward entry holds one address per
+/// contribution (duplicates are collapsed when answering); a reverse entry
+/// lists the names claiming an address, the first one answers.
 #[derive(Debug, Clone)]
 pub struct Zone {
     domain: LowerName,
+    domain_text: String,
     ttl: u32,
     soa: Record,
     forward: HashMap<LowerName, Vec<IpAddr>>,
-    reverse: HashMap<IpAddr, Name>,
+    reverse: HashMap<IpAddr, Vec<Name>>,
 }
 
 impl Zone {
     /// An empty zone for `domain`.
     pub fn empty(domain: &Name, ttl: u32) -> Self {
-        ZoneBuilder::new(domain, ttl).finish()
+        let mut domain = domain.to_lowercase();
+        domain.set_fqdn(true);
+        let text = domain.to_ascii();
+        Self {
+            soa: soa(&domain, ttl),
+            domain_text: text.trim_end_matches('.').to_string(),
+            domain: LowerName::new(&domain),
+            ttl,
+            forward: HashMap::new(),
+            reverse: HashMap::new(),
+        }
+    }
+
+    /// The names and PTRs of one source, into `c`.
+    fn add(
+        &self,
+        c: &mut Contribution,
+        names: &[&str],
+        namespace: Option<&str>,
+        ips: &[IpAddr],
+        ptr: bool,
+    ) {
+        let namespace = namespace
+            .and_then(dns_name)
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        let domain = &self.domain_text;
+        let mut seen = BTreeSet::new();
+        for raw in names {
+            let Some(n) = dns_name(raw) else { continue };
+            if !seen.insert(n.clone()) {
+                continue;
+            }
+            let forms = [
+                format!("{n}."),
+                format!("{n}.{namespace}.svc.{domain}."),
+                format!("{n}.svc.{domain}."),
+                format!("{n}.{domain}."),
+            ];
+            for (i, form) in forms.iter().enumerate() {
+                let Ok(name) = Name::from_ascii(form) else {
+                    continue;
+                };
+                if ptr && i == 1 {
+                    for ip in ips {
+                        c.reverse.push((*ip, name.clone()));
+                    }
+                }
+                let lower = LowerName::new(&name);
+                for ip in ips {
+                    if !c.forward.contains(&(lower.clone(), *ip)) {
+                        c.forward.push((lower.clone(), *ip));
+                    }
+                }
+            }
+        }
     }
 
     /// Number of distinct names served.
@@ -295,7 +427,7 @@ impl Zone {
         let mut v: Vec<(String, Vec<IpAddr>)> = self
             .forward
             .iter()
-            .map(|(n, ips)| (n.to_string(), ips.clone()))
+            .map(|(n, ips)| (n.to_string(), sorted_unique(ips)))
             .collect();
         v.sort();
         v
@@ -306,7 +438,7 @@ impl Zone {
         let mut v: Vec<(IpAddr, String)> = self
             .reverse
             .iter()
-            .map(|(ip, n)| (*ip, n.to_string()))
+            .filter_map(|(ip, n)| Some((*ip, n.first()?.to_string())))
             .collect();
         v.sort();
         v
@@ -317,7 +449,7 @@ impl Zone {
         if qtype == RecordType::PTR
             && let Some(ip) = reverse_ip(name)
         {
-            return match self.reverse.get(&ip) {
+            return match self.reverse.get(&ip).and_then(|v| v.first()) {
                 Some(target) => Answer::Records(vec![Record::from_rdata(
                     Name::from(name.clone()),
                     self.ttl,
@@ -328,7 +460,7 @@ impl Zone {
         }
         if let Some(ips) = self.forward.get(name) {
             let owner = Name::from(name.clone());
-            let records: Vec<Record> = ips
+            let records: Vec<Record> = sorted_unique(ips)
                 .iter()
                 .filter_map(|ip| match (ip, qtype) {
                     (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => Some(RData::A(A(*v4))),
@@ -355,6 +487,13 @@ impl Zone {
             Answer::NotLocal
         }
     }
+}
+
+fn sorted_unique(ips: &[IpAddr]) -> Vec<IpAddr> {
+    let mut v = ips.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// The address named by a full `in-addr.arpa.`/`ip6.arpa.` name.
@@ -403,12 +542,12 @@ mod tests {
 
     #[test]
     fn every_name_form_resolves() {
-        let mut s = Store::default();
+        let mut s = Store::new(&domain(), 5);
         s.upsert_record(
             "a_eth0.json".into(),
             att("a", "Camera", Some("iot"), &["172.39.0.5"]),
         );
-        let z = s.zone(&domain(), 5);
+        let z = s.zone().clone();
         for n in [
             "camera.",
             "CAMERA.iot.svc.cluster.local.",
@@ -439,13 +578,13 @@ mod tests {
 
     #[test]
     fn several_pods_one_name_and_aaaa_and_ptr() {
-        let mut s = Store::default();
+        let mut s = Store::new(&domain(), 5);
         s.upsert_record("a".into(), att("a", "web", None, &["172.39.0.6"]));
         s.upsert_record(
             "b".into(),
             att("b", "web", None, &["172.39.0.7", "fd00::7"]),
         );
-        let z = s.zone(&domain(), 5);
+        let z = s.zone().clone();
         assert_eq!(
             ips(&q(&z, "web.default.svc.cluster.local.", RecordType::A)),
             vec!["172.39.0.6", "172.39.0.7"]
@@ -466,13 +605,13 @@ mod tests {
             Answer::NotLocal
         );
         assert!(s.remove_record("a"));
-        let z = s.zone(&domain(), 5);
+        let z = s.zone().clone();
         assert_eq!(ips(&q(&z, "web.", RecordType::A)), vec!["172.39.0.7"]);
     }
 
     #[test]
     fn runtime_adds_hostname_and_app_names() {
-        let mut s = Store::default();
+        let mut s = Store::new(&domain(), 5);
         s.upsert_record(
             "a".into(),
             att("a", "cam-7d9f", Some("iot"), &["172.39.0.5"]),
@@ -483,7 +622,7 @@ mod tests {
             app: app_name(|k| (k == "app").then_some("camera")),
             ..Pod::default()
         });
-        let z = s.zone(&domain(), 5);
+        let z = s.zone().clone();
         for n in [
             "cam-7d9f.",
             "camhost.iot.svc.cluster.local.",
@@ -500,7 +639,7 @@ mod tests {
 
     #[test]
     fn host_network_pods_answer_localhost_without_ptr() {
-        let mut s = Store::default();
+        let mut s = Store::new(&domain(), 5);
         s.upsert_pod(Pod {
             id: "h".into(),
             name: Some("agent-xyz".into()),
@@ -509,7 +648,7 @@ mod tests {
             host_network: true,
             ..Pod::default()
         });
-        let z = s.zone(&domain(), 5);
+        let z = s.zone().clone();
         assert_eq!(ips(&q(&z, "agent.", RecordType::A)), vec!["127.0.0.1"]);
         assert_eq!(ips(&q(&z, "agent-xyz.", RecordType::A)), vec!["127.0.0.1"]);
         assert!(matches!(
@@ -524,14 +663,14 @@ mod tests {
 
     #[test]
     fn runtime_only_pods_with_addresses_are_served() {
-        let mut s = Store::default();
+        let mut s = Store::new(&domain(), 5);
         s.replace_pods([Pod {
             id: "d".into(),
             name: Some("web_1".into()),
             ips: vec![IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2))],
             ..Pod::default()
         }]);
-        let z = s.zone(&domain(), 5);
+        let z = s.zone().clone();
         assert_eq!(ips(&q(&z, "web_1.", RecordType::A)), vec!["172.17.0.2"]);
     }
 
@@ -542,9 +681,9 @@ mod tests {
         assert_eq!(dns_name("a b"), None);
         assert_eq!(dns_name("a..b"), None);
         assert_eq!(dns_name(&"x".repeat(64)), None);
-        let mut s = Store::default();
+        let mut s = Store::new(&domain(), 5);
         s.upsert_record("a".into(), att("a", "bad name", None, &["172.39.0.5"]));
-        assert_eq!(s.zone(&domain(), 5).name_count(), 0);
+        assert_eq!(s.zone().clone().name_count(), 0);
     }
 
     #[test]
@@ -558,5 +697,54 @@ mod tests {
         assert_eq!(app_name(labels), Some("a".into()));
         assert_eq!(app_name(|k| (k == "name").then_some("c")), Some("c".into()));
         assert_eq!(app_name(|_| Some("")), None);
+    }
+
+    #[test]
+    fn incremental_updates_match_a_full_rebuild() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut s = Store::new(&domain(), 5);
+        for _ in 0..600 {
+            let id = format!("c{}", rnd(12));
+            let key = format!("{id}_eth{}", rnd(2));
+            match rnd(5) {
+                0 | 1 => {
+                    let ip = format!("172.39.0.{}", rnd(6) + 2);
+                    let pod = format!("p{}", rnd(5));
+                    let mut a = att(&id, &pod, Some(["iot", "default"][rnd(2) as usize]), &[&ip]);
+                    a.ifname = key.clone();
+                    s.upsert_record(key, a);
+                }
+                2 => {
+                    s.remove_record(&key);
+                }
+                3 => s.upsert_pod(Pod {
+                    id,
+                    name: Some(format!("p{}", rnd(5))),
+                    hostname: Some(format!("h{}", rnd(3))),
+                    app: Some(format!("a{}", rnd(3))),
+                    host_network: rnd(3) == 0,
+                    ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, rnd(4) as u8))],
+                    ..Pod::default()
+                }),
+                _ => {
+                    s.remove_pod(&id);
+                }
+            }
+            let mut fresh = Store::new(&domain(), 5);
+            fresh.replace_records(s.records.clone());
+            fresh.replace_pods(s.pods.values().cloned());
+            assert_eq!(s.zone().entries(), fresh.zone().entries());
+            let mut mine: Vec<IpAddr> = s.zone().reverse.keys().copied().collect();
+            let mut theirs: Vec<IpAddr> = fresh.zone().reverse.keys().copied().collect();
+            mine.sort();
+            theirs.sort();
+            assert_eq!(mine, theirs);
+        }
     }
 }

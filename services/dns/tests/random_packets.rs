@@ -29,7 +29,8 @@ impl Rng {
 }
 
 fn handler() -> Handler {
-    let mut store = Store::default();
+    let domain = Name::from_ascii("cluster.local.").unwrap_or_else(|_| Name::root());
+    let mut store = Store::new(&domain, 5);
     let rec = |id: &str, pod: &str, ip: &str| smarter_common::records::Record {
         version: smarter_common::records::VERSION,
         container_id: id.into(),
@@ -48,7 +49,6 @@ fn handler() -> Handler {
         host_network: true,
         ..Pod::default()
     });
-    let domain = Name::from_ascii("cluster.local.").unwrap_or_else(|_| Name::root());
     let metrics = Arc::new(Metrics::default());
     // No upstreams: forwarding fails fast with SERVFAIL, no network.
     let fwd = Forwarder::new(
@@ -61,11 +61,7 @@ fn handler() -> Handler {
         Vec::new(),
         Arc::clone(&metrics),
     );
-    Handler::new(
-        ZoneHandle::new(store.zone(&domain, 5)),
-        Arc::new(fwd),
-        metrics,
-    )
+    Handler::new(ZoneHandle::new(store), Arc::new(fwd), metrics)
 }
 
 fn seeds() -> Vec<Vec<u8>> {

@@ -23,7 +23,7 @@ struct Ctx {
 fn ctx() -> &'static Ctx {
     static CTX: OnceLock<Ctx> = OnceLock::new();
     CTX.get_or_init(|| {
-        let mut store = Store::default();
+        let mut store = Store::new(&Name::from_ascii("cluster.local.").unwrap(), 5);
         store.upsert_record(
             "a".into(),
             smarter_common::records::Record {
@@ -54,10 +54,9 @@ fn ctx() -> &'static Ctx {
             Vec::new(),
             Arc::clone(&metrics),
         );
-        let zone = store.zone(&Name::from_ascii("cluster.local.").unwrap(), 5);
         Ctx {
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
-            handler: Handler::new(ZoneHandle::new(zone), Arc::new(fwd), metrics),
+            handler: Handler::new(ZoneHandle::new(store), Arc::new(fwd), metrics),
         }
     })
 }
