@@ -17,7 +17,7 @@ APT_PACKAGES=(
     qemu-user-static file
     # test peers
     iproute2 iptables nftables iputils-ping busybox-static dnsutils dnsmasq-base dnsperf
-    openssh-client openssh-server containernetworking-plugins
+    openssh-client openssh-server openssh-sftp-server openssl util-linux containernetworking-plugins
     docker.io skopeo umoci jq
     python3 python3-venv python3-pip
 )
