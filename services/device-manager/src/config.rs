@@ -49,6 +49,9 @@ pub struct Config {
     /// Reload when the config file changes (an edit or a ConfigMap update),
     /// as on SIGHUP.
     pub watch_config: bool,
+    /// Where to write CDI spec files for rules with `cdi_kind` (e.g.
+    /// `/var/run/cdi`); empty writes none (the names are still returned).
+    pub cdi_spec_dir: String,
     /// The rules. Absent means the original's default rules.
     pub rules: Option<Vec<RuleConfig>>,
 }
@@ -63,6 +66,7 @@ impl Default for Config {
             health_interval_secs: DEFAULT_HEALTH_INTERVAL_SECS,
             metrics_address: String::new(),
             watch_config: true,
+            cdi_spec_dir: String::new(),
             rules: None,
         }
     }
@@ -241,6 +245,13 @@ impl Validate for Config {
                     "must be an absolute path",
                 ));
             }
+        }
+        if !self.cdi_spec_dir.is_empty() && !self.cdi_spec_dir.starts_with('/') {
+            return Err(Invalid::new(
+                "cdi_spec_dir",
+                &self.cdi_spec_dir,
+                "must be an absolute path (e.g. /var/run/cdi) or empty",
+            ));
         }
         if !self.metrics_address.is_empty()
             && self

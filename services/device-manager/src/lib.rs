@@ -20,6 +20,7 @@
 //!
 //! See `services/device-manager/README.md` for the configuration reference.
 
+pub mod cdi;
 pub mod config;
 pub mod discover;
 pub mod metrics;

@@ -22,6 +22,7 @@ use std::time::Duration;
 use smarter_common::signals::Event;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::cdi::CdiWriter;
 use crate::config::Config;
 use crate::discover::{self, Discovery};
 use crate::plugin::{self, Ctl, PluginHandle, Shared};
@@ -66,6 +67,7 @@ struct Supervisor {
     shared: Arc<Shared>,
     plugins: BTreeMap<String, PluginHandle>,
     problems: BTreeSet<String>,
+    cdi: Option<CdiWriter>,
 }
 
 enum Wake {
@@ -122,7 +124,10 @@ pub async fn run(
         ))))
     };
 
+    let cdi = (!config.cdi_spec_dir.is_empty())
+        .then(|| CdiWriter::new(std::path::Path::new(&config.cdi_spec_dir)));
     let mut sup = Supervisor {
+        cdi,
         config,
         rules: Arc::new(rules),
         shared,
@@ -259,6 +264,16 @@ impl Supervisor {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .apply(d, mode);
+        // CDI specs first: a device is advertised only once its spec exists.
+        if let Some(w) = self.cdi.as_mut() {
+            w.sync(
+                &self
+                    .shared
+                    .registry
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
         self.shared.publish();
         for (name, key) in &changes.renumbered {
             tracing::info!(
@@ -328,6 +343,8 @@ impl Supervisor {
                 "health_interval_secs",
                 new.health_interval_secs != self.config.health_interval_secs,
             ),
+            ("cdi_spec_dir", new.cdi_spec_dir != self.config.cdi_spec_dir),
+            ("watch_config", new.watch_config != self.config.watch_config),
         ] {
             if changed {
                 tracing::warn!(field, "changed in config; takes effect after a restart");

@@ -447,3 +447,36 @@ async fn udev_database_written_after_the_node_is_picked_up() -> R {
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdi_spec_files_follow_hotplug() -> R {
+    if !can_mknod("cdi_spec_files_follow_hotplug") {
+        return Ok(());
+    }
+    let mut env = Env::new("dm.toml")?;
+    let cdi = env.tmp.path().join("cdi");
+    env.write_config(&format!(
+        "health_interval_secs = 0\ncdi_spec_dir = \"{}\"\n[[rules]]\nname = \"serial\"\npath = \"^ttyUSB[0-9]+$\"\nid = \"path\"\ncdi_kind = \"smarter.io/serial\"\n",
+        cdi.display()
+    ))?;
+    env.mknod("ttyUSB0", 188, 0)?;
+    let k = FakeKubelet::start(&env.plugins)?;
+    env.spawn(&[])?;
+    k.wait_for("smarter-devices/serial", T, |p| healthy(p, "ttyUSB0"))
+        .await?;
+    let spec = cdi.join("smarter-smarter.io_serial.json");
+    let read = || std::fs::read_to_string(&spec).unwrap_or_default();
+    assert!(read().contains("\"name\": \"ttyUSB0\""), "{}", read());
+    let a = k.allocate("smarter-devices/serial", &["ttyUSB0"]).await?;
+    assert_eq!(a.cdi_devices[0].name, "smarter.io/serial=ttyUSB0");
+    // Hotplug updates the spec: a new device is added, a removed one dropped.
+    env.mknod("ttyUSB1", 188, 1)?;
+    k.wait_for("smarter-devices/serial", T, |p| healthy(p, "ttyUSB1"))
+        .await?;
+    assert!(read().contains("\"name\": \"ttyUSB1\""), "{}", read());
+    std::fs::remove_file(env.dev.join("ttyUSB0"))?;
+    k.wait_for("smarter-devices/serial", T, |p| unhealthy(p, "ttyUSB0"))
+        .await?;
+    assert!(!read().contains("\"name\": \"ttyUSB0\""), "{}", read());
+    Ok(())
+}
