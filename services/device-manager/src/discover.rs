@@ -424,7 +424,7 @@ fn pooled_key(
     fit_key(&rules::sanitize(&raw))
 }
 
-/// Keys longer than [`MAX_KEY_LEN`] keep their head and get a hash tail.
+/// Keys longer than 48 characters keep their head and get a hash tail.
 pub fn fit_key(key: &str) -> String {
     if key.len() <= MAX_KEY_LEN {
         return key.to_string();

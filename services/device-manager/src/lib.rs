@@ -10,7 +10,8 @@
 //!   GetPreferredAllocation (pure).
 //! * [`plugin`] serves one `DevicePlugin` gRPC server per resource on
 //!   `smarter-<name>.sock` and registers it with the kubelet;
-//!   [`service`] wires scans, inotify ([`watch`]), signals and plugins.
+//!   [`service`] wires scans, inotify ([`watch`]), signals and plugins;
+//!   [`cdi`] writes CDI spec files and [`metrics`] serves `/metrics`.
 //!
 //! Limitations: hotplug uses inotify on the device root, not a udev netlink
 //! monitor (see `docs/decisions/0010-device-manager-inotify-not-libudev.md`); udev
