@@ -11,6 +11,7 @@
 # Needs root (a private network namespace), dnsperf, dnsmasq, python3.
 # Usage: bench/dns/run.sh [seconds-per-run]   (default 10)
 #        SMARTER_DNS_BIN=path/to/release/smarter-dns bench/dns/run.sh   (skip the build)
+#        WORKERS=2 bench/dns/run.sh   (smarter-dns worker_threads; dnsmasq is single-threaded)
 set -euo pipefail
 
 SECS=${1:-10}
@@ -76,6 +77,7 @@ resolv_conf = "$WORK/resolv.conf"
 listen = ["127.0.0.2"]
 dummy_interface = ""
 ttl = 5
+worker_threads = ${WORKERS:-1}
 TOML
 ip netns exec "$NS" "$BIN" --config "$WORK/dns.toml" --log-level warn &
 PIDS+=($!)

@@ -76,7 +76,8 @@ pub struct Config {
     /// host-network pods under CRI, repairs missed events).
     pub runtime_resync_s: u64,
     /// Threads answering queries: 1 runs everything on one thread (lowest
-    /// latency, like dnsmasq); more use a multi-threaded runtime.
+    /// latency, like dnsmasq); more use a multi-threaded runtime with one
+    /// UDP socket per thread on each address (`SO_REUSEPORT`).
     pub worker_threads: usize,
 }
 

@@ -53,6 +53,9 @@ pub fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), ServiceError> 
     let udp = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
         .map_err(err("create udp socket for"))?;
     set_common(&udp, addr).map_err(err("configure udp socket for"))?;
+    // More sockets may join this address (one per worker thread).
+    udp.set_reuse_port(true)
+        .map_err(err("configure udp socket for"))?;
     udp.bind(&addr.into()).map_err(err("bind udp"))?;
     // With port 0 (tests), TCP takes the same port as UDP.
     let addr = udp
@@ -70,6 +73,19 @@ pub fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), ServiceError> 
     let udp = UdpSocket::from_std(udp.into()).map_err(err("register udp"))?;
     let tcp = TcpListener::from_std(tcp.into()).map_err(err("register tcp"))?;
     Ok((udp, tcp))
+}
+
+/// Another UDP socket on the address of an existing one (`SO_REUSEPORT`):
+/// the kernel spreads clients over the sockets, one per worker thread.
+pub fn bind_udp_again(addr: SocketAddr) -> Result<UdpSocket, ServiceError> {
+    let err = |op| move |source| ServiceError::Socket { op, addr, source };
+    let udp = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(err("create udp socket for"))?;
+    set_common(&udp, addr).map_err(err("configure udp socket for"))?;
+    udp.set_reuse_port(true)
+        .map_err(err("configure udp socket for"))?;
+    udp.bind(&addr.into()).map_err(err("bind udp"))?;
+    UdpSocket::from_std(udp.into()).map_err(err("register udp"))
 }
 
 fn set_common(s: &Socket, addr: SocketAddr) -> std::io::Result<()> {
@@ -215,6 +231,12 @@ pub fn start(
     let handler = Handler::new(names.zone(), forwarder, metrics);
     let (udp, tcp): (Vec<_>, Vec<_>) = sockets.into_iter().unzip();
     for u in udp {
+        if let Ok(addr) = u.local_addr() {
+            for _ in 1..config.worker_threads {
+                let extra = bind_udp_again(addr)?;
+                tasks.spawn(crate::server::serve_udp(extra, handler.clone()));
+            }
+        }
         tasks.spawn(crate::server::serve_udp(u, handler.clone()));
     }
     let server = serve(handler, tcp);
