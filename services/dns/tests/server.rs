@@ -339,3 +339,54 @@ async fn resolv_conf_change_switches_upstream() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_counts_queries_and_records() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    write_record(
+        &cfg.records_dir,
+        &record("c1", "camera", "iot", &["172.39.0.5"]),
+    )?;
+    write_record(
+        &cfg.records_dir,
+        &record("c2", "web", "iot", &["172.39.0.6"]),
+    )?;
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let running = start(
+        &cfg,
+        vec![bind(SocketAddr::new(cfg.listen[0], 0))?],
+        Some(metrics),
+    )?;
+    let server = running.dns_addrs[0];
+    let maddr = running.metrics_addr.ok_or("no metrics address")?;
+    for _ in 0..3 {
+        assert_eq!(a(server, "camera.").await.len(), 1);
+    }
+    tcp_query(server, "cluster.local.", RecordType::AXFR).await?;
+    let mut s = tokio::net::TcpStream::connect(maddr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    for line in [
+        "smarter_dns_queries_total 4",
+        "smarter_dns_local_answers_total 3",
+        "smarter_dns_refused_total 1",
+        "smarter_dns_records 2",
+        "smarter_dns_names 8",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+    let mut s = tokio::net::TcpStream::connect(maddr).await?;
+    s.write_all(b"GET /other HTTP/1.1\r\n\r\n").await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    assert!(body.starts_with("HTTP/1.1 404"), "{body}");
+    Ok(())
+}
