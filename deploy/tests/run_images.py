@@ -61,8 +61,7 @@ WORKLOADS = {
 
 # (workload, check) -> why it cannot pass yet. Remove entries as features land (XPASS says so).
 KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("smarter-comms", "version"): "`smarter-comms --version` prints the package name `smarter-debug` (issue 6)",
-    ("smarter-debug-agent", "version"): "`smarter-debug-agent --version` prints the package name `smarter-debug` (issue 6)",
+    # e.g. ("smarter-dns", "answers"): "why it cannot pass yet (issue N)",
 }
 
 QEMU = {"arm64": "qemu-aarch64-static", "armv7": "qemu-arm-static"}
