@@ -307,10 +307,15 @@ impl Netlink {
             .collect())
     }
 
-    /// Create a bridge.
+    /// Create a bridge with a fixed MAC address ([`random_mac`]): a bridge
+    /// whose MAC the kernel chose takes the lowest MAC of its ports, so it
+    /// changes when that pod leaves, and every other pod's ARP entry for the
+    /// gateway goes stale (no DNS, no default route) until it expires.
     pub fn add_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<(), NetlinkError> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes
+            .push(LinkAttribute::Address(random_mac().to_vec()));
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
@@ -539,4 +544,18 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+/// A random locally administered unicast MAC address (what the kernel picks
+/// for a new bridge, but given explicitly, so the kernel keeps it).
+pub fn random_mac() -> [u8; 6] {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's random source.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    let b = h.finish().to_le_bytes();
+    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }

@@ -224,6 +224,57 @@ fn fifty_parallel_adds_get_distinct_addresses_and_ping() {
     assert_eq!(allocations(&n), 0);
 }
 
+/// The bridge keeps one MAC while pods come and go. Left to the kernel, a
+/// bridge takes the lowest MAC of its ports, so when that pod left, the
+/// others' ARP entries for the gateway went stale and they lost DNS and
+/// their default route for up to a minute (found by smarter-dns's
+/// `cni_e2e` test).
+#[test]
+fn bridge_mac_stays_while_pods_come_and_go() {
+    if !can_run() {
+        return;
+    }
+    let n = net("1.1.0", "10.211.0.0/24", json!({}));
+    let pods: Vec<Netns> = (0..4)
+        .map(|i| Netns::new(&format!("cnim{i}{}", tag())))
+        .collect();
+    let sys = |f: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{}/{f}", n.bridge))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let mut mac = String::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let id = format!("mac-{i}");
+        let (code, r) = Call::new("ADD", &id, Some(&pod.path)).run(&n.conf);
+        assert_eq!(code, 0, "{r}");
+        if i == 0 {
+            mac = sys("address");
+            // 3 = NET_ADDR_SET: the kernel no longer picks it.
+            assert_eq!(sys("addr_assign_type"), "3", "bridge MAC not pinned");
+        }
+        assert_eq!(sys("address"), mac, "bridge MAC changed on ADD {i}");
+        assert!(pod.ping(&n.gateway), "pod {i} -> bridge");
+    }
+    // Every pod but the last leaves; the others keep reaching the gateway
+    // through the MAC they have cached.
+    for (i, pod) in pods.iter().enumerate().take(3) {
+        let id = format!("mac-{i}");
+        assert_eq!(Call::new("DEL", &id, Some(&pod.path)).run(&n.conf).0, 0);
+        assert_eq!(sys("address"), mac, "bridge MAC changed on DEL {i}");
+        for (j, other) in pods.iter().enumerate().skip(i + 1) {
+            assert!(other.ping(&n.gateway), "pod {j} -> bridge after DEL {i}");
+        }
+    }
+    assert_eq!(
+        Call::new("DEL", "mac-3", Some(&pods[3].path))
+            .run(&n.conf)
+            .0,
+        0
+    );
+}
+
 fn state_snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for e in walk(dir) {
