@@ -4,6 +4,8 @@
 //! `info` or `smarter_dns=debug,info`); `RUST_LOG` overrides it when set, as
 //! users of other Rust services expect.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// The filter directive was not understood.
@@ -32,6 +34,8 @@ pub fn init(directive: &str) -> Result<(), LogError> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: `kubectl logs` and journald show raw escapes.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .compact()
         .try_init();
