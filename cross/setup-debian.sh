@@ -16,9 +16,9 @@ APT_PACKAGES=(
     libudev-dev:arm64 libudev-dev:armhf
     qemu-user-static file
     # test peers
-    iproute2 iptables nftables iputils-ping busybox-static dnsutils dnsmasq-base dnsperf
+    iproute2 iptables nftables iputils-ping busybox-static bind9-dnsutils dnsmasq-base dnsperf
     openssh-client openssh-server openssh-sftp-server openssl util-linux containernetworking-plugins
-    docker.io skopeo umoci jq
+    docker.io containerd skopeo jq
     python3 python3-venv python3-pip
 )
 
