@@ -48,6 +48,8 @@ comms_address = "127.0.0.1:$SSH_PORT"
 comms_host_key = "$(cat "$T/comms/host_key.pub")"
 gateway_name = "bench-gw"
 state_dir = "$T/agent"
+# The agent runs on this host, not in a hostPID pod: sessions stay in its namespaces.
+host_namespaces_pid = 0
 EOF
 "$BIN_DIR/smarter-debug-agent" --config "$T/agent.toml" --log-level warn 2>"$T/agent.log" &
 PIDS+=($!)
