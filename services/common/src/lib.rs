@@ -10,6 +10,8 @@
 //!   writes and `smarter-dns` reads.
 //! * [`cli`]: the flags every binary shares (`--config`, `--check-config`,
 //!   `--log-level`).
+//! * `generated` (feature `test-util`, tests only): checks that committed
+//!   gRPC code is what `tonic-prost-build` makes from its `.proto` today.
 //!
 //! Nothing else belongs here: a module moves in only when a second service
 //! needs it.
@@ -17,6 +19,8 @@
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "test-util")]
+pub mod generated;
 pub mod logging;
 pub mod records;
 pub mod signals;
