@@ -75,6 +75,21 @@ fn not_found(what: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, format!("{what} not found"))
 }
 
+/// The grant named by a path segment: 400 when it is not a number, 404 when
+/// there is no such grant.
+fn grant_by_id(
+    store: &crate::comms::store::Store,
+    id: &str,
+) -> Result<crate::policy::Grant, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| bad(format!("invalid grant id {id:?}")))?;
+    let grant = store
+        .grant(id)?
+        .ok_or_else(|| not_found(format!("grant {id}")))?;
+    Ok(grant)
+}
+
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Resp {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -414,27 +429,17 @@ impl Api {
                 Ok(json(StatusCode::CREATED, &row))
             }
             (&Method::GET, ["v1", "grants", id]) => {
-                let id: i64 = id
-                    .parse()
-                    .map_err(|_| bad(format!("invalid grant id {id:?}")))?;
-                let g = store
-                    .grant(id)?
-                    .ok_or_else(|| not_found(format!("grant {id}")))?;
+                let g = grant_by_id(store, id)?;
                 Ok(json(StatusCode::OK, &g))
             }
             (&Method::DELETE, ["v1", "grants", id]) => {
-                let id: i64 = id
-                    .parse()
-                    .map_err(|_| bad(format!("invalid grant id {id:?}")))?;
-                let g = store
-                    .grant(id)?
-                    .ok_or_else(|| not_found(format!("grant {id}")))?;
-                store.delete_grant(id)?;
+                let g = grant_by_id(store, id)?;
+                store.delete_grant(g.id)?;
                 self.admin_audit(
                     "grant.revoke",
                     Some(&g.developer),
                     Some(&g.gateway),
-                    &format!("grant {id}"),
+                    &format!("grant {}", g.id),
                 );
                 self.hub.state_changed();
                 Ok(no_content())
