@@ -52,8 +52,26 @@ pub struct Config {
     /// Where to write CDI spec files for rules with `cdi_kind` (e.g.
     /// `/var/run/cdi`); empty writes none (the names are still returned).
     pub cdi_spec_dir: String,
+    /// Hotplug source: `auto` (the udev monitor when a udev daemon listens
+    /// on `control` next to `udev_data_dir`, else inotify), `udev` or
+    /// `inotify`. See the README's hotplug section.
+    pub hotplug: Hotplug,
     /// The rules. Absent means the original's default rules.
     pub rules: Option<Vec<RuleConfig>>,
+}
+
+/// Where hotplug events come from (`hotplug = "auto" | "udev" | "inotify"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hotplug {
+    /// The udev monitor when a udev daemon runs, else inotify.
+    #[default]
+    Auto,
+    /// The udev monitor (inotify when this build has no udev feature or the
+    /// monitor socket cannot be opened).
+    Udev,
+    /// inotify on the device root and the udev database only.
+    Inotify,
 }
 
 impl Default for Config {
@@ -67,6 +85,7 @@ impl Default for Config {
             metrics_address: String::new(),
             watch_config: true,
             cdi_spec_dir: String::new(),
+            hotplug: Hotplug::Auto,
             rules: None,
         }
     }
@@ -476,6 +495,19 @@ mod tests {
         let e = err("x.toml", "[[rules]]\npath = \"x\"\nmax_user = 2\n");
         assert!(e.contains("x.toml:3:1"), "{e}");
         assert!(e.contains("max_user"), "{e}");
+    }
+
+    #[test]
+    fn hotplug_source_field() -> Result<(), ConfigError> {
+        assert_eq!(Config::default().hotplug, Hotplug::Auto);
+        let c = parse(Path::new("x.toml"), "hotplug = \"udev\"\n")?;
+        assert_eq!(c.hotplug, Hotplug::Udev);
+        let c = parse(Path::new("x.toml"), "hotplug = \"inotify\"\n")?;
+        assert_eq!(c.hotplug, Hotplug::Inotify);
+        let e = err("x.toml", "hotplug = \"netlink\"\n");
+        assert!(e.contains("x.toml:1:"), "{e}");
+        assert!(e.contains("netlink"), "{e}");
+        Ok(())
     }
 
     #[test]

@@ -13,9 +13,10 @@
 //!   [`service`] wires scans, inotify ([`watch`]), signals and plugins;
 //!   [`cdi`] writes CDI spec files and [`metrics`] serves `/metrics`.
 //!
-//! Limitations: hotplug uses inotify on the device root, not a udev netlink
-//! monitor (see `docs/decisions/0010-device-manager-inotify-not-libudev.md`); udev
-//! properties come from sysfs and `/run/udev/data` without libudev. The
+//! Hotplug: the udev monitor ([`udev_monitor`], cargo feature `udev`, on by
+//! default) where a udev daemon runs, inotify on the device root otherwise
+//! (see `docs/decisions/0014-udev-monitor.md`); udev properties come from
+//! the monitor's events, sysfs and `/run/udev/data`. The
 //! kubelet API needs one socket, server and connection per resource: about
 //! 55 KiB each, so thousands of per-node resources are better pooled.
 //!
@@ -31,4 +32,5 @@ pub mod registry;
 pub mod rules;
 pub mod scan;
 pub mod service;
+pub mod udev_monitor;
 pub mod watch;

@@ -27,6 +27,12 @@ pub fn minor(rdev: u64) -> u64 {
     ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)
 }
 
+/// A kernel `dev_t` from major and minor (the inverse of [`major`] and
+/// [`minor`]).
+pub fn makedev(major: u64, minor: u64) -> u64 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12) | ((major & !0xfff) << 32)
+}
+
 /// Walk `dev_root` (to [`MAX_DEPTH`]) and `<sys_root>/devices` for Jetson
 /// GPUs. Unreadable parts are skipped: a scan never fails, it sees less.
 /// Also returns every directory seen, for the watcher.
@@ -232,6 +238,8 @@ mod tests {
         assert_eq!((major(188 << 8 | 3), minor(188 << 8 | 3)), (188, 3));
         let big = (70000u64 & 0xff) | (259 << 8) | ((70000u64 & !0xff) << 12);
         assert_eq!((major(big), minor(big)), (259, 70000));
+        assert_eq!(makedev(259, 70000), big);
+        assert_eq!(makedev(188, 3), 188 << 8 | 3);
     }
 
     #[test]

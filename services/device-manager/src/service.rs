@@ -1,6 +1,7 @@
 //! The running service: scans, hotplug, health checks, plugins, signals.
 //!
-//! * A device-tree event (inotify) or the periodic health check triggers a
+//! * A device-tree event (the udev monitor or inotify, see [`Hotplug`]) or
+//!   the periodic health check triggers a
 //!   rescan; the registry marks vanished devices Unhealthy, returning ones
 //!   Healthy, and the change is pushed to every ListAndWatch stream.
 //! * A resource that appears gets a plugin task ([`crate::plugin::spawn`]);
@@ -29,7 +30,8 @@ use crate::plugin::{self, Ctl, PluginHandle, Shared};
 use crate::registry::Mode;
 use crate::rules::{self, Rule};
 use crate::scan::{self, SysfsInfo};
-use crate::watch::{ConfigWatcher, DevWatcher, PluginDirEvent, PluginDirWatcher, WatchError};
+use crate::udev_monitor::{self, EventProps, LiveInfo};
+use crate::watch::{Change, ConfigWatcher, Hotplug, PluginDirEvent, PluginDirWatcher, WatchError};
 
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +70,13 @@ struct Supervisor {
     plugins: BTreeMap<String, PluginHandle>,
     problems: BTreeSet<String>,
     cdi: Option<CdiWriter>,
+    /// Properties from udev events, used for matching.
+    udev_props: Arc<EventProps>,
 }
 
 enum Wake {
     Signal(Option<Event>),
-    Dev(Option<usize>),
+    Dev(Option<Change>),
     PluginDir(Option<PluginDirEvent>),
     ConfigFile(Option<()>),
     Tick,
@@ -93,7 +97,11 @@ pub async fn run(
         source,
     })?;
     let mut plugin_watch = PluginDirWatcher::new(&config.plugin_dir)?;
-    let mut dev_watch = DevWatcher::new()?;
+    let udev_props = Arc::new(EventProps::default());
+    let control = udev_monitor::control_socket(&config.udev_data_dir);
+    let (source, reason) = udev_monitor::choose(config.hotplug, &control);
+    let mut dev_watch = Hotplug::new(source, &config.dev_root, Arc::clone(&udev_props))?;
+    tracing::info!(source = %dev_watch.source(), reason = %reason, "hotplug source chosen");
     let mut config_watch = match config_file.as_deref().map(ConfigWatcher::new) {
         Some(Ok(w)) => Some(w),
         Some(Err(e)) => {
@@ -133,6 +141,7 @@ pub async fn run(
         shared,
         plugins: BTreeMap::new(),
         problems: BTreeSet::new(),
+        udev_props,
     };
     let d = sup.scan(&mut dev_watch).await;
     sup.apply(&d, Mode::Reload).await;
@@ -171,14 +180,18 @@ pub async fn run(
         match wake {
             Wake::Signal(Some(Event::Reload)) => sup.reload(&reload, &mut dev_watch).await,
             Wake::Signal(Some(Event::Stop) | None) => break,
-            Wake::Dev(Some(n)) => {
-                tracing::debug!(events = n, "device tree changed");
+            Wake::Dev(Some(change)) => {
+                tracing::debug!(?change, "device tree changed");
                 let d = sup.scan(&mut dev_watch).await;
                 sup.apply(&d, Mode::Rescan).await;
             }
             Wake::Dev(None) => {
                 tracing::error!("device tree watch ended; relying on health checks");
-                dev_watch = DevWatcher::new()?;
+                dev_watch = Hotplug::new(
+                    dev_watch.source(),
+                    &sup.config.dev_root,
+                    Arc::clone(&sup.udev_props),
+                )?;
             }
             Wake::PluginDir(Some(ev)) => sup.plugin_dir_event(ev),
             Wake::PluginDir(None) => {
@@ -213,19 +226,22 @@ impl Drop for AbortOnDrop {
 
 impl Supervisor {
     /// Scan the device tree and apply the rules, off the async threads.
-    async fn scan(&mut self, watcher: &mut DevWatcher) -> Discovery {
+    async fn scan(&mut self, watcher: &mut Hotplug) -> Discovery {
         // Twice at most: a second pass when new directories got watches, so
         // nothing created in them before the watch was added is missed.
         let mut result = Discovery::default();
         for _ in 0..2 {
             let rules = Arc::clone(&self.rules);
             let dev_root = self.config.dev_root.clone();
-            let info = SysfsInfo {
-                sys_root: self.config.sys_root.clone(),
-                udev_data_dir: self.config.udev_data_dir.clone(),
+            let info = LiveInfo {
+                base: SysfsInfo {
+                    sys_root: self.config.sys_root.clone(),
+                    udev_data_dir: self.config.udev_data_dir.clone(),
+                },
+                events: Arc::clone(&self.udev_props),
             };
             let joined = tokio::task::spawn_blocking(move || {
-                let (inv, dirs) = scan::scan(&dev_root, &info.sys_root);
+                let (inv, dirs) = scan::scan(&dev_root, &info.base.sys_root);
                 (discover::discover(&rules, &inv, &info, &dev_root), dirs)
             })
             .await;
@@ -242,7 +258,8 @@ impl Supervisor {
             // udev writes its database after the node appears; watching it
             // re-runs the rules once udev-only properties (ID_SERIAL, ID_PATH)
             // are known. Absent without a udev daemon: then nothing to watch.
-            if self.config.udev_data_dir.is_dir() {
+            // With the udev monitor its events say so instead.
+            if watcher.watches_udev_data() && self.config.udev_data_dir.is_dir() {
                 dirs.push(self.config.udev_data_dir.clone());
             }
             if !watcher.watch_dirs(&dirs) {
@@ -317,7 +334,7 @@ impl Supervisor {
         }
     }
 
-    async fn reload(&mut self, reload: &Reloader, watcher: &mut DevWatcher) {
+    async fn reload(&mut self, reload: &Reloader, watcher: &mut Hotplug) {
         let new = match reload() {
             Ok(c) => c,
             Err(e) => {
@@ -345,6 +362,7 @@ impl Supervisor {
             ),
             ("cdi_spec_dir", new.cdi_spec_dir != self.config.cdi_spec_dir),
             ("watch_config", new.watch_config != self.config.watch_config),
+            ("hotplug", new.hotplug != self.config.hotplug),
         ] {
             if changed {
                 tracing::warn!(field, "changed in config; takes effect after a restart");

@@ -1,5 +1,6 @@
 //! inotify watchers: the device tree (hotplug) and the plugin directory
-//! (kubelet restarts, our sockets deleted).
+//! (kubelet restarts, our sockets deleted); [`Hotplug`] joins the device
+//! tree watcher with the udev monitor.
 //!
 //! The device tree watcher watches every directory a scan found (inotify is
 //! not recursive); the service adds new ones after each scan and rescans once
@@ -10,10 +11,13 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio_stream::StreamExt;
+
+use crate::udev_monitor::{EventProps, HotplugSource, Monitor};
 
 /// Errors setting up inotify.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +115,137 @@ impl DevWatcher {
                 // Overflow or a read error: a rescan covers it.
                 tracing::warn!(error = %e, "inotify read error on device tree");
                 true
+            }
+        }
+    }
+}
+
+/// How long a device-tree change waits for a udev event before it rescans
+/// on its own (udev source only). udev announces a kernel device a few ms
+/// after devtmpfs made its node, once its links and properties exist; a node
+/// udev never announces (made by hand, or udev's events do not reach this
+/// network namespace) is rescanned after this.
+pub const UDEV_GRACE: Duration = Duration::from_millis(40);
+
+/// Why the device tree should be rescanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// inotify events (inotify source).
+    Inotify(usize),
+    /// udev events about device nodes (or lost events).
+    Udev(usize),
+    /// inotify events no udev event followed within [`UDEV_GRACE`].
+    InotifyUnannounced,
+    /// The udev monitor failed; now inotify only.
+    UdevFailed,
+}
+
+/// Hotplug events from the chosen source: the udev monitor with inotify on
+/// the device tree as a late fallback, or inotify alone.
+#[derive(Debug)]
+pub struct Hotplug {
+    dev: DevWatcher,
+    monitor: Option<Monitor>,
+    props: Arc<EventProps>,
+    pending: Option<tokio::time::Instant>,
+}
+
+impl Hotplug {
+    /// Start watching with `source`. A udev monitor that cannot be opened
+    /// is logged and inotify is used. Call inside a tokio runtime.
+    pub fn new(
+        source: HotplugSource,
+        dev_root: &Path,
+        props: Arc<EventProps>,
+    ) -> Result<Self, WatchError> {
+        let monitor = match source {
+            HotplugSource::Inotify => None,
+            HotplugSource::Udev => match Monitor::new(dev_root) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "udev monitor unavailable; hotplug falls back to inotify");
+                    None
+                }
+            },
+        };
+        Ok(Self {
+            dev: DevWatcher::new()?,
+            monitor,
+            props,
+            pending: None,
+        })
+    }
+
+    /// The source in use now.
+    pub fn source(&self) -> HotplugSource {
+        if self.monitor.is_some() {
+            HotplugSource::Udev
+        } else {
+            HotplugSource::Inotify
+        }
+    }
+
+    /// Should the udev database directory be watched too? Only without the
+    /// monitor: its events already say when udev has finished a device.
+    pub fn watches_udev_data(&self) -> bool {
+        self.monitor.is_none()
+    }
+
+    /// Watch these device-tree directories too; true when any was new.
+    pub fn watch_dirs(&mut self, dirs: &[PathBuf]) -> bool {
+        self.dev.watch_dirs(dirs)
+    }
+
+    /// Wait until the device tree should be rescanned. `None` if the inotify
+    /// stream ended. Cancel-safe.
+    pub async fn changed(&mut self) -> Option<Change> {
+        loop {
+            let pending = self.pending;
+            tokio::select! {
+                n = self.dev.changed() => {
+                    let n = n?;
+                    if self.monitor.is_none() {
+                        return Some(Change::Inotify(n));
+                    }
+                    if self.pending.is_none() {
+                        self.pending = Some(tokio::time::Instant::now() + UDEV_GRACE);
+                    }
+                }
+                r = async {
+                    match self.monitor.as_mut() {
+                        Some(m) => m.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match r {
+                    Ok(batch) => {
+                        self.pending = None;
+                        for ev in &batch.events {
+                            tracing::debug!(
+                                action = %ev.action,
+                                node = %ev.path.display(),
+                                properties = ev.properties.len(),
+                                "udev event"
+                            );
+                            self.props.record(ev);
+                        }
+                        return Some(Change::Udev(batch.events.len()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "udev monitor failed; hotplug falls back to inotify");
+                        self.monitor = None;
+                        self.pending = None;
+                        return Some(Change::UdevFailed);
+                    }
+                },
+                () = async {
+                    match pending {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.pending = None;
+                    return Some(Change::InotifyUnannounced);
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod kubelet;
+pub mod udevd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -90,14 +91,21 @@ impl Env {
 
     /// Start the binary.
     pub fn spawn(&mut self, extra: &[&str]) -> std::io::Result<()> {
+        let (dev, sys) = (self.dev.clone(), self.sys.clone());
+        self.spawn_on(&dev, &sys, extra)
+    }
+
+    /// Start the binary on another device and sysfs root (e.g. the real
+    /// /dev and /sys).
+    pub fn spawn_on(&mut self, dev: &Path, sys: &Path, extra: &[&str]) -> std::io::Result<()> {
         let log = std::fs::File::create(&self.log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_smarter-device-manager"))
             .arg("--config")
             .arg(&self.config)
             .arg("--dev-root")
-            .arg(&self.dev)
+            .arg(dev)
             .arg("--sys-root")
-            .arg(&self.sys)
+            .arg(sys)
             .arg("--plugin-dir")
             .arg(&self.plugins)
             .args(extra)
@@ -135,6 +143,20 @@ impl Env {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle`; false after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
