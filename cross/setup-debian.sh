@@ -19,6 +19,8 @@ APT_PACKAGES=(
     iproute2 iptables nftables iputils-ping busybox-static bind9-dnsutils dnsmasq-base dnsperf
     openssh-client openssh-server openssh-sftp-server openssl util-linux containernetworking-plugins
     docker.io containerd skopeo jq
+    # device-manager udev tests: a real systemd-udevd and udevadm (not started here)
+    udev
     python3 python3-venv python3-pip
 )
 
