@@ -106,6 +106,14 @@ impl Cached {
         };
         (age_all(&self.answers), age_all(&self.authorities))
     }
+
+    /// Until when [`Cached::aged`] gives the same records as at `now`: the
+    /// next whole second of age, or the expiry if that is sooner.
+    pub fn unchanged_until(&self, now: Instant) -> Instant {
+        let age = now.saturating_duration_since(self.stored).as_secs();
+        let next = self.stored + Duration::from_secs(age.saturating_add(1));
+        next.min(self.expires)
+    }
 }
 
 type CacheKey = (LowerName, RecordType, DNSClass);

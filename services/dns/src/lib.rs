@@ -13,6 +13,9 @@
 //!   bounded cache, bounded in-flight queries and failover.
 //! * [`server`]: the hickory-server request handler (UDP and TCP), refusing
 //!   zone transfers.
+//! * [`fastpath`]: the UDP loop's cache of encoded answers, replayed for
+//!   repeated questions while they stay exactly what the handler would say;
+//!   [`batch`]: `recvmmsg`/`sendmmsg`, many datagrams per system call.
 //! * [`link`]: the dummy interface that carries the cluster DNS address
 //!   (169.254.0.2), so no iptables redirect is needed.
 //! * [`runtime`]: hostnames, app labels and host-network pods from CRI
@@ -22,7 +25,9 @@
 //! Limitations: no DNSSEC, no zone transfers, no dynamic updates; answers
 //! only on the configured internal addresses.
 
+pub mod batch;
 pub mod config;
+pub mod fastpath;
 pub mod forward;
 pub mod link;
 pub mod metrics;

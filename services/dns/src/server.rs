@@ -8,6 +8,7 @@
 //! parses and drops the packet when not.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,29 +20,50 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::batch::{RecvBatch, SendBatch};
+use crate::fastpath::{self, AnswerCache, Validity};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::zone::{Answer, Store};
 
 /// The store of local names, shared by the server (readers) and the
-/// watchers (writers, who update it in place).
+/// watchers (writers, who update it in place), with a generation that every
+/// update bumps (it tells the UDP answer cache when local answers went
+/// stale).
 #[derive(Debug, Clone)]
-pub struct ZoneHandle(Arc<RwLock<Store>>);
+pub struct ZoneHandle {
+    store: Arc<RwLock<Store>>,
+    generation: Arc<AtomicU64>,
+}
 
 impl ZoneHandle {
     /// A handle holding `store`.
     pub fn new(store: Store) -> Self {
-        Self(Arc::new(RwLock::new(store)))
+        Self {
+            store: Arc::new(RwLock::new(store)),
+            generation: Arc::default(),
+        }
     }
 
     /// Answer one question from the current zone.
     pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Option<Answer> {
-        self.0.read().ok().map(|s| s.zone().lookup(name, qtype))
+        self.store.read().ok().map(|s| s.zone().lookup(name, qtype))
     }
 
     /// Change the store; returns `f`'s result.
     pub fn update<T>(&self, f: impl FnOnce(&mut Store) -> T) -> Option<T> {
-        self.0.write().ok().map(|mut s| f(&mut s))
+        let mut store = self.store.write().ok()?;
+        let out = f(&mut store);
+        // Bumped after the change and before the lock is released: whoever
+        // reads the new generation and then takes the read lock sees the
+        // change, so an answer is never tagged newer than its data.
+        self.generation.fetch_add(1, Ordering::Release);
+        Some(out)
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -70,6 +92,8 @@ struct Reply {
     authoritative: bool,
     answers: Vec<Record>,
     authorities: Vec<Record>,
+    /// How long these exact records may be replayed.
+    valid: Validity,
 }
 
 impl Reply {
@@ -79,6 +103,7 @@ impl Reply {
             authoritative: false,
             answers: Vec::new(),
             authorities: Vec::new(),
+            valid: Validity::Never,
         }
     }
 }
@@ -103,6 +128,9 @@ impl Handler {
             self.metrics.refused.inc();
             return Reply::error(ResponseCode::Refused);
         }
+        // Read before the lookup: a change in between leaves the answer
+        // tagged with an older generation (merely not replayed).
+        let generation = self.zone.generation();
         let Some(answer) = self.zone.lookup(query.name(), qtype) else {
             return Reply::error(ResponseCode::ServFail);
         };
@@ -111,6 +139,7 @@ impl Handler {
             authoritative: true,
             answers,
             authorities,
+            valid: Validity::Zone(generation),
         };
         match answer {
             Answer::Records(r) => {
@@ -131,12 +160,14 @@ impl Handler {
             }
             Answer::NotLocal => match self.forwarder.resolve(query.original()).await {
                 Ok(c) => {
-                    let (answers, authorities) = c.aged(Instant::now());
+                    let now = Instant::now();
+                    let (answers, authorities) = c.aged(now);
                     Reply {
                         rcode: c.rcode,
                         authoritative: false,
                         answers,
                         authorities,
+                        valid: Validity::Until(c.unchanged_until(now)),
                     }
                 }
                 Err(error) => {
@@ -153,8 +184,34 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut response_handle: R,
+        response_handle: R,
     ) -> ResponseInfo {
+        self.respond(request, response_handle).await.0
+    }
+}
+
+impl Handler {
+    /// The zone generation now (see [`ZoneHandle::generation`]).
+    pub fn zone_generation(&self) -> u64 {
+        self.zone.generation()
+    }
+
+    /// Count an answer the UDP loop replayed from its cache.
+    fn count_replayed(&self, source: fastpath::Source) {
+        self.metrics.queries.inc();
+        match source {
+            fastpath::Source::Local => self.metrics.local_answers.inc(),
+            fastpath::Source::Forwarded => self.metrics.cache_hits.inc(),
+        }
+    }
+
+    /// Answer `request` through `response_handle`, and say how long the
+    /// same answer may be replayed.
+    async fn respond<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> (ResponseInfo, Validity) {
         self.metrics.queries.inc();
         let reply = self.decide(request).await;
         let mut meta = Metadata::response_from_request(&request.metadata);
@@ -178,14 +235,15 @@ impl RequestHandler for Handler {
             std::iter::empty(),
         );
         match response_handle.send_response(response).await {
-            Ok(info) => info,
+            Ok(info) => (info, reply.valid),
             Err(error) => {
                 tracing::debug!(src = %request.src(), %error, "cannot send response");
                 meta.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
+                let info = ResponseInfo::from(Header {
                     metadata: meta,
                     counts: HeaderCounts::default(),
-                })
+                });
+                (info, Validity::Never)
             }
         }
     }
@@ -232,13 +290,23 @@ impl ResponseHandler for Capture {
 /// unparsable body gets FORMERR. Used by the UDP server, the fuzz target and
 /// the random-packet test.
 pub async fn answer_raw(handler: &Handler, bytes: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    answer_raw_valid(handler, bytes, src).await.map(|(r, _)| r)
+}
+
+/// [`answer_raw`], also saying how long the answer may be replayed from
+/// an [`AnswerCache`] (the UDP loop and the fuzz target use it).
+pub async fn answer_raw_valid(
+    handler: &Handler,
+    bytes: &[u8],
+    src: SocketAddr,
+) -> Option<(Vec<u8>, Validity)> {
     let request = match Request::from_bytes(
         bytes.to_vec(),
         src,
         hickory_server::net::xfer::Protocol::Udp,
     ) {
         Ok(r) => r,
-        Err(_) => return formerr(bytes),
+        Err(_) => return formerr(bytes).map(|r| (r, Validity::Never)),
     };
     if request.metadata.message_type == hickory_proto::op::MessageType::Response {
         return None;
@@ -247,10 +315,9 @@ pub async fn answer_raw(handler: &Handler, bytes: &[u8], src: SocketAddr) -> Opt
         out: Arc::default(),
         max_size: request.max_payload(),
     };
-    handler
-        .handle_request::<_, hickory_server::net::runtime::TokioTime>(&request, capture.clone())
-        .await;
-    capture.out.lock().ok()?.take()
+    let (_, valid) = handler.respond(&request, capture.clone()).await;
+    let response = capture.out.lock().ok()?.take()?;
+    Some((response, valid))
 }
 
 /// FORMERR for a packet whose header parses but whose body does not.
@@ -276,48 +343,95 @@ fn formerr(bytes: &[u8]) -> Option<Vec<u8>> {
 /// a separate sender task; this loop runs the same [`Handler`] and sends
 /// the answer itself. Answers that need no waiting (local names, cache
 /// hits) are computed and sent inline without spawning a task; only
-/// questions that go upstream get a task of their own. See
-/// docs/decisions/0033-dns-udp-fast-path.md.
+/// questions that go upstream get a task of their own. A repeated plain
+/// question is answered from the loop's [`AnswerCache`] of encoded answers
+/// without decoding it at all. See docs/decisions/0033-dns-udp-fast-path.md
+/// and 0034-dns-answer-cache.md.
 pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
     use futures_util::FutureExt;
+    use std::os::fd::AsRawFd;
     let socket = Arc::new(socket);
-    let mut buf = vec![0u8; 4096];
+    let fd = socket.as_raw_fd();
+    let mut rx = RecvBatch::new();
+    let mut tx = SendBatch::new();
+    let mut key = [0u8; fastpath::KEY_MAX];
+    let mut out = Vec::with_capacity(512);
+    let mut cache = AnswerCache::new();
     loop {
-        let (n, src) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
+        let n = match socket
+            .async_io(tokio::io::Interest::READABLE, || rx.recv(fd))
+            .await
+        {
+            Ok(n) => n,
             Err(error) => {
                 tracing::debug!(%error, "udp receive failed");
                 continue;
             }
         };
-        if src.port() == 0 || src.ip().is_unspecified() {
-            continue;
-        }
-        let packet = buf[..n].to_vec();
-        let h = handler.clone();
-        let mut fut = Box::pin(async move { answer_raw(&h, &packet, src).await });
-        match fut.as_mut().now_or_never() {
-            Some(Some(resp)) => match socket.try_send_to(&resp, src) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+        let generation = handler.zone_generation();
+        for i in 0..n {
+            let Some((packet, src)) = rx.get(i) else {
+                continue;
+            };
+            if src.port() == 0 || src.ip().is_unspecified() {
+                continue;
+            }
+            let question = fastpath::parse(packet, &mut key);
+            if let Some(q) = question
+                && let Some(source) = cache.answer(&key, q, packet, generation, &mut out)
+            {
+                handler.count_replayed(source);
+                tx.push(&out, src);
+                continue;
+            }
+            let packet = packet.to_vec();
+            let h = handler.clone();
+            let mut fut = Box::pin(async move {
+                let answer = answer_raw_valid(&h, &packet, src).await;
+                (packet, answer)
+            });
+            match fut.as_mut().now_or_never() {
+                Some((packet, Some((resp, valid)))) => {
+                    if let Some(q) = question {
+                        cache.insert(&key, q, &packet, &resp, valid);
+                    }
+                    tx.push(&resp, src);
+                }
+                Some((_, None)) => {}
+                None => {
                     let s = Arc::clone(&socket);
                     tokio::spawn(async move {
-                        let _ = s.send_to(&resp, src).await;
+                        if let (_, Some((resp, _))) = fut.await {
+                            let _ = s.send_to(&resp, src).await;
+                        }
                     });
                 }
-                Err(error) => tracing::debug!(%src, %error, "udp send failed"),
-            },
-            Some(None) => {}
-            None => {
-                let s = Arc::clone(&socket);
-                tokio::spawn(async move {
-                    if let Some(resp) = fut.await {
-                        let _ = s.send_to(&resp, src).await;
-                    }
-                });
+            }
+        }
+        flush(&socket, &mut tx).await;
+    }
+}
+
+/// Send every queued answer, waiting for room in the socket buffer when it
+/// is full (back-pressure: no more questions are read meanwhile).
+async fn flush(socket: &UdpSocket, tx: &mut SendBatch) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let mut sent = 0;
+    while sent < tx.len() {
+        match socket
+            .async_io(tokio::io::Interest::WRITABLE, || tx.send(fd, sent))
+            .await
+        {
+            Ok(k) => sent += k.max(1),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                tracing::debug!(%error, "udp send failed");
+                break;
             }
         }
     }
+    tx.clear();
 }
 
 /// How long an idle TCP client may keep its connection.

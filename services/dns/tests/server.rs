@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use smarter_dns::config::Config;
 use smarter_dns::service::{Running, bind, start};
@@ -388,5 +388,114 @@ async fn metrics_endpoint_counts_queries_and_records() -> TestResult {
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
     assert!(body.starts_with("HTTP/1.1 404"), "{body}");
+    Ok(())
+}
+
+/// One raw UDP exchange: the answer's bytes.
+async fn raw_exchange(
+    server: SocketAddr,
+    query: &[u8],
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    s.send_to(query, server).await?;
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), s.recv_from(&mut buf)).await??;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// A plain question: id, RD, one question, optionally an EDNS OPT record
+/// without options.
+fn raw_query(id: u16, labels: &[&str], qtype: u16, edns: bool) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)]);
+    for l in labels {
+        q.push(u8::try_from(l.len()).unwrap_or(63));
+        q.extend(l.as_bytes());
+    }
+    q.extend([0, (qtype >> 8) as u8, qtype as u8, 0, 1]);
+    if edns {
+        q.extend([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    }
+    q
+}
+
+fn ttls(answer: &[u8]) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+    let m = Message::from_vec(answer)?;
+    Ok(m.answers.iter().map(|r| r.ttl).collect())
+}
+
+/// Repeated questions are answered from the UDP loop's cache of encoded
+/// answers: byte for byte what the handler said, with the new id; another
+/// spelling of the name is answered for itself; forwarded answers still
+/// age by the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_questions_replay_exact_answers() -> TestResult {
+    if !have("dnsmasq") {
+        eprintln!("SKIP: dnsmasq not installed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let up: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let _upstream = dnsmasq(up, "fwd.test", "10.0.0.1", None)?;
+    let ready = wait_until(Duration::from_secs(5), || async {
+        udp_query(up, "x.fwd.test.", RecordType::A, Duration::from_millis(50))
+            .await
+            .is_ok_and(|m| m.is_some())
+    })
+    .await;
+    assert!(ready.is_some(), "dnsmasq did not start");
+    std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.1\n")?;
+    let mut cfg = config(dir.path());
+    cfg.upstream_port = port;
+    write_record(
+        &cfg.records_dir,
+        &record("c1", "camera", "iot", &["172.39.0.5"]),
+    )?;
+    let (_running, server) = start_on(&cfg)?;
+    let ready = wait_until(Duration::from_secs(2), || async {
+        a(server, "camera.").await.len() == 1
+    })
+    .await;
+    assert!(ready.is_some());
+
+    for edns in [false, true] {
+        for (name, qtype) in [
+            (&["camera", "iot", "svc", "cluster", "local"][..], 1),
+            (&["camera"][..], 28),                    // NODATA with SOA
+            (&["nobody", "cluster", "local"][..], 1), // NXDOMAIN
+            (&["5", "0", "39", "172", "in-addr", "arpa"][..], 12),
+        ] {
+            let first = raw_exchange(server, &raw_query(1, name, qtype, edns)).await?;
+            for id in [2u16, 3] {
+                let again = raw_exchange(server, &raw_query(id, name, qtype, edns)).await?;
+                assert_eq!(again[..2], id.to_be_bytes(), "{name:?}");
+                assert_eq!(again[2..], first[2..], "{name:?} edns {edns}");
+            }
+            let upper: Vec<String> = name.iter().map(|l| l.to_uppercase()).collect();
+            let upper: Vec<&str> = upper.iter().map(String::as_str).collect();
+            for _ in 0..2 {
+                let q = raw_query(4, &upper, qtype, edns);
+                let other = raw_exchange(server, &q).await?;
+                let qend = q.len() - if edns { 11 } else { 0 };
+                assert_eq!(other[2..4], first[2..4], "{upper:?} edns {edns}");
+                assert_eq!(other[12..qend], q[12..qend], "question echoed as asked");
+                let (a, b) = (Message::from_vec(&first)?, Message::from_vec(&other)?);
+                assert_eq!(a.answers.len(), b.answers.len(), "{upper:?}");
+                assert_eq!(a.authorities.len(), b.authorities.len(), "{upper:?}");
+            }
+        }
+    }
+
+    // Forwarded: the TTL the upstream gave (300) counts down while cached,
+    // replayed or not.
+    let q = raw_query(9, &["t", "fwd", "test"], 1, false);
+    let t0 = ttls(&raw_exchange(server, &q).await?)?;
+    assert_eq!(t0, vec![300]);
+    assert_eq!(ttls(&raw_exchange(server, &q).await?)?, vec![300]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let t2 = ttls(&raw_exchange(server, &q).await?)?;
+    assert!(t2[0] <= 298, "TTL did not age: {t2:?}");
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Any bytes through smarter-dns's request path (decode, local lookup or
 //! forward attempt, encode): must not panic, and every answer must parse,
-//! be a response and echo the request id.
+//! be a response and echo the request id. When the UDP answer cache takes
+//! the request and keeps the answer, replaying it for the same bytes must
+//! give exactly the same answer.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -12,7 +14,8 @@ use hickory_proto::rr::Name;
 use libfuzzer_sys::fuzz_target;
 use smarter_dns::forward::{Forwarder, ForwarderConfig};
 use smarter_dns::metrics::Metrics;
-use smarter_dns::server::{Handler, ZoneHandle, answer_raw};
+use smarter_dns::fastpath::{self, AnswerCache};
+use smarter_dns::server::{Handler, ZoneHandle, answer_raw_valid};
 use smarter_dns::zone::{Pod, Store};
 
 struct Ctx {
@@ -64,9 +67,19 @@ fn ctx() -> &'static Ctx {
 fuzz_target!(|data: &[u8]| {
     let c = ctx();
     let src = SocketAddr::from(([127, 0, 0, 1], 5353));
-    if let Some(resp) = c.rt.block_on(answer_raw(&c.handler, data, src)) {
+    if let Some((resp, valid)) = c.rt.block_on(answer_raw_valid(&c.handler, data, src)) {
         let m = Message::from_vec(&resp).expect("answer must parse");
         assert_eq!(m.metadata.message_type, MessageType::Response);
         assert_eq!(m.metadata.id, u16::from_be_bytes([data[0], data[1]]));
+        let mut key = [0u8; fastpath::KEY_MAX];
+        if let Some(q) = fastpath::parse(data, &mut key) {
+            let mut cache = AnswerCache::new();
+            cache.insert(&key, q, data, &resp, valid);
+            let mut out = Vec::new();
+            let generation = c.handler.zone_generation();
+            if cache.answer(&key, q, data, generation, &mut out).is_some() {
+                assert_eq!(out, resp, "replayed answer differs");
+            }
+        }
     }
 });
