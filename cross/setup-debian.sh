@@ -21,6 +21,8 @@ APT_PACKAGES=(
     docker.io containerd skopeo jq
     # device-manager udev tests: a real systemd-udevd and udevadm (not started here)
     udev
+    # dns dummy-interface test: a VM on Debian's kernel (which has dummy.ko)
+    qemu-system-x86 cpio linux-image-amd64
     python3 python3-venv python3-pip
 )
 
@@ -39,6 +41,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
         dpkg --print-foreign-architectures | grep -qx "$arch" || dpkg --add-architecture "$arch"
     done
     export DEBIAN_FRONTEND=noninteractive
+    # The kernel is only booted by qemu with the tests' own initramfs: skip
+    # building a host initramfs for it.
+    export INITRD=No
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
