@@ -12,6 +12,8 @@
 # Usage: bench/dns/run.sh [seconds-per-run]   (default 10)
 #        SMARTER_DNS_BIN=path/to/release/smarter-dns bench/dns/run.sh   (skip the build)
 #        WORKERS=2 bench/dns/run.sh   (smarter-dns worker_threads; dnsmasq is single-threaded)
+#        ROUNDS=5 bench/dns/run.sh    (rounds per figure, default 3; the median is reported, so a
+#                                      burst of other load in one round does not decide the ratio)
 set -euo pipefail
 
 SECS=${1:-10}
@@ -104,15 +106,28 @@ lat() { # server datafile -> "p50 p99" in microseconds at 5,000 q/s
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
+ROUNDS=${ROUNDS:-3}
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
+
+echo "dnsperf, UDP; each figure is the median of $ROUNDS rounds (ours and dnsmasq's measured"
+echo "alternately in every round); ratio = smarter-dns / dnsmasq"
 printf '%-22s %14s %14s %8s\n' "workload" "smarter-dns" "dnsmasq" "ratio"
 for w in local fwd; do
     f="$WORK/$w.txt"
-    ours=$(qps 127.0.0.2 "$f"); theirs=$(qps 127.0.0.3 "$f")
-    printf '%-22s %14s %14s %8s\n' "$w qps" "$ours" "$theirs" "$(ratio "$ours" "$theirs")"
-    read -r o50 o99 < <(lat 127.0.0.2 "$f")
-    read -r t50 t99 < <(lat 127.0.0.3 "$f")
-    printf '%-22s %14s %14s %8s\n' "$w p50 us @5k q/s" "$o50" "$t50" "$(ratio "$o50" "$t50")"
-    printf '%-22s %14s %14s %8s\n' "$w p99 us @5k q/s" "$o99" "$t99" "$(ratio "$o99" "$t99")"
+    oq=(); tq=(); o5=(); t5=(); o9=(); t9=()
+    for _ in $(seq "$ROUNDS"); do
+        oq+=("$(qps 127.0.0.2 "$f")"); tq+=("$(qps 127.0.0.3 "$f")")
+        read -r a b < <(lat 127.0.0.2 "$f"); o5+=("$a"); o9+=("$b")
+        read -r a b < <(lat 127.0.0.3 "$f"); t5+=("$a"); t9+=("$b")
+    done
+    ours=$(printf '%s\n' "${oq[@]}" | median); theirs=$(printf '%s\n' "${tq[@]}" | median)
+    printf '%-22s %14.0f %14.0f %8s   rounds: %s | %s\n' "$w qps" "$ours" "$theirs" "$(ratio "$ours" "$theirs")" \
+        "$(printf '%.0f ' "${oq[@]}")" "$(printf '%.0f ' "${tq[@]}")"
+    ours=$(printf '%s\n' "${o5[@]}" | median); theirs=$(printf '%s\n' "${t5[@]}" | median)
+    printf '%-22s %14s %14s %8s\n' "$w p50 us @5k q/s" "$ours" "$theirs" "$(ratio "$ours" "$theirs")"
+    ours=$(printf '%s\n' "${o9[@]}" | median); theirs=$(printf '%s\n' "${t9[@]}" | median)
+    printf '%-22s %14s %14s %8s   rounds: %s| %s\n' "$w p99 us @5k q/s" "$ours" "$theirs" "$(ratio "$ours" "$theirs")" \
+        "$(printf '%s ' "${o9[@]}")" "$(printf '%s ' "${t9[@]}")"
 done
 
 echo
