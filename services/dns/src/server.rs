@@ -368,7 +368,6 @@ pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
                 continue;
             }
         };
-        let generation = handler.zone_generation();
         for i in 0..n {
             let Some((packet, src)) = rx.get(i) else {
                 continue;
@@ -378,7 +377,8 @@ pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
             }
             let question = fastpath::parse(packet, &mut key);
             if let Some(q) = question
-                && let Some(source) = cache.answer(&key, q, packet, generation, &mut out)
+                && let Some(source) =
+                    cache.answer(&key, q, packet, handler.zone_generation(), &mut out)
             {
                 handler.count_replayed(source);
                 tx.push(&out, src);
