@@ -89,7 +89,9 @@ async fn hotplug_add_remove_readd_within_100ms() -> R {
     }
     let mut env = Env::new("dm.toml")?;
     env.write_config(
-        "health_interval_secs = 0\n[[rules]]\nname = \"usb-serial\"\npath = \"^ttyUSB[0-9]+$\"\nid = \"path\"\n\n[[rules]]\npath = \"^ttyACM[0-9]+$\"\n",
+        // inotify pinned: these nodes are made by mknod, which a udevd on
+        // the host would never announce (tests/hotplug_source.rs covers that).
+        "health_interval_secs = 0\nhotplug = \"inotify\"\n[[rules]]\nname = \"usb-serial\"\npath = \"^ttyUSB[0-9]+$\"\nid = \"path\"\n\n[[rules]]\npath = \"^ttyACM[0-9]+$\"\n",
     )?;
     env.mknod("ttyUSB0", 188, 0)?;
     let k = FakeKubelet::start(&env.plugins)?;
