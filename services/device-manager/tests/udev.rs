@@ -29,6 +29,10 @@ fn unhealthy(p: &support::kubelet::Plugin, id: &str) -> bool {
 
 /// udevd with `rules`, or print why the test skips.
 fn udevd(test: &str, rules: &str) -> Option<Udevd> {
+    if !cfg!(feature = "udev") {
+        println!("SKIP {test}: built without the udev feature");
+        return None;
+    }
     if !std::path::Path::new("/dev/loop-control").exists() {
         println!("SKIP {test}: no /dev/loop-control (loop driver)");
         return None;
