@@ -18,16 +18,30 @@ pub fn check_current(
     generated: &str,
     committed: &Path,
 ) -> Result<bool, Box<dyn std::error::Error>> {
+    check_current_with(proto, include, generated, committed, |b| b)
+}
+
+/// [`check_current`] with extra generator settings (e.g. a `codec_path`),
+/// applied on top of client + server generation.
+pub fn check_current_with(
+    proto: &Path,
+    include: &Path,
+    generated: &str,
+    committed: &Path,
+    configure: impl FnOnce(tonic_prost_build::Builder) -> tonic_prost_build::Builder,
+) -> Result<bool, Box<dyn std::error::Error>> {
     if !Path::new("/usr/bin/protoc").exists() && std::env::var_os("PROTOC").is_none() {
         println!("SKIP: protoc not installed (Debian protobuf-compiler); cannot regenerate");
         return Ok(false);
     }
     let out = tempfile::tempdir()?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .out_dir(out.path())
-        .compile_protos(&[proto], &[include])?;
+    configure(
+        tonic_prost_build::configure()
+            .build_client(true)
+            .build_server(true),
+    )
+    .out_dir(out.path())
+    .compile_protos(&[proto], &[include])?;
     let fresh = std::fs::read_to_string(out.path().join(generated))?;
     if std::env::var_os("SMARTER_UPDATE_PROTO").is_some() {
         std::fs::write(committed, &fresh)?;

@@ -40,6 +40,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     smarter_common::cli::exit_code("smarter-device-manager", run(cli))
 }
@@ -118,6 +119,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting tokio")?
         .block_on(service::run(config, watched, reload, signals))?;
     Ok(())
+}
+
+/// One glibc malloc arena instead of one per thread (up to 8 per core):
+/// with a few threads and mostly idle connections, more arenas only keep
+/// more free memory resident. See `docs/decisions/0015-plugin-memory.md`.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a glibc tunable; it is called first thing in
+    // main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 fn list(c: &Config) -> anyhow::Result<()> {

@@ -12,14 +12,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 
@@ -38,6 +40,13 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Dial timeout towards the kubelet (the original's 5 s).
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Registrations in flight at once. Each holds a client HTTP/2 connection
+/// (about 30 KiB of buffers); 1,000 at once leave the heap fragmented for
+/// good, a few at a time register 1,000 resources about as fast. See
+/// `docs/decisions/0015-plugin-memory.md`.
+pub const REGISTER_CONCURRENCY: usize = 4;
+
+static REGISTERING: Semaphore = Semaphore::const_new(REGISTER_CONCURRENCY);
 
 /// State shared by the service and every plugin server.
 #[derive(Debug, Default)]
@@ -130,34 +139,39 @@ impl pb::device_plugin_server::DevicePlugin for PluginService {
         Ok(Response::new(options()))
     }
 
-    type ListAndWatchStream = ReceiverStream<Result<pb::ListAndWatchResponse, Status>>;
+    type ListAndWatchStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ListAndWatchResponse, Status>> + Send>>;
 
     async fn list_and_watch(
         &self,
         _request: Request<pb::Empty>,
     ) -> Result<Response<Self::ListAndWatchStream>, Status> {
-        let mut rx = self
+        let rx = self
             .shared
             .subscribe(&self.name)
             .ok_or_else(|| Status::not_found(format!("resource {} is gone", self.name)))?;
-        let mut stop = self.stop.clone();
-        let (tx, out) = mpsc::channel(4);
-        let name = self.name.clone();
-        tokio::spawn(async move {
-            loop {
-                let list = to_proto_list(&rx.borrow_and_update());
-                tracing::debug!(resource = %name, devices = list.devices.len(), "ListAndWatch send");
-                if tx.send(Ok(list)).await.is_err() {
-                    break;
-                }
+        // A stream polled by the connection itself: no task and no channel
+        // per resource. It ends when the list's channel closes (resource
+        // removed) or the server stops; the kubelet hanging up drops it.
+        let state = ListState {
+            rx,
+            stop: self.stop.clone(),
+            name: self.name.clone(),
+            first: true,
+        };
+        let stream = futures_util::stream::unfold(state, |mut st| async move {
+            if !st.first {
                 tokio::select! {
-                    r = rx.changed() => if r.is_err() { break },
-                    _ = stop.wait_for(|s| *s) => break,
-                    () = tx.closed() => break,
+                    r = st.rx.changed() => r.ok()?,
+                    _ = st.stop.wait_for(|s| *s) => return None,
                 }
             }
+            st.first = false;
+            let list = to_proto_list(&st.rx.borrow_and_update());
+            tracing::debug!(resource = %st.name, devices = list.devices.len(), "ListAndWatch send");
+            Some((Ok(list), st))
         });
-        Ok(Response::new(ReceiverStream::new(out)))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_preferred_allocation(
@@ -288,6 +302,14 @@ pub enum PluginError {
     },
 }
 
+/// What a ListAndWatch stream keeps between messages.
+struct ListState {
+    rx: watch::Receiver<Vec<Slot>>,
+    stop: watch::Receiver<bool>,
+    name: String,
+    first: bool,
+}
+
 /// A gRPC channel over a unix socket (the URI is a dummy; the connector
 /// dials `path`).
 pub async fn connect_unix(path: &Path) -> Result<Channel, PluginError> {
@@ -310,6 +332,12 @@ pub async fn connect_unix(path: &Path) -> Result<Channel, PluginError> {
 
 /// Register `resource` (name part) served on `endpoint` with the kubelet.
 pub async fn register(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result<(), PluginError> {
+    // Never closed, so acquiring cannot fail; if it did, register anyway.
+    let _permit = REGISTERING.acquire().await.ok();
+    register_now(kubelet_sock, endpoint, name).await
+}
+
+async fn register_now(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result<(), PluginError> {
     let channel = connect_unix(kubelet_sock).await?;
     let mut client = pb::registration_client::RegistrationClient::new(channel);
     let req = pb::RegisterRequest {
@@ -477,9 +505,11 @@ async fn plugin_task(
         }
         // Then register.
         if need_register {
-            // A Stop (SIGTERM) must not wait for a slow kubelet.
+            // A Stop (SIGTERM) must not wait for a slow kubelet. Boxed: the
+            // registration's state lives only while it runs, not in every
+            // resource's task for good.
             let result = tokio::select! {
-                r = register(&kubelet_sock, &endpoint, &name) => r,
+                r = Box::pin(register(&kubelet_sock, &endpoint, &name)) => r,
                 m = ctl.recv() => match m {
                     Some(Ctl::KubeletRestarted | Ctl::SocketDeleted) => continue,
                     Some(Ctl::Stop) | None => break,
