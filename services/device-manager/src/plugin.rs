@@ -16,13 +16,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
@@ -369,14 +370,21 @@ struct RunningServer {
 }
 
 impl RunningServer {
+    /// Stop accepting, end every ListAndWatch stream and close every
+    /// connection gracefully (HTTP/2 GOAWAY); after 2 s stop waiting.
     async fn stop(mut self) {
         let _ = self.stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
+        let all_closed = async {
+            // Each connection holds a receiver until it has closed.
+            self.stop.closed().await;
+            (&mut self.task).await
+        };
+        if tokio::time::timeout(Duration::from_secs(2), all_closed)
             .await
             .is_err()
         {
             self.task.abort();
-            let _ = self.task.await;
+            let _ = (&mut self.task).await;
         }
     }
 }
@@ -401,33 +409,67 @@ fn start_server(
         source,
     })?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let svc = PluginService {
+    let svc = pb::device_plugin_server::DevicePluginServer::new(PluginService {
         name: name.to_string(),
         shared: Arc::clone(shared),
         stop: stop_rx.clone(),
-    };
-    let mut stop_signal = stop_rx;
-    let sock = socket.to_path_buf();
-    let resource = name.to_string();
-    let task = tokio::spawn(async move {
-        // One service per socket: served without a router.
-        let r = Server::builder()
-            .serve_with_incoming_shutdown(
-                pb::device_plugin_server::DevicePluginServer::new(svc),
-                UnixListenerStream::new(listener),
-                async move {
-                    let _ = stop_signal.wait_for(|s| *s).await;
-                },
-            )
-            .await;
-        if let Err(e) = r {
-            tracing::error!(resource = %resource, socket = %sock.display(), error = %e, "plugin server failed");
-        }
     });
+    let task = tokio::spawn(serve(listener, svc, stop_rx, name.to_string()));
     Ok(RunningServer {
         stop: stop_tx,
         task,
     })
+}
+
+/// Accept connections on one resource's socket until `stop`, each served
+/// as HTTP/2 by hyper in its own task. A lean stand-in for tonic's
+/// `Server` (same HTTP/2 defaults, no HTTP/1, no per-server layers): it
+/// keeps less state per resource, which counts with one server per node
+/// (`docs/decisions/0015-plugin-memory.md`).
+async fn serve(
+    listener: UnixListener,
+    svc: pb::device_plugin_server::DevicePluginServer<PluginService>,
+    mut stop: watch::Receiver<bool>,
+    resource: String,
+) {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let io = match accepted {
+            Ok((io, _)) => io,
+            Err(e) => {
+                // Out of fds and the like: do not spin.
+                tracing::warn!(resource = %resource, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let conn =
+            builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc.clone()));
+        let mut stop = stop.clone();
+        let resource = resource.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            let r = match ended {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!(resource = %resource, error = %e, "connection ended");
+            }
+        });
+    }
 }
 
 /// What the service tells a plugin task.
