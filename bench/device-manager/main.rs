@@ -366,10 +366,10 @@ async fn memory(peer: Option<&Path>) -> R {
     let ours = Mem::of(pid);
     hold("ours", pid).await;
     println!(
-        "RSS, 1,000 nodes in one pooled resource: ours {} (listed in {:.0} ms) | peer: cannot pool | {}",
+        "RSS, 1,000 nodes in one pooled resource: ours {} (listed in {:.0} ms) | peer: cannot pool (see one resource each) | {:.2} of the original's documented {PEER_LIMIT_MIB} MiB limit",
         ours.detail(),
         ms(up),
-        ratio(ours.mib(), None)
+        ours.mib() / PEER_LIMIT_MIB
     );
     drop(k);
     drop(env);

@@ -17,8 +17,10 @@
 //! default) where a udev daemon runs, inotify on the device root otherwise
 //! (see `docs/decisions/0014-udev-monitor.md`); udev properties come from
 //! the monitor's events, sysfs and `/run/udev/data`. The
-//! kubelet API needs one socket, server and connection per resource: about
-//! 55 KiB each, so thousands of per-node resources are better pooled.
+//! kubelet API needs one socket, server and HTTP/2 connection per resource:
+//! about 31 KiB resident each, most of it h2's fixed connection buffers
+//! (`docs/decisions/0015-plugin-memory.md`), so thousands of per-node
+//! resources are better pooled.
 //!
 //! See `services/device-manager/README.md` for the configuration reference.
 
