@@ -18,7 +18,7 @@
 //! (see `docs/decisions/0014-udev-monitor.md`); udev properties come from
 //! the monitor's events, sysfs and `/run/udev/data`. The
 //! kubelet API needs one socket, server and HTTP/2 connection per resource:
-//! about 31 KiB resident each, most of it h2's fixed connection buffers
+//! about 30 KiB resident each, most of it h2's fixed connection buffers
 //! (`docs/decisions/0015-plugin-memory.md`), so thousands of per-node
 //! resources are better pooled.
 //!
