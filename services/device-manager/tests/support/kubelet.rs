@@ -38,6 +38,8 @@ pub struct Plugin {
     pub updates: u32,
     /// When the latest list arrived.
     pub updated_at: Option<Instant>,
+    /// ListAndWatch streams that ended (the plugin closed them).
+    pub streams_ended: u32,
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +152,14 @@ impl pb::registration_server::Registration for Registration {
                 }
                 state.bump();
             }
+            if let Ok(mut inner) = state.inner.lock() {
+                inner
+                    .plugins
+                    .entry(r.resource_name.clone())
+                    .or_default()
+                    .streams_ended += 1;
+            }
+            state.bump();
         });
         Ok(Response::new(pb::Empty {}))
     }
