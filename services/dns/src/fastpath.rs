@@ -16,8 +16,12 @@
 //! * A local answer stays valid while the zone is unchanged. Every zone
 //!   update bumps a generation counter, which makes all local entries stale
 //!   at once, so record-to-resolvable latency is unaffected.
-//! * A forwarded answer is valid while its cache entry lives and its aged
-//!   TTLs (whole seconds) stay the same, so at most to the next second.
+//! * A forwarded answer is replayed until the forwarder's cache entry it
+//!   came from expires, with its TTLs aged at each replay exactly as the
+//!   forwarder ages them (whole seconds since the upstream answered). It is
+//!   never replayed past the TTL the upstream gave; if the forwarder drops
+//!   the entry early (its cache is full), the replay still ends at that
+//!   TTL, as any cache's would.
 //! * Only plain questions qualify: a standard query with one uncompressed
 //!   question, no other records except an EDNS OPT without options, and
 //!   nothing after it. Anything else, and every answer that was truncated
@@ -47,8 +51,17 @@ pub enum Validity {
     Never,
     /// A local answer, while the zone generation is this one.
     Zone(u64),
-    /// A forwarded answer, until this instant.
-    Until(Instant),
+    /// A forwarded answer from the forwarder's cache, which it entered at
+    /// `stored`, encoded with its TTLs aged by `age` whole seconds, and
+    /// which leaves the cache at `expires`.
+    Aged {
+        /// When the upstream's answer was cached.
+        stored: Instant,
+        /// Whole seconds of age already taken off the encoded TTLs.
+        age: u32,
+        /// When the cached answer expires.
+        expires: Instant,
+    },
 }
 
 /// Where an answer came from, for the counters.
@@ -132,8 +145,39 @@ struct Entry {
     header: [u8; HEADER - 2],
     /// Everything after the question section.
     tail: Box<[u8]>,
+    /// Offsets in `tail` of the TTL fields of the answer and authority
+    /// records (forwarded answers only; they are re-aged on replay).
+    ttls: Box<[u16]>,
     valid: Validity,
     source: Source,
+}
+
+/// Offsets in `tail` (the sections after the question) of the TTLs of the
+/// first `records` resource records; `None` when they do not parse.
+fn ttl_offsets(tail: &[u8], records: usize) -> Option<Box<[u16]>> {
+    let mut out = Vec::with_capacity(records);
+    let mut p = 0usize;
+    for _ in 0..records {
+        loop {
+            let len = *tail.get(p)?;
+            match len & 0xc0 {
+                0xc0 => {
+                    p += 2;
+                    break;
+                }
+                0 if len == 0 => {
+                    p += 1;
+                    break;
+                }
+                0 => p += 1 + usize::from(len),
+                _ => return None,
+            }
+        }
+        let fixed = tail.get(p..p + 10)?;
+        out.push(u16::try_from(p + 4).ok()?);
+        p += 10 + usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+    }
+    (p <= tail.len()).then(|| out.into())
 }
 
 /// Encoded answers by question.
@@ -169,19 +213,41 @@ impl AnswerCache {
         out: &mut Vec<u8>,
     ) -> Option<Source> {
         let entry = self.entries.get(&key[..q.key_len])?;
-        let fresh = match entry.valid {
-            Validity::Never => false,
-            Validity::Zone(g) => g == generation,
-            Validity::Until(t) => Instant::now() < t,
+        let reage = match entry.valid {
+            Validity::Never => return None,
+            Validity::Zone(g) if g == generation => None,
+            Validity::Zone(_) => return None,
+            Validity::Aged {
+                stored,
+                age,
+                expires,
+            } => {
+                let now = Instant::now();
+                if now >= expires {
+                    return None;
+                }
+                let now_age = u32::try_from(now.saturating_duration_since(stored).as_secs())
+                    .unwrap_or(u32::MAX);
+                (now_age != age).then_some((age, now_age))
+            }
         };
-        if !fresh {
-            return None;
-        }
         out.clear();
         out.extend_from_slice(request.get(..2)?);
         out.extend_from_slice(&entry.header);
         out.extend_from_slice(request.get(HEADER..HEADER + q.qlen)?);
+        let base = out.len();
         out.extend_from_slice(&entry.tail);
+        if let Some((encoded_age, now_age)) = reage {
+            for off in &entry.ttls {
+                let at = base + usize::from(*off);
+                let field = out.get_mut(at..at + 4)?;
+                let ttl = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
+                // The TTL as the upstream gave it, less the age now.
+                let fresh = u64::from(ttl) + u64::from(encoded_age);
+                let ttl = u32::try_from(fresh.saturating_sub(u64::from(now_age))).unwrap_or(0);
+                field.copy_from_slice(&ttl.to_be_bytes());
+            }
+        }
         Some(entry.source)
     }
 
@@ -198,7 +264,7 @@ impl AnswerCache {
         let source = match valid {
             Validity::Never => return,
             Validity::Zone(_) => Source::Local,
-            Validity::Until(_) => Source::Forwarded,
+            Validity::Aged { .. } => Source::Forwarded,
         };
         let end = HEADER + q.qlen;
         let (Some(head), Some(question), Some(asked)) = (
@@ -215,6 +281,19 @@ impl AnswerCache {
         }
         let mut header = [0u8; HEADER - 2];
         header.copy_from_slice(head);
+        let tail = &response[end..];
+        let ttls = match source {
+            Source::Local => Box::default(),
+            Source::Forwarded => {
+                let count = |i: usize| usize::from(u16::from_be_bytes([head[i], head[i + 1]]));
+                // Answer and authority records; the additional section
+                // holds at most our OPT record, whose "TTL" is flags.
+                match ttl_offsets(tail, count(4) + count(6)) {
+                    Some(t) => t,
+                    None => return,
+                }
+            }
+        };
         if self.entries.len() >= MAX_ENTRIES {
             self.entries.clear();
         }
@@ -222,7 +301,8 @@ impl AnswerCache {
             key[..q.key_len].into(),
             Entry {
                 header,
-                tail: response[end..].into(),
+                tail: tail.into(),
+                ttls,
                 valid,
                 source,
             },
@@ -381,16 +461,58 @@ mod tests {
         cache.insert(&key, p, &q, &r[..HEADER + 2], Validity::Zone(1));
         assert!(cache.is_empty());
 
-        let past = Instant::now();
-        cache.insert(&key, p, &q, &r, Validity::Until(past));
+        let now = Instant::now();
+        let aged = |expires| Validity::Aged {
+            stored: now,
+            age: 0,
+            expires,
+        };
+        cache.insert(&key, p, &q, &r, aged(now));
         let mut out = Vec::new();
         assert_eq!(cache.answer(&key, p, &q, 0, &mut out), None);
-        let later = Instant::now() + Duration::from_secs(60);
-        cache.insert(&key, p, &q, &r, Validity::Until(later));
+        cache.insert(&key, p, &q, &r, aged(now + Duration::from_secs(60)));
         assert_eq!(
             cache.answer(&key, p, &q, 0, &mut out),
             Some(Source::Forwarded)
         );
+        assert_eq!(out, r);
+    }
+
+    #[test]
+    fn forwarded_ttls_age_on_replay() {
+        let mut key = [0u8; KEY_MAX];
+        let mut cache = AnswerCache::new();
+        let q = query(1, &["www", "example"], 1, None);
+        let p = parse(&q, &mut key).unwrap();
+        // Two answers: the first names the question by pointer, the second
+        // spells a name out; TTLs 5 and 300 as encoded after 2 s of age.
+        let mut r = response(&q);
+        r[7] = 2;
+        r.extend([3, b'w', b'w', b'w', 0xc0, 16, 0, 1, 0, 1, 0, 0, 1, 0x2c]);
+        r.extend([0, 4, 10, 0, 0, 2]);
+        let stored = Instant::now() - Duration::from_millis(5_500);
+        let valid = Validity::Aged {
+            stored,
+            age: 2,
+            expires: stored + Duration::from_secs(7),
+        };
+        cache.insert(&key, p, &q, &r, valid);
+        let mut out = Vec::new();
+        assert_eq!(
+            cache.answer(&key, p, &q, 0, &mut out),
+            Some(Source::Forwarded)
+        );
+        // 5 s of age now: 5 + 2 - 5 = 2 and 300 + 2 - 5 = 297.
+        let tail = HEADER + qlen(&q);
+        assert_eq!(out[tail + 6..tail + 10], 2u32.to_be_bytes());
+        assert_eq!(out[tail + 26..tail + 30], 297u32.to_be_bytes());
+        assert_eq!(out.len(), r.len());
+        // Records that do not parse are not kept.
+        let mut bad = r.clone();
+        bad.truncate(bad.len() - 3);
+        let mut fresh = AnswerCache::new();
+        fresh.insert(&key, p, &q, &bad, valid);
+        assert!(fresh.is_empty());
     }
 
     #[test]

@@ -92,9 +92,24 @@ pub struct Cached {
 }
 
 impl Cached {
+    /// Whole seconds the answer has spent in the cache at `now`.
+    pub fn age_at(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.stored).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// When the answer entered the cache.
+    pub fn stored(&self) -> Instant {
+        self.stored
+    }
+
+    /// When the answer leaves the cache.
+    pub fn expires(&self) -> Instant {
+        self.expires
+    }
+
     /// The records with TTLs lowered by the time spent in the cache.
     pub fn aged(&self, now: Instant) -> (Vec<Record>, Vec<Record>) {
-        let age = u32::try_from(now.saturating_duration_since(self.stored).as_secs()).unwrap_or(0);
+        let age = self.age_at(now);
         let age_all = |rs: &[Record]| {
             rs.iter()
                 .map(|r| {
@@ -105,14 +120,6 @@ impl Cached {
                 .collect()
         };
         (age_all(&self.answers), age_all(&self.authorities))
-    }
-
-    /// Until when [`Cached::aged`] gives the same records as at `now`: the
-    /// next whole second of age, or the expiry if that is sooner.
-    pub fn unchanged_until(&self, now: Instant) -> Instant {
-        let age = now.saturating_duration_since(self.stored).as_secs();
-        let next = self.stored + Duration::from_secs(age.saturating_add(1));
-        next.min(self.expires)
     }
 }
 

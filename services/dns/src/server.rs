@@ -167,7 +167,11 @@ impl Handler {
                         authoritative: false,
                         answers,
                         authorities,
-                        valid: Validity::Until(c.unchanged_until(now)),
+                        valid: Validity::Aged {
+                            stored: c.stored(),
+                            age: c.age_at(now),
+                            expires: c.expires(),
+                        },
                     }
                 }
                 Err(error) => {
