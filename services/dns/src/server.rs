@@ -18,6 +18,7 @@ use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::batch::{RecvBatch, SendBatch};
@@ -354,7 +355,25 @@ fn formerr(bytes: &[u8]) -> Option<Vec<u8>> {
 pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
     use futures_util::FutureExt;
     use std::os::fd::AsRawFd;
-    let socket = Arc::new(socket);
+    // AsyncFd rather than tokio's UdpSocket so that a short batch can mark
+    // the socket drained: one `recvmmsg` per wake-up instead of a second
+    // one that only says EAGAIN.
+    let std_socket = match socket.into_std() {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "cannot take over the UDP socket");
+            return;
+        }
+    };
+    // SAFETY: a std UdpSocket owns its descriptor: it stays open and the
+    // same until the AsyncFd (which owns the socket) is dropped.
+    let socket = match unsafe { AsyncFd::register(std_socket) } {
+        Ok(s) => Arc::new(s),
+        Err(error) => {
+            tracing::error!(error = %error, "cannot register the UDP socket");
+            return;
+        }
+    };
     let fd = socket.as_raw_fd();
     let mut rx = RecvBatch::new();
     let mut tx = SendBatch::new();
@@ -362,16 +381,32 @@ pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
     let mut out = Vec::with_capacity(512);
     let mut cache = AnswerCache::new();
     loop {
-        let n = match socket
-            .async_io(tokio::io::Interest::READABLE, || rx.recv(fd))
-            .await
-        {
+        let mut ready = match socket.readable().await {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::debug!(%error, "udp socket not readable");
+                continue;
+            }
+        };
+        let n = match rx.recv(fd) {
+            // Fewer than a full batch: the queue was empty at that moment.
+            // A datagram arriving after it is a new epoll event, which sets
+            // readiness again (tokio does not clear past a newer event).
+            Ok(n) if n < crate::batch::BATCH => {
+                ready.clear_ready();
+                n
+            }
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                ready.clear_ready();
+                continue;
+            }
             Err(error) => {
                 tracing::debug!(%error, "udp receive failed");
                 continue;
             }
         };
+        drop(ready);
         for i in 0..n {
             let Some((packet, src)) = rx.get(i) else {
                 continue;
@@ -406,7 +441,9 @@ pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
                     let s = Arc::clone(&socket);
                     tokio::spawn(async move {
                         if let (_, Some((resp, _))) = fut.await {
-                            let _ = s.send_to(&resp, src).await;
+                            let _ = s
+                                .async_io(tokio::io::Interest::WRITABLE, |s| s.send_to(&resp, src))
+                                .await;
                         }
                     });
                 }
@@ -418,13 +455,13 @@ pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
 
 /// Send every queued answer, waiting for room in the socket buffer when it
 /// is full (back-pressure: no more questions are read meanwhile).
-async fn flush(socket: &UdpSocket, tx: &mut SendBatch) {
+async fn flush(socket: &AsyncFd<std::net::UdpSocket>, tx: &mut SendBatch) {
     use std::os::fd::AsRawFd;
     let fd = socket.as_raw_fd();
     let mut sent = 0;
     while sent < tx.len() {
         match socket
-            .async_io(tokio::io::Interest::WRITABLE, || tx.send(fd, sent))
+            .async_io(tokio::io::Interest::WRITABLE, |_| tx.send(fd, sent))
             .await
         {
             Ok(k) => sent += k.max(1),
