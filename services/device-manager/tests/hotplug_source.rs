@@ -6,23 +6,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use support::{Env, FakeKubelet, can_mknod};
-
-type R = Result<(), Box<dyn std::error::Error>>;
-
-const T: Duration = Duration::from_secs(10);
-/// The hotplug latency requirement.
-const HOTPLUG: Duration = Duration::from_millis(100);
-
-fn healthy(p: &support::kubelet::Plugin, id: &str) -> bool {
-    p.devices.iter().any(|(i, h)| i == id && h == "Healthy")
-}
-
-fn unhealthy(p: &support::kubelet::Plugin, id: &str) -> bool {
-    p.devices.iter().any(|(i, h)| i == id && h == "Unhealthy")
-}
+use support::{Env, FakeKubelet, HOTPLUG, R, T, can_mknod, healthy, unhealthy};
 
 fn chosen(env: &Env) -> String {
     env.log_text()

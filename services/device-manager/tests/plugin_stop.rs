@@ -7,11 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Env, FakeKubelet, can_mknod};
-
-type R = Result<(), Box<dyn std::error::Error>>;
-
-const T: Duration = Duration::from_secs(10);
+use support::{Env, FakeKubelet, R, T, can_mknod};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_resource_ends_its_stream_others_stay() -> R {

@@ -6,26 +6,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use support::udevd::{LoopDev, Udevd};
-use support::{Env, FakeKubelet};
-
-type R = Result<(), Box<dyn std::error::Error>>;
-
-const T: Duration = Duration::from_secs(10);
-/// The hotplug latency requirement.
-const HOTPLUG: Duration = Duration::from_millis(100);
+use support::{Env, FakeKubelet, HOTPLUG, R, T, healthy, unhealthy};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn healthy(p: &support::kubelet::Plugin, id: &str) -> bool {
-    p.devices.iter().any(|(i, h)| i == id && h == "Healthy")
-}
-
-fn unhealthy(p: &support::kubelet::Plugin, id: &str) -> bool {
-    p.devices.iter().any(|(i, h)| i == id && h == "Unhealthy")
-}
 
 /// udevd with `rules`, or print why the test skips.
 fn udevd(test: &str, rules: &str) -> Option<Udevd> {

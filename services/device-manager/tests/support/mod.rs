@@ -11,6 +11,23 @@ use std::time::Duration;
 
 pub use kubelet::FakeKubelet;
 
+/// What a test returns.
+pub type R = Result<(), Box<dyn std::error::Error>>;
+/// How long a test waits for something that should happen at once.
+pub const T: Duration = Duration::from_secs(10);
+/// The hotplug latency requirement.
+pub const HOTPLUG: Duration = Duration::from_millis(100);
+
+/// `id` is listed Healthy in the plugin's last ListAndWatch.
+pub fn healthy(p: &kubelet::Plugin, id: &str) -> bool {
+    p.devices.iter().any(|(i, h)| i == id && h == "Healthy")
+}
+
+/// `id` is listed Unhealthy in the plugin's last ListAndWatch.
+pub fn unhealthy(p: &kubelet::Plugin, id: &str) -> bool {
+    p.devices.iter().any(|(i, h)| i == id && h == "Unhealthy")
+}
+
 /// Make a character device node, or say why not.
 pub fn mknod(path: &Path, major: u32, minor: u32) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
