@@ -14,6 +14,8 @@
 #        WORKERS=2 bench/dns/run.sh   (smarter-dns worker_threads; dnsmasq is single-threaded)
 #        ROUNDS=5 bench/dns/run.sh    (rounds per figure, default 3; the median is reported, so a
 #                                      burst of other load in one round does not decide the ratio)
+#        AA=1 bench/dns/run.sh        (A/A control: a second, identical dnsmasq takes smarter-dns's
+#                                      place, so the ratios show this machine's noise floor)
 set -euo pipefail
 
 SECS=${1:-10}
@@ -71,7 +73,17 @@ ip netns exec "$NS" dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-i
     --server=127.0.0.9 --cache-size=10000 --log-facility=- 2>/dev/null &
 PIDS+=($!)
 
-# Us.
+# Us (or, with AA=1, a second dnsmasq identical to the peer).
+OURS=127.0.0.2
+OURS_NAME=smarter-dns
+if [ "${AA:-0}" = 1 ]; then
+    OURS=127.0.0.4
+    OURS_NAME=dnsmasq-B
+    ip netns exec "$NS" dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --user=root --pid-file= \
+        --listen-address=127.0.0.4 --port=53 --addn-hosts="$WORK/hosts" --local-ttl=5 \
+        --server=127.0.0.9 --cache-size=10000 --log-facility=- 2>/dev/null &
+    PIDS+=($!)
+fi
 echo "nameserver 127.0.0.9" >"$WORK/resolv.conf"
 cat >"$WORK/dns.toml" <<TOML
 records_dir = "$WORK/records"
@@ -84,14 +96,14 @@ TOML
 ip netns exec "$NS" "$BIN" --config "$WORK/dns.toml" --log-level warn &
 PIDS+=($!)
 
-for s in 127.0.0.2 127.0.0.3; do
+for s in "$OURS" 127.0.0.3; do
     for _ in $(seq 100); do
         if inns dig +short +tries=1 +time=1 @"$s" pod-0001 | grep -q 172; then break; fi
         sleep 0.05
     done
 done
 # Warm both caches.
-for s in 127.0.0.2 127.0.0.3; do inns dnsperf -s "$s" -d "$WORK/fwd.txt" -n 1 >/dev/null 2>&1; done
+for s in "$OURS" 127.0.0.3; do inns dnsperf -s "$s" -d "$WORK/fwd.txt" -n 1 >/dev/null 2>&1; done
 
 qps() { # server datafile
     inns dnsperf -s "$1" -d "$2" -l "$SECS" -c 4 -q 200 2>/dev/null |
@@ -110,14 +122,14 @@ ROUNDS=${ROUNDS:-3}
 median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else print a[int((NR+1)/2)]}'; }
 
 echo "dnsperf, UDP; each figure is the median of $ROUNDS rounds (ours and dnsmasq's measured"
-echo "alternately in every round); ratio = smarter-dns / dnsmasq"
-printf '%-22s %14s %14s %8s\n' "workload" "smarter-dns" "dnsmasq" "ratio"
+echo "alternately in every round); ratio = $OURS_NAME / dnsmasq"
+printf '%-22s %14s %14s %8s\n' "workload" "$OURS_NAME" "dnsmasq" "ratio"
 for w in local fwd; do
     f="$WORK/$w.txt"
     oq=(); tq=(); o5=(); t5=(); o9=(); t9=()
     for _ in $(seq "$ROUNDS"); do
-        oq+=("$(qps 127.0.0.2 "$f")"); tq+=("$(qps 127.0.0.3 "$f")")
-        read -r a b < <(lat 127.0.0.2 "$f"); o5+=("$a"); o9+=("$b")
+        oq+=("$(qps "$OURS" "$f")"); tq+=("$(qps 127.0.0.3 "$f")")
+        read -r a b < <(lat "$OURS" "$f"); o5+=("$a"); o9+=("$b")
         read -r a b < <(lat 127.0.0.3 "$f"); t5+=("$a"); t9+=("$b")
     done
     ours=$(printf '%s\n' "${oq[@]}" | median); theirs=$(printf '%s\n' "${tq[@]}" | median)
