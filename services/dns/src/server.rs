@@ -17,7 +17,7 @@ use hickory_proto::rr::{DNSClass, LowerName, Record, RecordType};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -218,8 +218,19 @@ impl Handler {
         mut response_handle: R,
     ) -> (ResponseInfo, Validity) {
         self.metrics.queries.inc();
-        let reply = self.decide(request).await;
+        // hickory echoes the question section byte for byte; a compression
+        // pointer in it would then point into our own answer (its header,
+        // say) and the client could not parse the answer. No resolver
+        // compresses a question, so such a request is malformed: FORMERR,
+        // without echoing the question.
+        let compressed = names_a_pointer(request.queries.as_bytes());
+        let reply = if compressed {
+            Reply::error(ResponseCode::FormErr)
+        } else {
+            self.decide(request).await
+        };
         let mut meta = Metadata::response_from_request(&request.metadata);
+
         meta.recursion_available = true;
         meta.authoritative = reply.authoritative;
         meta.response_code = reply.rcode;
@@ -228,7 +239,14 @@ impl Handler {
             e.set_max_payload(1232);
             e
         });
-        let mut builder = MessageResponseBuilder::from_message_request(request);
+        let no_questions = Queries::read(
+            &mut hickory_proto::serialize::binary::BinDecoder::new(&[]),
+            0,
+        );
+        let mut builder = match (&no_questions, compressed) {
+            (Ok(none), true) => MessageResponseBuilder::new(none, None),
+            _ => MessageResponseBuilder::from_message_request(request),
+        };
         if let Some(e) = &edns {
             builder.edns(e);
         }
@@ -252,6 +270,27 @@ impl Handler {
             }
         }
     }
+}
+
+/// Whether any name in a question section (as received) uses a
+/// compression pointer.
+fn names_a_pointer(questions: &[u8]) -> bool {
+    let mut p = 0;
+    while p < questions.len() {
+        loop {
+            match questions.get(p) {
+                None => return false,
+                Some(0) => {
+                    p += 1;
+                    break;
+                }
+                Some(len) if len & 0xc0 != 0 => return true,
+                Some(len) => p += 1 + usize::from(*len),
+            }
+        }
+        p += 4; // type and class
+    }
+    false
 }
 
 /// A [`ResponseHandler`] that keeps the encoded response instead of

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, Query};
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use smarter_dns::fastpath::{self, AnswerCache};
 use smarter_dns::forward::{Forwarder, ForwarderConfig};
@@ -188,4 +188,42 @@ async fn replayed_answers_equal_the_handlers() {
         cache.insert(&key, q, &p, &resp, valid);
     }
     assert!(replayed > 5_000, "only {replayed} replays");
+}
+
+/// A question whose name uses a compression pointer (here into the
+/// header) must not be echoed: the pointer would then point into the
+/// answer's own header. Found by cargo-fuzz; the first packet is its find.
+#[tokio::test]
+async fn compressed_question_gets_formerr_without_echo() {
+    let h = handler();
+    let src: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 5353));
+    let fuzzed: &[u8] = &[
+        0x24, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x09, 0xcd,
+        0x09, 0x09, 0x06, 0x06, 0x27, 0x06, 0x06, 0x06, 0x06, 0x06, 0x06, 0x06, 0x06, 0x06, 0x06,
+        0x06, 0x06, 0x06, 0x04, 0x09, 0x09, 0x09, 0x09, 0x09, 0x09, 0x09, 0x02, 0x02, 0x02, 0x93,
+        0x02, 0x02, 0x02, 0x02, 0xc0, 0x02, 0x02, 0x08, 0x08, 0x08, 0x08, 0x02, 0x02, 0x02, 0x02,
+        0x09, 0x09, 0x09, 0x09, 0x09, 0x09, 0x09, 0x09, 0x09, 0x09, 0x09, 0x09, 0x01, 0xc3, 0xff,
+        0xff, 0xff, 0x00, 0x01, 0x00, 0x09, 0x09, 0x09, 0x09, 0x70, 0x70, 0x70, 0x70, 0x09, 0x09,
+        0x09, 0x09, 0x00, 0x00, 0x01, 0x9e, 0x32,
+    ];
+    // "camera" then a pointer to offset 2 (the flags), type A, class IN.
+    let mut simple = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 6];
+    simple.extend(b"camera");
+    simple.extend([0xc0, 0x02, 0, 1, 0, 1]);
+    for p in [fuzzed, &simple[..]] {
+        let r = answer_raw(&h, p, src).await;
+        check(p, r.clone());
+        let m = Message::from_vec(&r.unwrap_or_default());
+        assert!(m.is_ok(), "unparsable answer to {p:02x?}");
+        if let Ok(m) = m {
+            assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+            assert!(m.queries.is_empty());
+        }
+    }
+    // Uncompressed, the same question is answered.
+    let mut plain = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 6];
+    plain.extend(b"camera");
+    plain.extend([0, 0, 1, 0, 1]);
+    let m = Message::from_vec(&answer_raw(&h, &plain, src).await.unwrap_or_default());
+    assert_eq!(m.map(|m| m.answers.len()).unwrap_or(0), 1);
 }
