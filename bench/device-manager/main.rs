@@ -209,8 +209,11 @@ fn spawn_peer(
 
 async fn hotplug_and_allocate() -> R {
     let mut env = Env::new("dm.toml")?;
+    // mknod'd nodes are never announced by udev: measure the inotify source
+    // even where a udevd runs (auto would pick udev and see these nodes only
+    // through its 40 ms fallback; tests/udev.rs measures real udev events).
     env.write_config(
-        "health_interval_secs = 0\n[[rules]]\nname = \"bench\"\npath = \"^n[0-9]+$\"\nid = \"path\"\n",
+        "health_interval_secs = 0\nhotplug = \"inotify\"\n[[rules]]\nname = \"bench\"\npath = \"^n[0-9]+$\"\nid = \"path\"\n",
     )?;
     env.mknod("n0", 240, 0)?;
     let k = FakeKubelet::start(&env.plugins)?;
