@@ -385,12 +385,13 @@ fn formerr(bytes: &[u8]) -> Option<Vec<u8>> {
 ///
 /// hickory-server's own UDP loop hands every answer through a channel to
 /// a separate sender task; this loop runs the same [`Handler`] and sends
-/// the answer itself. Answers that need no waiting (local names, cache
-/// hits) are computed and sent inline without spawning a task; only
-/// questions that go upstream get a task of their own. A repeated plain
-/// question is answered from the loop's [`AnswerCache`] of encoded answers
-/// without decoding it at all. See docs/decisions/0033-dns-udp-fast-path.md
-/// and 0034-dns-answer-cache.md.
+/// the answers itself, a batch per `recvmmsg`/`sendmmsg`. Answers that need
+/// no waiting (local names, cache hits) are computed inline without
+/// spawning a task; only questions that go upstream get a task of their
+/// own. A repeated plain question is answered from the loop's
+/// [`AnswerCache`] of encoded answers without decoding it at all. See
+/// docs/decisions/0033-dns-udp-fast-path.md and
+/// 0034-dns-answer-cache-and-batches.md.
 pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
     use futures_util::FutureExt;
     use std::os::fd::AsRawFd;
