@@ -6,9 +6,7 @@
 
 mod support;
 
-use std::time::Instant;
-
-use support::{Env, FakeKubelet, HOTPLUG, R, T, can_mknod, healthy, unhealthy};
+use support::{Env, FakeKubelet, R, T, can_mknod, healthy, hotplug_cycle};
 
 fn chosen(env: &Env) -> String {
     env.log_text()
@@ -30,26 +28,7 @@ async fn add_remove_readd(env: &mut Env, run_dir: &std::path::Path) -> R {
     env.spawn(&[])?;
     let pool = "smarter-devices/usb-serial";
     k.wait_for(pool, T, |p| healthy(p, "ttyUSB0")).await?;
-    let t0 = Instant::now();
-    env.mknod("ttyUSB1", 188, 1)?;
-    k.wait_for(pool, T, |p| healthy(p, "ttyUSB1")).await?;
-    let add = t0.elapsed();
-    let t0 = Instant::now();
-    std::fs::remove_file(env.dev.join("ttyUSB1"))?;
-    k.wait_for(pool, T, |p| unhealthy(p, "ttyUSB1")).await?;
-    let remove = t0.elapsed();
-    let t0 = Instant::now();
-    env.mknod("ttyUSB1", 188, 1)?;
-    k.wait_for(pool, T, |p| healthy(p, "ttyUSB1")).await?;
-    let readd = t0.elapsed();
-    println!(
-        "{}: add {add:?}, remove {remove:?}, re-add {readd:?}",
-        chosen(env)
-    );
-    for (what, d) in [("add", add), ("remove", remove), ("re-add", readd)] {
-        assert!(d < HOTPLUG, "{what} took {d:?}");
-    }
-    Ok(())
+    hotplug_cycle(env, &k, pool, &chosen(env)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,31 @@ pub fn unhealthy(p: &kubelet::Plugin, id: &str) -> bool {
     p.devices.iter().any(|(i, h)| i == id && h == "Unhealthy")
 }
 
+/// With `ttyUSB0` listed Healthy in `pool`, add, remove and re-add
+/// `ttyUSB1` (188:1) by mknod: it must turn Healthy, Unhealthy (still
+/// listed, `ttyUSB0` untouched) and Healthy again, each within [`HOTPLUG`].
+/// `label` starts the printed latencies.
+pub async fn hotplug_cycle(env: &Env, k: &FakeKubelet, pool: &str, label: &str) -> R {
+    let t0 = std::time::Instant::now();
+    env.mknod("ttyUSB1", 188, 1)?;
+    k.wait_for(pool, T, |p| healthy(p, "ttyUSB1")).await?;
+    let add = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    std::fs::remove_file(env.dev.join("ttyUSB1"))?;
+    let p = k.wait_for(pool, T, |p| unhealthy(p, "ttyUSB1")).await?;
+    let remove = t0.elapsed();
+    assert!(healthy(&p, "ttyUSB0"));
+    let t0 = std::time::Instant::now();
+    env.mknod("ttyUSB1", 188, 1)?;
+    k.wait_for(pool, T, |p| healthy(p, "ttyUSB1")).await?;
+    let readd = t0.elapsed();
+    println!("{label}: add {add:?}, remove {remove:?}, re-add {readd:?}");
+    for (what, d) in [("add", add), ("remove", remove), ("re-add", readd)] {
+        assert!(d < HOTPLUG, "{what} took {d:?}");
+    }
+    Ok(())
+}
+
 /// Make a character device node, or say why not.
 pub fn mknod(path: &Path, major: u32, minor: u32) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
