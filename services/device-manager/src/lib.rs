@@ -27,6 +27,7 @@
 pub mod cdi;
 pub mod config;
 pub mod discover;
+pub mod grpc;
 pub mod metrics;
 pub mod plugin;
 pub mod proto;

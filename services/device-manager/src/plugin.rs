@@ -12,20 +12,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::Stream;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
 
+use crate::grpc::{self, Call, Status};
 use crate::metrics::Metrics;
 use crate::proto::v1beta1 as pb;
 use crate::registry::{HEALTHY, Registry, Slot, UNHEALTHY};
@@ -110,12 +106,11 @@ pub fn options() -> pb::DevicePluginOptions {
     }
 }
 
-/// The `DevicePlugin` service for one resource.
-#[derive(Debug, Clone)]
+/// The `DevicePlugin` service for one resource, served by [`grpc`].
+#[derive(Debug)]
 pub struct PluginService {
     name: String,
     shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
 }
 
 fn to_proto_list(slots: &[Slot]) -> pb::ListAndWatchResponse {
@@ -131,61 +126,64 @@ fn to_proto_list(slots: &[Slot]) -> pb::ListAndWatchResponse {
     }
 }
 
-#[tonic::async_trait]
-impl pb::device_plugin_server::DevicePlugin for PluginService {
-    async fn get_device_plugin_options(
-        &self,
-        _request: Request<pb::Empty>,
-    ) -> Result<Response<pb::DevicePluginOptions>, Status> {
-        Ok(Response::new(options()))
+/// The service's gRPC path prefix.
+const SERVICE: &str = "/v1beta1.DevicePlugin/";
+
+fn decode<M: prost::Message + Default>(msg: &[u8]) -> Result<M, Status> {
+    M::decode(msg).map_err(|e| {
+        Status::new(
+            Status::INVALID_ARGUMENT,
+            format!("cannot decode {}: {e}", std::any::type_name::<M>()),
+        )
+    })
+}
+
+fn reply<M: prost::Message>(r: Result<M, Status>) -> Call<Vec<Slot>> {
+    Call::Reply(r.map(|m| m.encode_to_vec()))
+}
+
+impl grpc::Handler for PluginService {
+    type Item = Vec<Slot>;
+
+    fn call(&self, path: &str, msg: &[u8]) -> Call<Vec<Slot>> {
+        let method = path.strip_prefix(SERVICE).unwrap_or_default();
+        match method {
+            "GetDevicePluginOptions" => reply(Ok(options())),
+            "ListAndWatch" => match self.shared.subscribe(&self.name) {
+                Some(rx) => Call::Watch(rx),
+                None => Call::Reply(Err(Status::new(
+                    Status::NOT_FOUND,
+                    format!("resource {} is gone", self.name),
+                ))),
+            },
+            "GetPreferredAllocation" => reply(decode(msg).map(|r| self.preferred(&r))),
+            "Allocate" => reply(decode(msg).and_then(|r| self.allocate(&r))),
+            "PreStartContainer" => reply(Ok(pb::PreStartContainerResponse {})),
+            _ => Call::Reply(Err(Status::new(
+                Status::UNIMPLEMENTED,
+                format!("unknown method {path}"),
+            ))),
+        }
     }
 
-    type ListAndWatchStream =
-        Pin<Box<dyn Stream<Item = Result<pb::ListAndWatchResponse, Status>> + Send>>;
-
-    async fn list_and_watch(
-        &self,
-        _request: Request<pb::Empty>,
-    ) -> Result<Response<Self::ListAndWatchStream>, Status> {
-        let rx = self
-            .shared
-            .subscribe(&self.name)
-            .ok_or_else(|| Status::not_found(format!("resource {} is gone", self.name)))?;
-        // A stream polled by the connection itself: no task and no channel
-        // per resource. It ends when the list's channel closes (resource
-        // removed) or the server stops; the kubelet hanging up drops it.
-        let state = ListState {
-            rx,
-            stop: self.stop.clone(),
-            name: self.name.clone(),
-            first: true,
-        };
-        let stream = futures_util::stream::unfold(state, |mut st| async move {
-            if !st.first {
-                tokio::select! {
-                    r = st.rx.changed() => r.ok()?,
-                    _ = st.stop.wait_for(|s| *s) => return None,
-                }
-            }
-            st.first = false;
-            let list = to_proto_list(&st.rx.borrow_and_update());
-            tracing::debug!(resource = %st.name, devices = list.devices.len(), "ListAndWatch send");
-            Some((Ok(list), st))
-        });
-        Ok(Response::new(Box::pin(stream)))
+    fn encode(&self, slots: &Vec<Slot>) -> Vec<u8> {
+        let list = to_proto_list(slots);
+        tracing::debug!(resource = %self.name, devices = list.devices.len(), "ListAndWatch send");
+        prost::Message::encode_to_vec(&list)
     }
+}
 
-    async fn get_preferred_allocation(
+impl PluginService {
+    fn preferred(
         &self,
-        request: Request<pb::PreferredAllocationRequest>,
-    ) -> Result<Response<pb::PreferredAllocationResponse>, Status> {
+        request: &pb::PreferredAllocationRequest,
+    ) -> pb::PreferredAllocationResponse {
         let reg = self
             .shared
             .registry
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let container_responses = request
-            .into_inner()
             .container_requests
             .iter()
             .map(|c| pb::ContainerPreferredAllocationResponse {
@@ -197,28 +195,25 @@ impl pb::device_plugin_server::DevicePlugin for PluginService {
                 ),
             })
             .collect();
-        Ok(Response::new(pb::PreferredAllocationResponse {
+        pb::PreferredAllocationResponse {
             container_responses,
-        }))
+        }
     }
 
-    async fn allocate(
-        &self,
-        request: Request<pb::AllocateRequest>,
-    ) -> Result<Response<pb::AllocateResponse>, Status> {
+    fn allocate(&self, request: &pb::AllocateRequest) -> Result<pb::AllocateResponse, Status> {
         let reg = self
             .shared
             .registry
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let mut container_responses = Vec::new();
-        for c in &request.get_ref().container_requests {
+        for c in &request.container_requests {
             let a = match reg.allocate(&self.name, &c.devices_ids) {
                 Ok(a) => a,
                 Err(e) => {
                     self.shared.metrics.allocation_failed();
                     tracing::warn!(resource = %self.name, ids = ?c.devices_ids, error = %e, "Allocate refused");
-                    return Err(Status::failed_precondition(e.to_string()));
+                    return Err(Status::new(Status::FAILED_PRECONDITION, e.to_string()));
                 }
             };
             tracing::info!(resource = %self.name, ids = ?c.devices_ids, nodes = a.nodes.len(), "Allocate");
@@ -251,16 +246,9 @@ impl pb::device_plugin_server::DevicePlugin for PluginService {
             });
         }
         self.shared.metrics.allocated();
-        Ok(Response::new(pb::AllocateResponse {
+        Ok(pb::AllocateResponse {
             container_responses,
-        }))
-    }
-
-    async fn pre_start_container(
-        &self,
-        _request: Request<pb::PreStartContainerRequest>,
-    ) -> Result<Response<pb::PreStartContainerResponse>, Status> {
-        Ok(Response::new(pb::PreStartContainerResponse {}))
+        })
     }
 }
 
@@ -301,14 +289,6 @@ pub enum PluginError {
         /// gRPC status message.
         message: String,
     },
-}
-
-/// What a ListAndWatch stream keeps between messages.
-struct ListState {
-    rx: watch::Receiver<Vec<Slot>>,
-    stop: watch::Receiver<bool>,
-    name: String,
-    first: bool,
 }
 
 /// A gRPC channel over a unix socket (the URI is a dummy; the connector
@@ -409,10 +389,9 @@ fn start_server(
         source,
     })?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let svc = pb::device_plugin_server::DevicePluginServer::new(PluginService {
+    let svc = Arc::new(PluginService {
         name: name.to_string(),
         shared: Arc::clone(shared),
-        stop: stop_rx.clone(),
     });
     let task = tokio::spawn(serve(listener, svc, stop_rx, name.to_string()));
     Ok(RunningServer {
@@ -422,18 +401,14 @@ fn start_server(
 }
 
 /// Accept connections on one resource's socket until `stop`, each served
-/// as HTTP/2 by hyper in its own task. A lean stand-in for tonic's
-/// `Server` (same HTTP/2 defaults, no HTTP/1, no per-server layers): it
-/// keeps less state per resource, which counts with one server per node
-/// (`docs/decisions/0015-plugin-memory.md`).
+/// by our own HTTP/2 server ([`grpc`]) in its own task, which holds no
+/// buffer while idle (`docs/decisions/0016-own-http2-server.md`).
 async fn serve(
     listener: UnixListener,
-    svc: pb::device_plugin_server::DevicePluginServer<PluginService>,
+    svc: Arc<PluginService>,
     mut stop: watch::Receiver<bool>,
     resource: String,
 ) {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -448,25 +423,10 @@ async fn serve(
                 continue;
             }
         };
-        let conn =
-            builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc.clone()));
-        let mut stop = stop.clone();
-        let resource = resource.clone();
+        let conn = grpc::serve_connection(io, Arc::clone(&svc), stop.clone());
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                _ = stop.wait_for(|s| *s) => None,
-            };
-            let r = match ended {
-                Some(r) => r,
-                None => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = r {
-                tracing::debug!(resource = %resource, error = %e, "connection ended");
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
             }
         });
     }

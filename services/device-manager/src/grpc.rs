@@ -1,0 +1,1543 @@
+//! A small HTTP/2 server for gRPC over a unix socket: exactly what the
+//! kubelet's device-plugin client needs, and no more.
+//!
+//! Why not hyper/h2 (which tonic uses): the kubelet keeps one HTTP/2
+//! connection open per resource for ListAndWatch, and the original's rules
+//! make one resource per device node. h2 allocates about 34 KiB per
+//! connection (fixed 16 KiB write, 8 KiB read and 4 KiB HPACK buffers), so
+//! 1,000 nodes cost 35 MiB. Here an idle connection holds no buffer at all:
+//! input is read into a stack buffer and only an incomplete frame is kept,
+//! output is freed as soon as the socket took it. And kubelets before 1.26
+//! send the socket *path* as `:authority` (kubernetes/kubernetes#112597),
+//! which h2 refuses with RST_STREAM; a unix socket has no authority to
+//! check, so it is ignored here. See `docs/decisions/0016-own-http2-server.md`.
+//!
+//! What is implemented (RFC 9113 server side, RFC 7541 via `loona-hpack` for
+//! decoding): the preface, SETTINGS (with ACK), PING, WINDOW_UPDATE and
+//! send-side flow control per stream and connection, HEADERS with
+//! CONTINUATION, padding and priority fields, DATA, RST_STREAM, GOAWAY
+//! (graceful on stop, with an error code on a protocol violation). gRPC:
+//! unary calls and server-streaming "watch" calls whose messages come from a
+//! `tokio::sync::watch` channel (only the newest value is ever queued, so a
+//! slow reader costs at most one message). Not implemented, because no
+//! kubelet uses them: server push, request compression (answered with
+//! UNIMPLEMENTED), client streaming, priorities (parsed and ignored).
+
+use std::borrow::Cow;
+use std::io;
+use std::sync::Arc;
+
+use loona_hpack::Decoder;
+use tokio::io::{Interest, Ready};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+/// The client connection preface.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Length of a frame header.
+const FRAME_HEADER: usize = 9;
+/// The largest frame we accept (the protocol default; we never raise it).
+const MAX_FRAME: usize = 16_384;
+/// Streams one connection may have open (the kubelet uses one or two).
+pub const MAX_STREAMS: usize = 16;
+/// The largest request message (gRPC's usual default: 4 MiB).
+pub const MAX_MESSAGE: usize = 4 << 20;
+/// The largest header block (all HEADERS + CONTINUATION payloads).
+const MAX_HEADER_BLOCK: usize = 64 << 10;
+/// Stop reading while this much output waits for the peer to read.
+const OUT_HIGH_WATER: usize = 64 << 10;
+/// HTTP/2's initial flow-control window.
+const DEFAULT_WINDOW: i64 = 65_535;
+/// Largest flow-control window.
+const MAX_WINDOW: i64 = (1 << 31) - 1;
+
+// Frame types (RFC 9113 §6).
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PUSH_PROMISE: u8 = 0x5;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+
+// Flags.
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY_FLAG: u8 = 0x20;
+
+// Settings.
+const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
+const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
+
+/// HTTP/2 error codes (RFC 9113 §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum H2Error {
+    /// Graceful.
+    NoError = 0x0,
+    /// Protocol violation.
+    Protocol = 0x1,
+    /// Our fault.
+    Internal = 0x2,
+    /// Window violation.
+    FlowControl = 0x3,
+    /// Frame on a closed stream.
+    StreamClosed = 0x5,
+    /// Bad frame length.
+    FrameSize = 0x6,
+    /// Too many streams.
+    RefusedStream = 0x7,
+    /// HPACK failure.
+    Compression = 0x9,
+    /// The peer is abusive (header block too large).
+    EnhanceYourCalm = 0xb,
+}
+
+/// A gRPC status: code (0 is OK) and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// gRPC status code.
+    pub code: u32,
+    /// Human-readable message (sent percent-encoded in `grpc-message`).
+    pub message: String,
+}
+
+impl Status {
+    /// OK.
+    pub const OK: u32 = 0;
+    /// Internal.
+    pub const INTERNAL: u32 = 13;
+    /// Invalid argument.
+    pub const INVALID_ARGUMENT: u32 = 3;
+    /// Not found.
+    pub const NOT_FOUND: u32 = 5;
+    /// Failed precondition.
+    pub const FAILED_PRECONDITION: u32 = 9;
+    /// Resource exhausted.
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    /// Unimplemented.
+    pub const UNIMPLEMENTED: u32 = 12;
+
+    /// A status with `code` and `message`.
+    pub fn new(code: u32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn ok() -> Self {
+        Self::new(Self::OK, "")
+    }
+}
+
+/// What a call turns into.
+#[derive(Debug)]
+pub enum Call<T> {
+    /// A unary reply: the encoded response message, or an error status.
+    Reply(Result<Vec<u8>, Status>),
+    /// A server stream: send the channel's value now and on every change;
+    /// end with OK when the sender is dropped.
+    Watch(watch::Receiver<T>),
+}
+
+/// The service behind one socket.
+pub trait Handler: Send + Sync + 'static {
+    /// What watch calls stream.
+    type Item: Send + Sync + 'static;
+    /// Handle a call to `path` (e.g. `/v1beta1.DevicePlugin/Allocate`)
+    /// with the encoded request message `msg`. All watch calls on one
+    /// connection share the first one's channel (one socket serves one
+    /// resource, so they are the same anyway).
+    fn call(&self, path: &str, msg: &[u8]) -> Call<Self::Item>;
+    /// Encode one streamed value as a response message.
+    fn encode(&self, item: &Self::Item) -> Vec<u8>;
+}
+
+/// A protocol error that ends the connection with GOAWAY.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("HTTP/2 {code:?}: {why}")]
+pub struct ConnError {
+    /// Code sent in GOAWAY.
+    pub code: H2Error,
+    /// What went wrong.
+    pub why: &'static str,
+}
+
+fn err(code: H2Error, why: &'static str) -> ConnError {
+    ConnError { code, why }
+}
+
+/// One open stream.
+#[derive(Debug)]
+struct Stream {
+    id: u32,
+    /// The client may still send DATA.
+    recv_open: bool,
+    path: Box<str>,
+    /// Request body received so far (freed once dispatched).
+    body: Vec<u8>,
+    /// How much DATA we may still send on it.
+    send_window: i64,
+    /// Response DATA payload (gRPC framed) not yet sent past `sent`.
+    out: Vec<u8>,
+    sent: usize,
+    /// A watch stream: send the newest value whenever `dirty`.
+    watching: bool,
+    dirty: bool,
+    /// Trailers to send once `out` is drained; then the stream is done.
+    end: Option<Status>,
+}
+
+/// Header block being assembled from HEADERS + CONTINUATION.
+#[derive(Debug)]
+struct Pending {
+    stream: u32,
+    end_stream: bool,
+    block: Vec<u8>,
+}
+
+/// One connection's state; I/O is done by [`serve_connection`].
+struct Conn<H: Handler> {
+    handler: Arc<H>,
+    hpack: Decoder<'static>,
+    /// Bytes of an incomplete frame (empty while idle).
+    inbuf: Vec<u8>,
+    /// Bytes to write (freed once written).
+    out: Vec<u8>,
+    preface_seen: bool,
+    settings_seen: bool,
+    streams: Vec<Stream>,
+    continuation: Option<Pending>,
+    last_stream: u32,
+    conn_send_window: i64,
+    conn_recv_window: i64,
+    peer_initial_window: i64,
+    peer_max_frame: usize,
+    watch: Option<watch::Receiver<H::Item>>,
+    /// GOAWAY sent: no new streams.
+    goaway_sent: bool,
+    /// A connection error was sent: close once `out` is written.
+    fatal: bool,
+}
+
+impl<H: Handler> Conn<H> {
+    fn new(handler: Arc<H>) -> Self {
+        let mut c = Self {
+            handler,
+            hpack: Decoder::new(),
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            preface_seen: false,
+            settings_seen: false,
+            streams: Vec::new(),
+            continuation: None,
+            last_stream: 0,
+            conn_send_window: DEFAULT_WINDOW,
+            conn_recv_window: DEFAULT_WINDOW,
+            peer_initial_window: DEFAULT_WINDOW,
+            peer_max_frame: MAX_FRAME,
+            watch: None,
+            goaway_sent: false,
+            fatal: false,
+        };
+        // Our SETTINGS. A zero HPACK table: the client then stores no
+        // headers for us to mirror, so the decoder's table stays empty.
+        let mut p = Vec::with_capacity(18);
+        for (id, v) in [
+            (SETTINGS_HEADER_TABLE_SIZE, 0u32),
+            (SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS as u32),
+            (SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK as u32),
+        ] {
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(&v.to_be_bytes());
+        }
+        c.frame(SETTINGS, 0, 0, &p);
+        c
+    }
+
+    fn frame(&mut self, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = payload.len() as u32;
+        self.out.extend_from_slice(&len.to_be_bytes()[1..]);
+        self.out.push(ty);
+        self.out.push(flags);
+        self.out
+            .extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+        self.out.extend_from_slice(payload);
+    }
+
+    fn rst(&mut self, stream: u32, code: H2Error) {
+        self.frame(RST_STREAM, 0, stream, &(code as u32).to_be_bytes());
+    }
+
+    fn goaway(&mut self, code: H2Error) {
+        let mut p = [0u8; 8];
+        p[..4].copy_from_slice(&self.last_stream.to_be_bytes());
+        p[4..].copy_from_slice(&(code as u32).to_be_bytes());
+        self.frame(GOAWAY, 0, 0, &p);
+        self.goaway_sent = true;
+    }
+
+    /// Take `data` from the socket: handle every complete frame, keep the
+    /// rest. A connection error queues GOAWAY and marks the connection
+    /// fatal.
+    fn feed(&mut self, data: &[u8]) {
+        if self.fatal {
+            return;
+        }
+        let result = if self.inbuf.is_empty() {
+            self.process(data).map(|used| {
+                if used < data.len() {
+                    self.inbuf.extend_from_slice(&data[used..]);
+                }
+            })
+        } else {
+            let mut buf = std::mem::take(&mut self.inbuf);
+            buf.extend_from_slice(data);
+            self.process(&buf).map(|used| {
+                buf.drain(..used);
+                if !buf.is_empty() {
+                    self.inbuf = buf;
+                }
+            })
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "closing connection");
+            self.goaway(e.code);
+            self.fatal = true;
+            self.inbuf = Vec::new();
+        }
+    }
+
+    /// Handle the complete frames at the start of `buf`; returns the bytes
+    /// used.
+    fn process(&mut self, buf: &[u8]) -> Result<usize, ConnError> {
+        let mut pos = 0;
+        if !self.preface_seen {
+            let n = buf.len().min(PREFACE.len());
+            if buf[..n] != PREFACE[..n] {
+                return Err(err(H2Error::Protocol, "not an HTTP/2 client preface"));
+            }
+            if n < PREFACE.len() {
+                return Ok(0);
+            }
+            self.preface_seen = true;
+            pos = PREFACE.len();
+        }
+        while buf.len() - pos >= FRAME_HEADER {
+            let h = &buf[pos..pos + FRAME_HEADER];
+            let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            if len > MAX_FRAME {
+                return Err(err(
+                    H2Error::FrameSize,
+                    "frame larger than SETTINGS_MAX_FRAME_SIZE",
+                ));
+            }
+            if buf.len() - pos - FRAME_HEADER < len {
+                break;
+            }
+            let (ty, flags) = (h[3], h[4]);
+            let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            let payload = &buf[pos + FRAME_HEADER..pos + FRAME_HEADER + len];
+            pos += FRAME_HEADER + len;
+            self.on_frame(ty, flags, stream, payload)?;
+            if self.fatal {
+                break;
+            }
+        }
+        Ok(pos)
+    }
+
+    fn on_frame(&mut self, ty: u8, flags: u8, sid: u32, p: &[u8]) -> Result<(), ConnError> {
+        if !self.settings_seen {
+            if ty != SETTINGS || flags & ACK != 0 {
+                return Err(err(H2Error::Protocol, "first frame is not SETTINGS"));
+            }
+            self.settings_seen = true;
+        }
+        if let Some(pending) = &self.continuation
+            && (ty != CONTINUATION || sid != pending.stream)
+        {
+            return Err(err(H2Error::Protocol, "header block interrupted"));
+        }
+        match ty {
+            DATA => self.on_data(flags, sid, p),
+            HEADERS => self.on_headers(flags, sid, p),
+            CONTINUATION => self.on_continuation(flags, sid, p),
+            PRIORITY => {
+                if sid == 0 {
+                    return Err(err(H2Error::Protocol, "PRIORITY on stream 0"));
+                }
+                if p.len() != 5 {
+                    self.rst(sid, H2Error::FrameSize);
+                }
+                Ok(())
+            }
+            RST_STREAM => {
+                if sid == 0 {
+                    return Err(err(H2Error::Protocol, "RST_STREAM on stream 0"));
+                }
+                if p.len() != 4 {
+                    return Err(err(H2Error::FrameSize, "RST_STREAM length"));
+                }
+                if sid > self.last_stream {
+                    return Err(err(H2Error::Protocol, "RST_STREAM on an idle stream"));
+                }
+                self.streams.retain(|s| s.id != sid);
+                Ok(())
+            }
+            SETTINGS => self.on_settings(flags, sid, p),
+            PUSH_PROMISE => Err(err(H2Error::Protocol, "PUSH_PROMISE from a client")),
+            PING => {
+                if sid != 0 {
+                    return Err(err(H2Error::Protocol, "PING on a stream"));
+                }
+                if p.len() != 8 {
+                    return Err(err(H2Error::FrameSize, "PING length"));
+                }
+                if flags & ACK == 0 {
+                    self.frame(PING, ACK, 0, p);
+                }
+                Ok(())
+            }
+            GOAWAY => {
+                if sid != 0 {
+                    return Err(err(H2Error::Protocol, "GOAWAY on a stream"));
+                }
+                // The client will close once its calls are done; keep
+                // serving them.
+                Ok(())
+            }
+            WINDOW_UPDATE => self.on_window_update(sid, p),
+            // Unknown frame types are ignored (RFC 9113 §4.1).
+            _ => Ok(()),
+        }
+    }
+
+    fn on_settings(&mut self, flags: u8, sid: u32, p: &[u8]) -> Result<(), ConnError> {
+        if sid != 0 {
+            return Err(err(H2Error::Protocol, "SETTINGS on a stream"));
+        }
+        if flags & ACK != 0 {
+            return if p.is_empty() {
+                Ok(())
+            } else {
+                Err(err(H2Error::FrameSize, "SETTINGS ACK with a payload"))
+            };
+        }
+        if !p.len().is_multiple_of(6) {
+            return Err(err(H2Error::FrameSize, "SETTINGS length"));
+        }
+        for s in p.chunks_exact(6) {
+            let id = u16::from_be_bytes([s[0], s[1]]);
+            let v = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
+            match id {
+                SETTINGS_ENABLE_PUSH if v > 1 => {
+                    return Err(err(H2Error::Protocol, "SETTINGS_ENABLE_PUSH not 0 or 1"));
+                }
+                SETTINGS_INITIAL_WINDOW_SIZE => {
+                    let v = i64::from(v);
+                    if v > MAX_WINDOW {
+                        return Err(err(
+                            H2Error::FlowControl,
+                            "SETTINGS_INITIAL_WINDOW_SIZE too large",
+                        ));
+                    }
+                    let delta = v - self.peer_initial_window;
+                    self.peer_initial_window = v;
+                    for st in &mut self.streams {
+                        st.send_window += delta;
+                        if st.send_window > MAX_WINDOW {
+                            return Err(err(H2Error::FlowControl, "stream window overflow"));
+                        }
+                    }
+                }
+                SETTINGS_MAX_FRAME_SIZE => {
+                    if !(16_384..=16_777_215).contains(&v) {
+                        return Err(err(
+                            H2Error::Protocol,
+                            "SETTINGS_MAX_FRAME_SIZE out of range",
+                        ));
+                    }
+                    self.peer_max_frame = v as usize;
+                }
+                // The peer's table size, stream and header-list limits
+                // concern what we send: we never index, open streams or
+                // send big header blocks.
+                _ => {}
+            }
+        }
+        self.frame(SETTINGS, ACK, 0, &[]);
+        self.pump_all();
+        Ok(())
+    }
+
+    fn on_window_update(&mut self, sid: u32, p: &[u8]) -> Result<(), ConnError> {
+        if p.len() != 4 {
+            return Err(err(H2Error::FrameSize, "WINDOW_UPDATE length"));
+        }
+        let inc = i64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff);
+        if sid == 0 {
+            if inc == 0 {
+                return Err(err(H2Error::Protocol, "WINDOW_UPDATE of 0"));
+            }
+            self.conn_send_window += inc;
+            if self.conn_send_window > MAX_WINDOW {
+                return Err(err(H2Error::FlowControl, "connection window overflow"));
+            }
+            self.pump_all();
+            return Ok(());
+        }
+        let Some(i) = self.streams.iter().position(|s| s.id == sid) else {
+            // A stream we already finished: allowed, ignored.
+            return Ok(());
+        };
+        let s = &mut self.streams[i];
+        s.send_window += inc;
+        if inc == 0 || s.send_window > MAX_WINDOW {
+            let code = if inc == 0 {
+                H2Error::Protocol
+            } else {
+                H2Error::FlowControl
+            };
+            self.streams.remove(i);
+            self.rst(sid, code);
+            return Ok(());
+        }
+        self.pump(i);
+        Ok(())
+    }
+
+    fn on_headers(&mut self, flags: u8, sid: u32, p: &[u8]) -> Result<(), ConnError> {
+        if sid == 0 || sid.is_multiple_of(2) {
+            return Err(err(H2Error::Protocol, "HEADERS on an invalid stream id"));
+        }
+        let mut p = strip_padding(flags, p)?;
+        if flags & PRIORITY_FLAG != 0 {
+            p = p
+                .get(5..)
+                .ok_or(err(H2Error::FrameSize, "HEADERS priority fields missing"))?;
+        }
+        let end_stream = flags & END_STREAM != 0;
+        if flags & END_HEADERS != 0 {
+            self.header_block(sid, p, end_stream)
+        } else {
+            self.continuation = Some(Pending {
+                stream: sid,
+                end_stream,
+                block: p.to_vec(),
+            });
+            Ok(())
+        }
+    }
+
+    fn on_continuation(&mut self, flags: u8, sid: u32, p: &[u8]) -> Result<(), ConnError> {
+        let Some(mut pending) = self.continuation.take() else {
+            return Err(err(H2Error::Protocol, "CONTINUATION without HEADERS"));
+        };
+        if pending.block.len() + p.len() > MAX_HEADER_BLOCK {
+            return Err(err(H2Error::EnhanceYourCalm, "header block too large"));
+        }
+        pending.block.extend_from_slice(p);
+        if flags & END_HEADERS != 0 {
+            self.header_block(sid, &pending.block, pending.end_stream)
+        } else {
+            self.continuation = Some(pending);
+            Ok(())
+        }
+    }
+
+    /// A complete header block for stream `sid`.
+    fn header_block(&mut self, sid: u32, block: &[u8], end_stream: bool) -> Result<(), ConnError> {
+        // Always decode: the HPACK table must follow the client's.
+        let mut method_post = false;
+        let mut grpc_type = false;
+        let mut path: Option<Box<str>> = None;
+        let mut encoded = false;
+        self.hpack
+            .decode_with_cb(block, |name: Cow<'_, [u8]>, value: Cow<'_, [u8]>| {
+                match &*name {
+                    b":method" => method_post = &*value == b"POST",
+                    b":path" => path = std::str::from_utf8(&value).ok().map(Box::from),
+                    b"content-type" => grpc_type = value.starts_with(b"application/grpc"),
+                    b"grpc-encoding" => encoded = &*value != b"identity",
+                    // :authority is deliberately not looked at: see the
+                    // module documentation.
+                    _ => {}
+                }
+            })
+            .map_err(|_| err(H2Error::Compression, "HPACK decoding failed"))?;
+
+        if let Some(i) = self.streams.iter().position(|s| s.id == sid) {
+            // Trailers from the client: they must end the stream.
+            if !end_stream || !self.streams[i].recv_open {
+                self.streams.remove(i);
+                self.rst(sid, H2Error::Protocol);
+                return Ok(());
+            }
+            self.streams[i].recv_open = false;
+            self.dispatch(i);
+            return Ok(());
+        }
+        if sid <= self.last_stream {
+            return Err(err(H2Error::StreamClosed, "HEADERS on a closed stream"));
+        }
+        self.last_stream = sid;
+        if self.goaway_sent {
+            // After our GOAWAY only streams it counted are served.
+            return Ok(());
+        }
+        if self.streams.len() >= MAX_STREAMS {
+            self.rst(sid, H2Error::RefusedStream);
+            return Ok(());
+        }
+        if !method_post || !grpc_type {
+            // Not gRPC: HTTP 415, as gRPC servers answer.
+            self.headers_frame(sid, &hpack_status(b"415"), true);
+            return Ok(());
+        }
+        let Some(path) = path else {
+            self.rst(sid, H2Error::Protocol);
+            return Ok(());
+        };
+        self.streams.push(Stream {
+            id: sid,
+            recv_open: !end_stream,
+            path,
+            body: Vec::new(),
+            send_window: self.peer_initial_window,
+            out: Vec::new(),
+            sent: 0,
+            watching: false,
+            dirty: false,
+            end: None,
+        });
+        let i = self.streams.len() - 1;
+        if encoded {
+            self.finish_early(
+                i,
+                Status::new(Status::UNIMPLEMENTED, "compression is not supported"),
+            );
+        } else if end_stream {
+            self.dispatch(i);
+        }
+        Ok(())
+    }
+
+    fn on_data(&mut self, flags: u8, sid: u32, p: &[u8]) -> Result<(), ConnError> {
+        if sid == 0 {
+            return Err(err(H2Error::Protocol, "DATA on stream 0"));
+        }
+        // Flow control counts the whole payload, padding included. We hand
+        // the credit back at once: bodies are bounded by MAX_MESSAGE.
+        let len = p.len() as i64;
+        self.conn_recv_window -= len;
+        if self.conn_recv_window < 0 {
+            return Err(err(
+                H2Error::FlowControl,
+                "DATA beyond the connection window",
+            ));
+        }
+        if len > 0 {
+            self.frame(WINDOW_UPDATE, 0, 0, &(len as u32).to_be_bytes());
+            self.conn_recv_window += len;
+        }
+        let data = strip_padding(flags, p)?;
+        let end_stream = flags & END_STREAM != 0;
+        let Some(i) = self.streams.iter().position(|s| s.id == sid) else {
+            if sid > self.last_stream {
+                return Err(err(H2Error::Protocol, "DATA on an idle stream"));
+            }
+            self.rst(sid, H2Error::StreamClosed);
+            return Ok(());
+        };
+        if !self.streams[i].recv_open {
+            self.streams.remove(i);
+            self.rst(sid, H2Error::StreamClosed);
+            return Ok(());
+        }
+        if self.streams[i].body.len() + data.len() > MAX_MESSAGE + 5 {
+            self.finish_early(
+                i,
+                Status::new(
+                    Status::RESOURCE_EXHAUSTED,
+                    format!("request larger than {MAX_MESSAGE} bytes"),
+                ),
+            );
+            return Ok(());
+        }
+        self.streams[i].body.extend_from_slice(data);
+        if end_stream {
+            self.streams[i].recv_open = false;
+            self.dispatch(i);
+        } else if len > 0 {
+            self.frame(WINDOW_UPDATE, 0, sid, &(len as u32).to_be_bytes());
+        }
+        Ok(())
+    }
+
+    /// Answer stream `i` with `status` before its request is complete and
+    /// reset it (the client need not send the rest).
+    fn finish_early(&mut self, i: usize, status: Status) {
+        let s = self.streams.remove(i);
+        self.headers_frame(s.id, &hpack_trailers_only(&status), true);
+        if s.recv_open {
+            self.rst(s.id, H2Error::NoError);
+        }
+    }
+
+    /// The request on stream `i` is complete: call the handler.
+    fn dispatch(&mut self, i: usize) {
+        let body = std::mem::take(&mut self.streams[i].body);
+        let call = match grpc_message(&body) {
+            Ok(msg) => self.handler.call(&self.streams[i].path, msg),
+            Err(status) => Call::Reply(Err(status)),
+        };
+        let sid = self.streams[i].id;
+        match call {
+            Call::Reply(Err(status)) => {
+                self.streams.remove(i);
+                self.headers_frame(sid, &hpack_trailers_only(&status), true);
+            }
+            Call::Reply(Ok(msg)) => {
+                self.headers_frame(sid, &hpack_response(), false);
+                let s = &mut self.streams[i];
+                s.out = grpc_frame(&msg);
+                s.end = Some(Status::ok());
+                self.pump(i);
+            }
+            Call::Watch(rx) => {
+                self.headers_frame(sid, &hpack_response(), false);
+                if self.watch.is_none() {
+                    self.watch = Some(rx);
+                }
+                let s = &mut self.streams[i];
+                s.watching = true;
+                s.dirty = true;
+                self.pump(i);
+            }
+        }
+    }
+
+    fn headers_frame(&mut self, sid: u32, block: &[u8], end_stream: bool) {
+        let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+        self.frame(HEADERS, flags, sid, block);
+    }
+
+    /// Send what stream `i` may send within the windows; finish it when
+    /// done. Returns true when the stream was removed.
+    fn pump(&mut self, i: usize) -> bool {
+        loop {
+            let s = &mut self.streams[i];
+            if s.watching && s.dirty && s.sent == 0 {
+                // Not started yet and already stale: send the newest.
+                s.out = Vec::new();
+            }
+            if s.sent < s.out.len() {
+                let n = (s.out.len() - s.sent)
+                    .min(usize::try_from(self.conn_send_window.min(s.send_window)).unwrap_or(0))
+                    .min(self.peer_max_frame);
+                if n == 0 {
+                    return false;
+                }
+                let (sid, from) = (s.id, s.sent);
+                s.sent += n;
+                s.send_window -= n as i64;
+                self.conn_send_window -= n as i64;
+                let chunk = std::mem::take(&mut self.streams[i].out);
+                self.frame(DATA, 0, sid, &chunk[from..from + n]);
+                self.streams[i].out = chunk;
+                continue;
+            }
+            s.out = Vec::new();
+            s.sent = 0;
+            if s.watching && s.dirty {
+                s.dirty = false;
+                if let Some(rx) = &mut self.watch {
+                    let msg = self.handler.encode(&rx.borrow_and_update());
+                    self.streams[i].out = grpc_frame(&msg);
+                    continue;
+                }
+            }
+            if let Some(status) = s.end.take() {
+                let sid = s.id;
+                self.streams.remove(i);
+                self.headers_frame(sid, &hpack_trailers(&status), true);
+                return true;
+            }
+            return false;
+        }
+    }
+
+    fn pump_all(&mut self) {
+        let mut i = 0;
+        while i < self.streams.len() {
+            if !self.pump(i) {
+                i += 1;
+            }
+        }
+    }
+
+    fn watchers(&self) -> bool {
+        self.streams.iter().any(|s| s.watching)
+    }
+
+    /// The watched value changed (`alive`) or its sender is gone.
+    fn on_watch(&mut self, alive: bool) {
+        for s in self.streams.iter_mut().filter(|s| s.watching) {
+            if alive {
+                s.dirty = true;
+            } else {
+                s.watching = false;
+                s.dirty = false;
+                s.end = Some(Status::ok());
+            }
+        }
+        if !alive {
+            self.watch = None;
+        }
+        self.pump_all();
+    }
+
+    /// Graceful stop: end the watch streams, send GOAWAY.
+    fn on_stop(&mut self) {
+        self.on_watch(false);
+        if !self.goaway_sent {
+            self.goaway(H2Error::NoError);
+        }
+    }
+
+    /// Nothing left to do: close.
+    fn done(&self, stopping: bool) -> bool {
+        self.out.is_empty() && (self.fatal || (stopping && self.streams.is_empty()))
+    }
+}
+
+fn strip_padding(flags: u8, p: &[u8]) -> Result<&[u8], ConnError> {
+    if flags & PADDED == 0 {
+        return Ok(p);
+    }
+    let (&pad, rest) = p
+        .split_first()
+        .ok_or(err(H2Error::FrameSize, "padded frame without a pad length"))?;
+    rest.len()
+        .checked_sub(usize::from(pad))
+        .map(|n| &rest[..n])
+        .ok_or(err(H2Error::Protocol, "padding longer than the payload"))
+}
+
+/// The one gRPC message of a unary request body.
+fn grpc_message(body: &[u8]) -> Result<&[u8], Status> {
+    let Some((head, msg)) = body.split_at_checked(5) else {
+        return Err(Status::new(Status::INTERNAL, "missing request message"));
+    };
+    if head[0] != 0 {
+        return Err(Status::new(
+            Status::UNIMPLEMENTED,
+            "compressed messages are not supported",
+        ));
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len != msg.len() {
+        return Err(Status::new(
+            Status::INTERNAL,
+            "request body is not exactly one message",
+        ));
+    }
+    Ok(msg)
+}
+
+fn grpc_frame(msg: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(5 + msg.len());
+    f.push(0);
+    f.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    f.extend_from_slice(msg);
+    f
+}
+
+/// HPACK integer with an `n`-bit prefix whose other bits are `first`.
+fn hpack_int(out: &mut Vec<u8>, first: u8, n: u8, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(first | v as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+fn hpack_string(out: &mut Vec<u8>, s: &[u8]) {
+    hpack_int(out, 0, 7, s.len());
+    out.extend_from_slice(s);
+}
+
+/// Literal header field without indexing, name by static-table index (we
+/// never add to the client's table).
+fn hpack_indexed_name(out: &mut Vec<u8>, index: usize, value: &[u8]) {
+    hpack_int(out, 0, 4, index);
+    hpack_string(out, value);
+}
+
+/// Literal header field without indexing, new name.
+fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0);
+    hpack_string(out, name);
+    hpack_string(out, value);
+}
+
+/// Static table: 8 is `:status: 200`, 31 is `content-type`, 8's name is
+/// `:status`.
+fn hpack_status(code: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    hpack_indexed_name(&mut b, 8, code);
+    b
+}
+
+fn hpack_response() -> Vec<u8> {
+    let mut b = vec![0x88];
+    hpack_indexed_name(&mut b, 31, b"application/grpc");
+    b
+}
+
+fn hpack_trailers(status: &Status) -> Vec<u8> {
+    let mut b = Vec::new();
+    push_status(&mut b, status);
+    b
+}
+
+fn hpack_trailers_only(status: &Status) -> Vec<u8> {
+    let mut b = hpack_response();
+    push_status(&mut b, status);
+    b
+}
+
+fn push_status(b: &mut Vec<u8>, status: &Status) {
+    hpack_literal(b, b"grpc-status", status.code.to_string().as_bytes());
+    if !status.message.is_empty() {
+        hpack_literal(b, b"grpc-message", &percent_encode(&status.message));
+    }
+}
+
+/// `grpc-message` encoding: printable ASCII except `%` as is, the rest
+/// as `%XX`; at most 1 KiB of message.
+fn percent_encode(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    for &b in s.as_bytes().iter().take(1024) {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// Read once into a stack buffer and feed the connection. Ok(0) is EOF.
+fn read_some<H: Handler>(io: &UnixStream, c: &mut Conn<H>) -> io::Result<usize> {
+    let mut buf = [0u8; 8192];
+    let n = io.try_read(&mut buf)?;
+    if n > 0 {
+        c.feed(&buf[..n]);
+    }
+    Ok(n)
+}
+
+/// Write what the socket takes; free the buffer once empty.
+fn write_some<H: Handler>(io: &UnixStream, c: &mut Conn<H>) -> io::Result<()> {
+    while !c.out.is_empty() {
+        match io.try_write(&c.out) {
+            Ok(n) => {
+                c.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    c.out = Vec::new();
+    Ok(())
+}
+
+async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Serve gRPC over HTTP/2 on `io` with `handler` until the client closes,
+/// a protocol error, or `stop` turns true (then watch streams end with OK,
+/// GOAWAY is sent, and the connection closes once the client has what it
+/// asked for).
+pub async fn serve_connection<H: Handler>(
+    io: UnixStream,
+    handler: Arc<H>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mut c = Conn::new(handler);
+    let mut stopping = false;
+    loop {
+        write_some(&io, &mut c)?;
+        if c.done(stopping) {
+            return Ok(());
+        }
+        let mut interest = if c.out.len() < OUT_HIGH_WATER && !c.fatal {
+            Interest::READABLE
+        } else {
+            Interest::WRITABLE
+        };
+        if !c.out.is_empty() {
+            interest |= Interest::WRITABLE;
+        }
+        let watching = c.watchers();
+        tokio::select! {
+            r = io.ready(interest) => {
+                let r: Ready = r?;
+                if r.is_readable() && interest.is_readable() {
+                    match read_some(&io, &mut c) {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            alive = changed(&mut c.watch), if watching => c.on_watch(alive),
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                c.on_stop();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loona_hpack::Encoder;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    mod client {
+        //! A raw HTTP/2 client: frames written and read by hand.
+        use super::*;
+
+        pub(super) struct Client {
+            pub(super) io: UnixStream,
+            pub(super) enc: Encoder<'static>,
+            pub(super) dec: Decoder<'static>,
+        }
+
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub(super) struct Frame {
+            pub(super) ty: u8,
+            pub(super) flags: u8,
+            pub(super) stream: u32,
+            pub(super) payload: Vec<u8>,
+        }
+
+        pub(super) fn raw(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+            let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+            f.extend_from_slice(&[ty, flags]);
+            f.extend_from_slice(&stream.to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        }
+
+        impl Client {
+            /// Connect a server for `h` over a socket pair; send the
+            /// preface and `settings`.
+            pub(super) async fn start<H: Handler>(
+                h: H,
+                settings: &[(u16, u32)],
+            ) -> (
+                Self,
+                watch::Sender<bool>,
+                tokio::task::JoinHandle<io::Result<()>>,
+            ) {
+                let (a, b) = UnixStream::pair().unwrap();
+                let (tx, rx) = watch::channel(false);
+                let task = tokio::spawn(serve_connection(b, Arc::new(h), rx));
+                let mut c = Self {
+                    io: a,
+                    enc: Encoder::new(),
+                    dec: Decoder::new(),
+                };
+                let mut p = Vec::new();
+                for (id, v) in settings {
+                    p.extend_from_slice(&id.to_be_bytes());
+                    p.extend_from_slice(&v.to_be_bytes());
+                }
+                let mut bytes = PREFACE.to_vec();
+                bytes.extend(raw(SETTINGS, 0, 0, &p));
+                c.send(&bytes).await;
+                (c, tx, task)
+            }
+
+            pub(super) async fn send(&mut self, b: &[u8]) {
+                self.io.write_all(b).await.unwrap();
+            }
+
+            pub(super) fn request_headers(&mut self, path: &str, authority: &str) -> Vec<u8> {
+                self.enc.encode([
+                    (&b":method"[..], &b"POST"[..]),
+                    (b":scheme", b"http"),
+                    (b":path", path.as_bytes()),
+                    (b":authority", authority.as_bytes()),
+                    (b"content-type", b"application/grpc"),
+                    (b"te", b"trailers"),
+                ])
+            }
+
+            /// A whole unary request on `stream`.
+            pub(super) async fn call(&mut self, stream: u32, path: &str, msg: &[u8]) {
+                let h = self.request_headers(path, "/var/lib/kubelet/device-plugins/x.sock");
+                let mut b = raw(HEADERS, END_HEADERS, stream, &h);
+                b.extend(raw(DATA, END_STREAM, stream, &grpc_frame(msg)));
+                self.send(&b).await;
+            }
+
+            /// Next frame, within 5 s; None at EOF.
+            pub(super) async fn frame(&mut self) -> Option<Frame> {
+                let mut h = [0u8; 9];
+                let r = tokio::time::timeout(Duration::from_secs(5), self.io.read_exact(&mut h))
+                    .await
+                    .expect("no frame within 5 s");
+                if r.is_err() {
+                    return None;
+                }
+                let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+                let mut payload = vec![0; len];
+                self.io.read_exact(&mut payload).await.unwrap();
+                Some(Frame {
+                    ty: h[3],
+                    flags: h[4],
+                    stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]),
+                    payload,
+                })
+            }
+
+            /// Next frame that is not SETTINGS (or its ACK) or
+            /// WINDOW_UPDATE.
+            pub(super) async fn next(&mut self) -> Option<Frame> {
+                loop {
+                    let f = self.frame().await?;
+                    let skip = f.ty == SETTINGS || f.ty == WINDOW_UPDATE;
+                    if !skip {
+                        return Some(f);
+                    }
+                }
+            }
+
+            pub(super) fn headers(&mut self, f: &Frame) -> Vec<(String, String)> {
+                assert_eq!(f.ty, HEADERS, "{f:?}");
+                self.dec
+                    .decode(&f.payload)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(n, v)| (String::from_utf8(n).unwrap(), String::from_utf8(v).unwrap()))
+                    .collect()
+            }
+
+            /// Read a whole unary response on `stream`: (message, status
+            /// code, message).
+            pub(super) async fn response(&mut self, stream: u32) -> (Vec<u8>, String, String) {
+                let mut body = Vec::new();
+                loop {
+                    let f = self.next().await.expect("EOF");
+                    assert_eq!(f.stream, stream, "{f:?}");
+                    match f.ty {
+                        DATA => body.extend_from_slice(&f.payload),
+                        HEADERS => {
+                            let h = self.headers(&f);
+                            if f.flags & END_STREAM != 0 {
+                                let get = |k: &str| {
+                                    h.iter()
+                                        .find(|(n, _)| n == k)
+                                        .map(|(_, v)| v.clone())
+                                        .unwrap_or_default()
+                                };
+                                let msg = if body.is_empty() {
+                                    vec![]
+                                } else {
+                                    body[5..].to_vec()
+                                };
+                                return (msg, get("grpc-status"), get("grpc-message"));
+                            }
+                            assert!(h.contains(&(":status".into(), "200".into())), "{h:?}");
+                            assert!(
+                                h.contains(&("content-type".into(), "application/grpc".into())),
+                                "{h:?}"
+                            );
+                        }
+                        _ => panic!("unexpected {f:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    use client::{Client, raw};
+    use std::time::Duration;
+
+    /// Echoes unary requests on `/t/Echo`, fails `/t/Fail`, watches `rx`
+    /// on `/t/Watch`.
+    struct Echo(watch::Receiver<u32>);
+
+    impl Handler for Echo {
+        type Item = u32;
+        fn call(&self, path: &str, msg: &[u8]) -> Call<u32> {
+            match path {
+                "/t/Echo" => Call::Reply(Ok(msg.to_vec())),
+                "/t/Fail" => Call::Reply(Err(Status::new(
+                    Status::FAILED_PRECONDITION,
+                    "no such device: 100% gone\n",
+                ))),
+                "/t/Watch" => Call::Watch(self.0.clone()),
+                _ => Call::Reply(Err(Status::new(Status::UNIMPLEMENTED, path))),
+            }
+        }
+        fn encode(&self, item: &u32) -> Vec<u8> {
+            format!("v{item}").into_bytes()
+        }
+    }
+
+    fn echo() -> (Echo, watch::Sender<u32>) {
+        let (tx, rx) = watch::channel(0);
+        (Echo(rx), tx)
+    }
+
+    #[tokio::test]
+    async fn unary_with_a_socket_path_authority() {
+        let (h, _tx) = echo();
+        let (mut c, _stop, _t) = Client::start(h, &[]).await;
+        // Our SETTINGS first: header table 0.
+        let f = c.frame().await.unwrap();
+        assert_eq!(f.ty, SETTINGS);
+        assert_eq!(&f.payload[..6], &[0, 1, 0, 0, 0, 0]);
+        c.call(1, "/t/Echo", b"hello").await;
+        assert_eq!(
+            c.response(1).await,
+            (b"hello".to_vec(), "0".into(), "".into())
+        );
+        // Several calls, in order, on new streams.
+        c.call(3, "/t/Echo", b"").await;
+        assert_eq!(c.response(3).await.1, "0");
+        c.call(5, "/t/Fail", b"x").await;
+        assert_eq!(
+            c.response(5).await,
+            (vec![], "9".into(), "no such device: 100%25 gone%0A".into())
+        );
+        c.call(7, "/t/Nope", b"x").await;
+        assert_eq!(c.response(7).await.1, "12");
+    }
+
+    #[tokio::test]
+    async fn settings_and_ping_are_acknowledged() {
+        let (h, _tx) = echo();
+        let (mut c, _stop, _t) = Client::start(h, &[(SETTINGS_INITIAL_WINDOW_SIZE, 1000)]).await;
+        let mut acked = false;
+        let mut ours = false;
+        while !(acked && ours) {
+            let f = c.frame().await.unwrap();
+            assert_eq!(f.ty, SETTINGS);
+            if f.flags & ACK != 0 {
+                acked = true;
+                assert!(f.payload.is_empty());
+            } else {
+                ours = true;
+            }
+        }
+        c.send(&raw(PING, 0, 0, b"12345678")).await;
+        let f = c.frame().await.unwrap();
+        assert_eq!(
+            (f.ty, f.flags, f.payload.as_slice()),
+            (PING, ACK, &b"12345678"[..])
+        );
+        // A PING ACK is not answered.
+        c.send(&raw(PING, ACK, 0, b"abcdefgh")).await;
+        c.send(&raw(PING, 0, 0, b"zzzzzzzz")).await;
+        assert_eq!(c.frame().await.unwrap().payload, b"zzzzzzzz");
+    }
+
+    #[tokio::test]
+    async fn headers_split_over_continuation_and_padded_frames() {
+        let (h, _tx) = echo();
+        let (mut c, _stop, _t) = Client::start(h, &[]).await;
+        let block = c.request_headers("/t/Echo", "localhost");
+        let (a, b) = block.split_at(block.len() / 2);
+        let (b1, b2) = b.split_at(b.len() / 2);
+        // HEADERS padded with priority, two CONTINUATIONs, padded DATA in
+        // two pieces.
+        let mut p = vec![3u8];
+        p.extend_from_slice(&[0, 0, 0, 0, 16]);
+        p.extend_from_slice(a);
+        p.extend_from_slice(&[0, 0, 0]);
+        let mut bytes = raw(HEADERS, PADDED | PRIORITY_FLAG, 1, &p);
+        bytes.extend(raw(CONTINUATION, 0, 1, b1));
+        bytes.extend(raw(CONTINUATION, END_HEADERS, 1, b2));
+        let msg = grpc_frame(b"split body");
+        let mut d = vec![2u8];
+        d.extend_from_slice(&msg[..7]);
+        d.extend_from_slice(&[0, 0]);
+        bytes.extend(raw(DATA, PADDED, 1, &d));
+        bytes.extend(raw(DATA, END_STREAM, 1, &msg[7..]));
+        c.send(&bytes).await;
+        assert_eq!(c.response(1).await.0, b"split body");
+    }
+
+    #[tokio::test]
+    async fn flow_control_holds_data_until_window_updates() {
+        let (h, _tx) = echo();
+        let (mut c, _stop, _t) = Client::start(h, &[(SETTINGS_INITIAL_WINDOW_SIZE, 4)]).await;
+        c.call(1, "/t/Echo", b"0123456789").await;
+        let f = c.next().await.unwrap();
+        assert_eq!(f.ty, HEADERS);
+        c.headers(&f);
+        let f = c.next().await.unwrap();
+        assert_eq!((f.ty, f.payload.len()), (DATA, 4));
+        // Nothing more until the window opens: a PING proves the server
+        // is idle rather than slow.
+        c.send(&raw(PING, 0, 0, b"pingpong")).await;
+        let f = c.next().await.unwrap();
+        assert_eq!((f.ty, f.flags), (PING, ACK));
+        c.send(&raw(WINDOW_UPDATE, 0, 1, &100u32.to_be_bytes()))
+            .await;
+        let f = c.next().await.unwrap();
+        assert_eq!(f.ty, DATA);
+        assert_eq!(f.payload, grpc_frame(b"0123456789")[4..]);
+        let f = c.next().await.unwrap();
+        assert_eq!(
+            c.headers(&f),
+            vec![("grpc-status".to_string(), "0".to_string())]
+        );
+        // The connection window limits too: 65,535 minus 10 used. A
+        // larger window via SETTINGS applies to open streams.
+    }
+
+    #[tokio::test]
+    async fn watch_streams_every_change_and_ends_when_the_source_goes() {
+        let (h, tx) = echo();
+        let (mut c, _stop, _t) = Client::start(h, &[]).await;
+        c.call(1, "/t/Watch", b"").await;
+        let f = c.next().await.unwrap();
+        c.headers(&f);
+        let f = c.next().await.unwrap();
+        assert_eq!(f.payload, grpc_frame(b"v0"));
+        tx.send(7).unwrap();
+        assert_eq!(c.next().await.unwrap().payload, grpc_frame(b"v7"));
+        // A unary call meanwhile.
+        c.call(3, "/t/Echo", b"u").await;
+        assert_eq!(c.response(3).await.0, b"u");
+        tx.send(8).unwrap();
+        assert_eq!(c.next().await.unwrap().payload, grpc_frame(b"v8"));
+        drop(tx);
+        let f = c.next().await.unwrap();
+        assert_eq!((f.stream, f.flags & END_STREAM), (1, END_STREAM));
+        assert_eq!(
+            c.headers(&f),
+            vec![("grpc-status".to_string(), "0".to_string())]
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_watch_reader_gets_only_the_newest_value() {
+        let (h, tx) = echo();
+        // Window 7: exactly one 7-byte message ("v0" framed is 7 bytes).
+        let (mut c, _stop, _t) = Client::start(h, &[(SETTINGS_INITIAL_WINDOW_SIZE, 7)]).await;
+        c.call(1, "/t/Watch", b"").await;
+        let f = c.next().await.unwrap();
+        c.headers(&f);
+        assert_eq!(c.next().await.unwrap().payload, grpc_frame(b"v0"));
+        for v in 1..=5 {
+            tx.send(v).unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        c.send(&raw(WINDOW_UPDATE, 0, 1, &100u32.to_be_bytes()))
+            .await;
+        assert_eq!(c.next().await.unwrap().payload, grpc_frame(b"v5"));
+    }
+
+    #[tokio::test]
+    async fn stop_ends_watches_and_says_goaway() {
+        let (h, _tx) = echo();
+        let (mut c, stop, task) = Client::start(h, &[]).await;
+        c.call(1, "/t/Watch", b"").await;
+        let f = c.next().await.unwrap();
+        c.headers(&f);
+        c.next().await.unwrap();
+        stop.send(true).unwrap();
+        let f = c.next().await.unwrap();
+        assert_eq!(
+            c.headers(&f),
+            vec![("grpc-status".to_string(), "0".to_string())]
+        );
+        let f = c.next().await.unwrap();
+        assert_eq!(f.ty, GOAWAY);
+        assert_eq!(&f.payload, &[0, 0, 0, 1, 0, 0, 0, 0]);
+        assert!(c.next().await.is_none());
+        task.await.unwrap().unwrap();
+    }
+
+    /// The GOAWAY error code a connection ends with after `bytes`.
+    async fn goaway_after(bytes: Vec<u8>) -> Option<u32> {
+        let (h, _tx) = echo();
+        let (mut c, _stop, task) = Client::start(h, &[]).await;
+        c.send(&bytes).await;
+        let mut code = None;
+        while let Some(f) = c.next().await {
+            if f.ty == GOAWAY {
+                code = Some(u32::from_be_bytes([
+                    f.payload[4],
+                    f.payload[5],
+                    f.payload[6],
+                    f.payload[7],
+                ]));
+            }
+        }
+        task.await.unwrap().unwrap();
+        code
+    }
+
+    #[tokio::test]
+    async fn protocol_violations_end_the_connection_with_goaway() {
+        let fs = H2Error::FrameSize as u32;
+        let pr = H2Error::Protocol as u32;
+        assert_eq!(goaway_after(raw(DATA, 0, 0, b"x")).await, Some(pr));
+        assert_eq!(
+            goaway_after(raw(HEADERS, END_HEADERS, 2, &[0x82])).await,
+            Some(pr)
+        );
+        assert_eq!(goaway_after(raw(PING, 0, 0, b"short")).await, Some(fs));
+        assert_eq!(
+            goaway_after(raw(DATA, 0, 1, &vec![0; MAX_FRAME + 1])).await,
+            Some(fs)
+        );
+        assert_eq!(goaway_after(raw(SETTINGS, 0, 0, &[0; 5])).await, Some(fs));
+        assert_eq!(
+            goaway_after(raw(PUSH_PROMISE, END_HEADERS, 1, &[0; 4])).await,
+            Some(pr)
+        );
+        assert_eq!(
+            goaway_after(raw(CONTINUATION, END_HEADERS, 1, &[0x82])).await,
+            Some(pr)
+        );
+        assert_eq!(
+            goaway_after(raw(WINDOW_UPDATE, 0, 0, &0u32.to_be_bytes())).await,
+            Some(pr)
+        );
+        // An HPACK index past both tables.
+        assert_eq!(
+            goaway_after(raw(HEADERS, END_HEADERS, 1, &[0xff, 0x7f])).await,
+            Some(H2Error::Compression as u32)
+        );
+        // Headers interrupted by another frame.
+        let mut b = raw(HEADERS, 0, 1, &[0x83]);
+        b.extend(raw(PING, 0, 0, b"12345678"));
+        assert_eq!(goaway_after(b).await, Some(pr));
+    }
+
+    #[tokio::test]
+    async fn a_bad_preface_is_refused() {
+        let (h, _tx) = echo();
+        let (a, b) = UnixStream::pair().unwrap();
+        let (_stop, rx) = watch::channel(false);
+        let task = tokio::spawn(serve_connection(b, Arc::new(h), rx));
+        let mut a = a;
+        a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        a.read_to_end(&mut all).await.unwrap();
+        // Our SETTINGS, then GOAWAY PROTOCOL_ERROR.
+        assert_eq!(all[9 + 18 + 3], GOAWAY, "{all:?}");
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn non_grpc_requests_get_415_and_compressed_ones_unimplemented() {
+        let (h, _tx) = echo();
+        let (mut c, _stop, _t) = Client::start(h, &[]).await;
+        let block = c.enc.encode([
+            (&b":method"[..], &b"GET"[..]),
+            (b":path", b"/"),
+            (b":scheme", b"http"),
+        ]);
+        c.send(&raw(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+            .await;
+        let f = c.next().await.unwrap();
+        assert_eq!(
+            c.headers(&f),
+            vec![(":status".to_string(), "415".to_string())]
+        );
+        let block = c.enc.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":path", b"/t/Echo"),
+            (b"content-type", b"application/grpc+proto"),
+            (b"grpc-encoding", b"gzip"),
+        ]);
+        c.send(&raw(HEADERS, END_HEADERS, 3, &block)).await;
+        assert_eq!(c.response(3).await.1, "12");
+        let f = c.next().await.unwrap();
+        assert_eq!((f.ty, f.stream), (RST_STREAM, 3));
+        // A compressed message flag without grpc-encoding.
+        let h = c.request_headers("/t/Echo", "x");
+        let mut b = raw(HEADERS, END_HEADERS, 5, &h);
+        b.extend(raw(DATA, END_STREAM, 5, &[1, 0, 0, 0, 1, 9]));
+        c.send(&b).await;
+        assert_eq!(c.response(5).await.1, "12");
+        // Too many streams: the 17th open one is refused.
+        for i in 0..(MAX_STREAMS as u32 + 1) {
+            let h = c.request_headers("/t/Echo", "x");
+            c.send(&raw(HEADERS, END_HEADERS, 7 + 2 * i, &h)).await;
+        }
+        let f = c.next().await.unwrap();
+        assert_eq!((f.ty, f.stream), (RST_STREAM, 7 + 2 * MAX_STREAMS as u32));
+    }
+
+    #[test]
+    fn hpack_integers_round_trip_through_the_decoder() {
+        for v in [0usize, 14, 15, 16, 127, 128, 300, 70_000] {
+            let mut b = Vec::new();
+            hpack_literal(&mut b, b"x-len", &vec![b'a'; v]);
+            hpack_indexed_name(&mut b, 31, b"application/grpc");
+            let got = Decoder::new().decode(&b).unwrap_or_default();
+            assert_eq!(got.len(), 2, "{v}");
+            assert_eq!(got[0].1.len(), v);
+            assert_eq!(got[1].0, b"content-type");
+        }
+    }
+
+    #[test]
+    fn the_decoder_survives_random_blocks() {
+        // loona-hpack is a dependency fed untrusted bytes: make sure junk
+        // gives an error, never a panic.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let block: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let mut d = Decoder::new();
+            let _ = d.decode_with_cb(&block, |_, _| {});
+            let _ = d.decode_with_cb(&block, |_, _| {});
+        }
+    }
+}
