@@ -2,6 +2,7 @@
 //! as a child process (killed on drop), and the kubelet double.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod gokubelet;
 pub mod kubelet;
 pub mod udevd;
 
