@@ -21,6 +21,8 @@ APT_PACKAGES=(
     docker.io containerd skopeo jq
     # device-manager udev tests: a real systemd-udevd and udevadm (not started here)
     udev
+    # device-manager: a kubelet double on grpc-go (the kubelet's own gRPC stack)
+    golang-go golang-google-grpc-dev golang-google-protobuf-dev
     # dns dummy-interface test: a VM on Debian's kernel (which has dummy.ko)
     qemu-system-x86 cpio linux-image-amd64
     python3 python3-venv python3-pip
