@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use smarter_device_manager::plugin::connect_unix;
 use smarter_device_manager::proto::v1beta1 as pb;
+use support::kubelet::connect_unix;
 use support::{Env, FakeKubelet};
 
 type R = Result<(), Box<dyn std::error::Error>>;

@@ -15,11 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::grpc::{self, Call, Status};
 use crate::metrics::Metrics;
@@ -27,6 +25,8 @@ use crate::proto::v1beta1 as pb;
 use crate::registry::{HEALTHY, Registry, Slot, UNHEALTHY};
 use crate::rules;
 
+/// The kubelet's Register method.
+const REGISTER: &str = "/v1beta1.Registration/Register";
 /// The API version we speak.
 pub const API_VERSION: &str = "v1beta1";
 /// The kubelet's registration socket name in the plugin dir.
@@ -291,26 +291,6 @@ pub enum PluginError {
     },
 }
 
-/// A gRPC channel over a unix socket (the URI is a dummy; the connector
-/// dials `path`).
-pub async fn connect_unix(path: &Path) -> Result<Channel, PluginError> {
-    let p = path.to_path_buf();
-    let err = |e: &dyn std::fmt::Display| PluginError::Connect {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let endpoint = Endpoint::try_from("http://[::1]:50051")
-        .map_err(|e| err(&e))?
-        .connect_timeout(DIAL_TIMEOUT);
-    endpoint
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let p = p.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
-        }))
-        .await
-        .map_err(|e| err(&e))
-}
-
 /// Register `resource` (name part) served on `endpoint` with the kubelet.
 pub async fn register(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result<(), PluginError> {
     // Never closed, so acquiring cannot fail; if it did, register anyway.
@@ -319,27 +299,29 @@ pub async fn register(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result
 }
 
 async fn register_now(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result<(), PluginError> {
-    let channel = connect_unix(kubelet_sock).await?;
-    let mut client = pb::registration_client::RegistrationClient::new(channel);
     let req = pb::RegisterRequest {
         version: API_VERSION.to_string(),
         endpoint: endpoint.to_string(),
         resource_name: rules::resource_name(name),
         options: Some(options()),
     };
-    tokio::time::timeout(DIAL_TIMEOUT, client.register(req))
-        .await
-        .map_err(|_| PluginError::Register {
+    let refused = |message: String| PluginError::Register {
+        path: kubelet_sock.to_path_buf(),
+        resource: rules::resource_name(name),
+        message,
+    };
+    let msg = prost::Message::encode_to_vec(&req);
+    let call = grpc::call_unix(kubelet_sock, REGISTER, &msg);
+    match tokio::time::timeout(DIAL_TIMEOUT, call).await {
+        Err(_) => Err(refused("timed out".into())),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(grpc::CallError::Status(s))) => Err(refused(s.message)),
+        Ok(Err(grpc::CallError::Io(e))) => Err(PluginError::Connect {
             path: kubelet_sock.to_path_buf(),
-            resource: rules::resource_name(name),
-            message: "timed out".into(),
-        })?
-        .map_err(|s| PluginError::Register {
-            path: kubelet_sock.to_path_buf(),
-            resource: rules::resource_name(name),
-            message: s.message().to_string(),
-        })?;
-    Ok(())
+            message: e.to_string(),
+        }),
+        Ok(Err(e)) => Err(refused(e.to_string())),
+    }
 }
 
 /// A running gRPC server for one resource.

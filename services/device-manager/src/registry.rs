@@ -42,7 +42,77 @@ pub struct ResourceState {
     /// Pooled naming of IDs.
     pub pooled: bool,
     /// Devices by key.
-    pub devices: BTreeMap<String, DeviceState>,
+    pub devices: DeviceMap,
+}
+
+/// Devices of a resource by key, sorted: a vector, not a `BTreeMap`,
+/// because most resources have one device and a B-tree leaf for these
+/// values is 1.7 KiB (`docs/decisions/0016-own-http2-server.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceMap(Vec<(String, DeviceState)>);
+
+impl DeviceMap {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+
+    /// The device with `key`.
+    pub fn get(&self, key: &str) -> Option<&DeviceState> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Add or replace.
+    pub fn insert(&mut self, key: String, dev: DeviceState) {
+        match self.find(&key) {
+            Ok(i) => self.0[i].1 = dev,
+            Err(i) => self.0.insert(i, (key, dev)),
+        }
+    }
+
+    /// Keep what `keep` says.
+    pub fn retain(&mut self, mut keep: impl FnMut(&String, &DeviceState) -> bool) {
+        self.0.retain(|(k, d)| keep(k, d));
+    }
+
+    /// Keys in order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    /// Devices in key order.
+    pub fn values(&self) -> impl Iterator<Item = &DeviceState> {
+        self.0.iter().map(|(_, d)| d)
+    }
+
+    /// Devices in key order, mutable.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut DeviceState> {
+        self.0.iter_mut().map(|(_, d)| d)
+    }
+
+    /// (key, device) in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &DeviceState)> {
+        self.0.iter().map(|(k, d)| (k, d))
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No devices.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, DeviceState)> for DeviceMap {
+    fn from_iter<I: IntoIterator<Item = (String, DeviceState)>>(it: I) -> Self {
+        let mut m = Self::default();
+        for (k, d) in it {
+            m.insert(k, d);
+        }
+        m
+    }
 }
 
 /// Why a scan result is applied.
@@ -165,7 +235,7 @@ impl Registry {
                         max_users: spec.max_users,
                         permissions: spec.permissions.clone(),
                         pooled: spec.pooled,
-                        devices: BTreeMap::new(),
+                        devices: DeviceMap::default(),
                     })
                 }
             };
@@ -211,7 +281,7 @@ impl Registry {
     pub fn slots(&self, name: &str) -> Option<Vec<Slot>> {
         let res = self.resources.get(name)?;
         let mut v = Vec::new();
-        for (key, dev) in &res.devices {
+        for (key, dev) in res.devices.iter() {
             for s in 0..res.max_users {
                 v.push(Slot {
                     id: slot_id(res, key, s),
@@ -248,7 +318,7 @@ impl Registry {
                 resource: name.to_string(),
                 id: id.clone(),
             })?;
-            let Some(dev) = res.devices.get(*key) else {
+            let Some(dev) = res.devices.get(key) else {
                 continue;
             };
             if !dev.healthy {

@@ -12,14 +12,29 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use smarter_device_manager::plugin::connect_unix;
+use hyper_util::rt::TokioIo;
 use smarter_device_manager::proto::v1beta1 as pb;
 use tokio::net::UnixListener;
+use tokio::net::UnixStream;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
+
+/// A tonic gRPC channel over the unix socket `path` (the URI is a dummy;
+/// the connector dials `path`): the kubelet double's client stack.
+pub async fn connect_unix(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let p = path.to_path_buf();
+    Endpoint::from_static("http://[::1]:50051")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let p = p.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+        }))
+        .await
+}
 
 /// What the double knows about one registered resource.
 #[derive(Debug, Clone, Default)]
