@@ -12,11 +12,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::net::UnixListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::grpc::{self, Call, Status};
@@ -324,93 +325,68 @@ async fn register_now(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result
     }
 }
 
-/// A running gRPC server for one resource.
+/// The server for one resource: its listening socket, and the stop signal
+/// every connection it accepted watches. Accepting is done by the
+/// resource's own task (no separate accept task), in every wait of
+/// [`plugin_task`].
 #[derive(Debug)]
-struct RunningServer {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl RunningServer {
-    /// Stop accepting, end every ListAndWatch stream and close every
-    /// connection gracefully (HTTP/2 GOAWAY); after 2 s stop waiting.
-    async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        let all_closed = async {
-            // Each connection holds a receiver until it has closed.
-            self.stop.closed().await;
-            (&mut self.task).await
-        };
-        if tokio::time::timeout(Duration::from_secs(2), all_closed)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-            let _ = (&mut self.task).await;
-        }
-    }
-}
-
-fn start_server(
-    socket: &Path,
-    name: &str,
-    shared: &Arc<Shared>,
-) -> Result<RunningServer, PluginError> {
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(PluginError::RemoveStale {
-                path: socket.to_path_buf(),
-                source,
-            });
-        }
-    }
-    let listener = UnixListener::bind(socket).map_err(|source| PluginError::Bind {
-        path: socket.to_path_buf(),
-        source,
-    })?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let svc = Arc::new(PluginService {
-        name: name.to_string(),
-        shared: Arc::clone(shared),
-    });
-    let task = tokio::spawn(serve(listener, svc, stop_rx, name.to_string()));
-    Ok(RunningServer {
-        stop: stop_tx,
-        task,
-    })
-}
-
-/// Accept connections on one resource's socket until `stop`, each served
-/// by our own HTTP/2 server ([`grpc`]) in its own task, which holds no
-/// buffer while idle (`docs/decisions/0016-own-http2-server.md`).
-async fn serve(
+struct Server {
     listener: UnixListener,
-    svc: Arc<PluginService>,
-    mut stop: watch::Receiver<bool>,
-    resource: String,
-) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let io = match accepted {
-            Ok((io, _)) => io,
+    stop: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Bind `socket` (removing a stale one).
+    fn start(socket: &Path) -> Result<Self, PluginError> {
+        match std::fs::remove_file(socket) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(PluginError::RemoveStale {
+                    path: socket.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        let listener = UnixListener::bind(socket).map_err(|source| PluginError::Bind {
+            path: socket.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            stop: watch::channel(false).0,
+        })
+    }
+
+    /// Accept one connection and serve it in its own task with our HTTP/2
+    /// server ([`grpc`]), which holds no buffer while idle
+    /// (`docs/decisions/0016-own-http2-server.md`).
+    async fn accept(&self, svc: &Arc<PluginService>) {
+        match self.listener.accept().await {
+            Ok((io, _)) => {
+                let conn = grpc::serve_connection(io, Arc::clone(svc), self.stop.subscribe());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                });
+            }
             Err(e) => {
                 // Out of fds and the like: do not spin.
-                tracing::warn!(resource = %resource, error = %e, "accept failed");
+                tracing::warn!(resource = %svc.name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
             }
-        };
-        let conn = grpc::serve_connection(io, Arc::clone(&svc), stop.clone());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended");
-            }
-        });
+        }
+    }
+
+    /// Stop accepting, end every ListAndWatch stream and close every
+    /// connection gracefully (HTTP/2 GOAWAY); stop waiting after 2 s.
+    async fn stop(self) {
+        let Self { listener, stop } = self;
+        drop(listener);
+        let _ = stop.send(true);
+        // Each connection holds a receiver until it has closed.
+        let _ = tokio::time::timeout(Duration::from_secs(2), stop.closed()).await;
     }
 }
 
@@ -425,11 +401,66 @@ pub enum Ctl {
     Stop,
 }
 
+impl Ctl {
+    fn bit(self) -> u8 {
+        match self {
+            Ctl::KubeletRestarted => 1,
+            Ctl::SocketDeleted => 2,
+            Ctl::Stop => 4,
+        }
+    }
+}
+
+/// A control mailbox: pending messages as bits and a wake-up. Messages
+/// coalesce, strongest first (Stop covers everything, a deleted socket
+/// covers a kubelet restart, as both re-register). Smaller than a tokio
+/// channel, which counts with one task per resource.
+#[derive(Debug, Default)]
+struct Mailbox {
+    bits: AtomicU8,
+    wake: Notify,
+}
+
+/// Sends [`Ctl`] to a plugin task; dropping it stops the task.
+#[derive(Debug)]
+pub struct CtlSender(Arc<Mailbox>);
+
+impl CtlSender {
+    /// Tell the task `m`.
+    pub fn send(&self, m: Ctl) {
+        self.0.bits.fetch_or(m.bit(), Ordering::AcqRel);
+        self.0.wake.notify_one();
+    }
+}
+
+impl Drop for CtlSender {
+    fn drop(&mut self) {
+        self.send(Ctl::Stop);
+    }
+}
+
+#[derive(Debug)]
+struct CtlReceiver(Arc<Mailbox>);
+
+impl CtlReceiver {
+    async fn recv(&self) -> Ctl {
+        loop {
+            let bits = self.0.bits.swap(0, Ordering::AcqRel);
+            for m in [Ctl::Stop, Ctl::SocketDeleted, Ctl::KubeletRestarted] {
+                if bits & m.bit() != 0 {
+                    return m;
+                }
+            }
+            self.0.wake.notified().await;
+        }
+    }
+}
+
 /// The handle of one resource's task.
 #[derive(Debug)]
 pub struct PluginHandle {
     /// Send control messages.
-    pub ctl: mpsc::UnboundedSender<Ctl>,
+    pub ctl: CtlSender,
     /// The task; it ends after [`Ctl::Stop`].
     pub task: JoinHandle<()>,
     /// The socket it serves.
@@ -438,40 +469,72 @@ pub struct PluginHandle {
 
 /// Start the task that serves and registers resource `name`.
 pub fn spawn(name: &str, plugin_dir: &Path, shared: Arc<Shared>) -> PluginHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let mailbox = Arc::new(Mailbox::default());
     let socket = plugin_dir.join(rules::socket_name(name));
+    let svc = Arc::new(PluginService {
+        name: name.to_string(),
+        shared,
+    });
     let task = tokio::spawn(plugin_task(
-        name.to_string(),
+        svc,
         socket.clone(),
         plugin_dir.join(KUBELET_SOCKET),
-        shared,
-        rx,
+        CtlReceiver(Arc::clone(&mailbox)),
     ));
     PluginHandle {
-        ctl: tx,
+        ctl: CtlSender(mailbox),
         task,
         socket,
     }
 }
 
+/// Accept connections on `server` (if any) until a control message comes,
+/// or `until` passes (then None).
+async fn next_ctl(
+    ctl: &CtlReceiver,
+    server: Option<&Server>,
+    svc: &Arc<PluginService>,
+    until: Option<tokio::time::Instant>,
+) -> Option<Ctl> {
+    let deadline = async {
+        match until {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            m = ctl.recv() => return Some(m),
+            () = &mut deadline => return None,
+            () = async {
+                match server {
+                    Some(s) => s.accept(svc).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
+
 async fn plugin_task(
-    name: String,
+    svc: Arc<PluginService>,
     socket: PathBuf,
     kubelet_sock: PathBuf,
-    shared: Arc<Shared>,
-    mut ctl: mpsc::UnboundedReceiver<Ctl>,
+    ctl: CtlReceiver,
 ) {
-    let endpoint = rules::socket_name(&name);
-    let mut server: Option<RunningServer> = None;
+    let name = svc.name.as_str();
+    let endpoint = rules::socket_name(name);
+    let mut server: Option<Server> = None;
     let mut need_register = true;
     let mut backoff = BACKOFF_INITIAL;
-    loop {
+    'run: loop {
         // Serve first.
         if server.is_none() || !socket.exists() {
             if let Some(s) = server.take() {
                 s.stop().await;
             }
-            match start_server(&socket, &name, &shared) {
+            match Server::start(&socket) {
                 Ok(s) => {
                     tracing::info!(resource = %name, socket = %socket.display(), "serving");
                     server = Some(s);
@@ -479,43 +542,50 @@ async fn plugin_task(
                 }
                 Err(e) => {
                     tracing::error!(resource = %name, error = %e, retry_ms = backoff.as_millis() as u64, "cannot serve");
-                    if wait(&mut ctl, backoff, &mut need_register).await {
-                        break;
+                    let until = tokio::time::Instant::now() + backoff;
+                    match next_ctl(&ctl, None, &svc, Some(until)).await {
+                        Some(Ctl::Stop) => break,
+                        Some(_) => need_register = true,
+                        None => {}
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             }
         }
-        // Then register.
+        // Then register, accepting the kubelet's connections meanwhile.
         if need_register {
-            // A Stop (SIGTERM) must not wait for a slow kubelet. Boxed: the
-            // registration's state lives only while it runs, not in every
-            // resource's task for good.
+            // Boxed: the registration's state lives only while it runs,
+            // not in every resource's task for good.
+            let mut reg = Box::pin(register(&kubelet_sock, &endpoint, name));
+            // A Stop (SIGTERM) must not wait for a slow kubelet.
             let result = tokio::select! {
-                r = Box::pin(register(&kubelet_sock, &endpoint, &name)) => r,
-                m = ctl.recv() => match m {
-                    Some(Ctl::KubeletRestarted | Ctl::SocketDeleted) => continue,
+                r = &mut reg => r,
+                m = next_ctl(&ctl, server.as_ref(), &svc, None) => match m {
                     Some(Ctl::Stop) | None => break,
+                    Some(_) => continue,
                 },
             };
+            drop(reg);
             match result {
                 Ok(()) => {
-                    tracing::info!(resource = %rules::resource_name(&name), endpoint = %endpoint, "registered with kubelet");
-                    shared.metrics.registered();
+                    tracing::info!(resource = %rules::resource_name(name), endpoint = %endpoint, "registered with kubelet");
+                    svc.shared.metrics.registered();
                 }
                 Err(e) => {
-                    shared.metrics.registration_failed();
+                    svc.shared.metrics.registration_failed();
                     tracing::warn!(resource = %name, error = %e, retry_ms = backoff.as_millis() as u64, "registration failed");
-                    if wait(&mut ctl, backoff, &mut need_register).await {
-                        break;
-                    }
+                    let until = tokio::time::Instant::now() + backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
+                    match next_ctl(&ctl, server.as_ref(), &svc, Some(until)).await {
+                        Some(Ctl::Stop) => break,
+                        // A kubelet restart cuts the wait short.
+                        Some(_) | None => continue,
+                    }
                 }
             }
         }
-        match ctl.recv().await {
+        match next_ctl(&ctl, server.as_ref(), &svc, None).await {
             Some(Ctl::KubeletRestarted) => {
                 need_register = true;
                 backoff = BACKOFF_INITIAL;
@@ -525,7 +595,7 @@ async fn plugin_task(
                 need_register = true;
                 backoff = BACKOFF_INITIAL;
             }
-            Some(Ctl::Stop) | None => break,
+            Some(Ctl::Stop) | None => break 'run,
         }
     }
     if let Some(s) = server.take() {
@@ -537,21 +607,5 @@ async fn plugin_task(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket"),
-    }
-}
-
-/// Sleep for `delay` unless a control message comes first. Returns true
-/// when the task must stop. A kubelet restart cuts the wait short.
-async fn wait(
-    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
-    delay: Duration,
-    need_register: &mut bool,
-) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => false,
-        m = ctl.recv() => match m {
-            Some(Ctl::KubeletRestarted | Ctl::SocketDeleted) => { *need_register = true; false }
-            Some(Ctl::Stop) | None => true,
-        },
     }
 }

@@ -302,7 +302,7 @@ impl Supervisor {
         for name in &changes.removed {
             if let Some(p) = self.plugins.remove(name) {
                 tracing::info!(resource = %rules::resource_name(name), "resource removed");
-                let _ = p.ctl.send(Ctl::Stop);
+                p.ctl.send(Ctl::Stop);
                 let _ = p.task.await;
             }
         }
@@ -321,13 +321,13 @@ impl Supervisor {
             PluginDirEvent::KubeletCreated => {
                 tracing::info!("kubelet.sock created: registering again");
                 for p in self.plugins.values() {
-                    let _ = p.ctl.send(Ctl::KubeletRestarted);
+                    p.ctl.send(Ctl::KubeletRestarted);
                 }
             }
             PluginDirEvent::Deleted(name) => {
                 for p in self.plugins.values() {
                     if p.socket.file_name() == Some(name.as_os_str()) && !p.socket.exists() {
-                        let _ = p.ctl.send(Ctl::SocketDeleted);
+                        p.ctl.send(Ctl::SocketDeleted);
                     }
                 }
             }
@@ -382,7 +382,7 @@ impl Supervisor {
         // Let the Unhealthy lists reach the kubelet before the streams end.
         tokio::time::sleep(Duration::from_millis(50)).await;
         for p in self.plugins.values() {
-            let _ = p.ctl.send(Ctl::Stop);
+            p.ctl.send(Ctl::Stop);
         }
         for (_, p) in self.plugins {
             let _ = p.task.await;
