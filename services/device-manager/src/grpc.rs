@@ -26,9 +26,9 @@
 use std::borrow::Cow;
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
 
 use loona_hpack::Decoder;
-use tokio::io::{Interest, Ready};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
@@ -1022,16 +1022,14 @@ pub async fn call_unix(
     let mut inbuf: Vec<u8> = Vec::new();
     loop {
         io.readable().await?;
-        let mut buf = [0u8; 4096];
-        let n = match io.try_read(&mut buf) {
+        match read_into(&io, &mut inbuf) {
             Ok(0) => {
                 return Err(CallError::Protocol("connection closed before the reply"));
             }
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
-        };
-        inbuf.extend_from_slice(&buf[..n]);
+        }
         let mut answer = Vec::new();
         let used = reply.process(&inbuf, &mut answer)?;
         inbuf.drain(..used);
@@ -1182,6 +1180,15 @@ impl Reply {
     }
 }
 
+/// Read once through a stack buffer (not one kept in the future's state)
+/// and append to `inbuf`.
+fn read_into(io: &UnixStream, inbuf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut buf = [0u8; 4096];
+    let n = io.try_read(&mut buf)?;
+    inbuf.extend_from_slice(&buf[..n]);
+    Ok(n)
+}
+
 async fn write_all(io: &UnixStream, mut b: &[u8]) -> io::Result<()> {
     while !b.is_empty() {
         io.writable().await?;
@@ -1262,19 +1269,37 @@ pub async fn serve_connection<H: Handler>(
         if c.done(stopping) {
             return Ok(());
         }
-        let mut interest = if c.out.len() < OUT_HIGH_WATER && !c.fatal {
-            Interest::READABLE
-        } else {
-            Interest::WRITABLE
-        };
-        if !c.out.is_empty() {
-            interest |= Interest::WRITABLE;
-        }
+        let want_read = c.out.len() < OUT_HIGH_WATER && !c.fatal;
+        let want_write = !c.out.is_empty();
         let watching = c.watchers();
+        // Readiness by polling: the wakers live in the socket's
+        // registration, not in this future's state (one per connection).
+        let ready = std::future::poll_fn(|cx| {
+            let mut r = (false, false);
+            if want_read {
+                match io.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => r.0 = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if want_write {
+                match io.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => r.1 = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if r.0 || r.1 {
+                Poll::Ready(Ok(r))
+            } else {
+                Poll::Pending
+            }
+        });
         tokio::select! {
-            r = io.ready(interest) => {
-                let r: Ready = r?;
-                if r.is_readable() && interest.is_readable() {
+            r = ready => {
+                let (readable, _) = r?;
+                if readable {
                     match read_some(&io, &mut c) {
                         Ok(0) => return Ok(()),
                         Ok(_) => {}

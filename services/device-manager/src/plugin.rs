@@ -296,7 +296,10 @@ pub enum PluginError {
 pub async fn register(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result<(), PluginError> {
     // Never closed, so acquiring cannot fail; if it did, register anyway.
     let _permit = REGISTERING.acquire().await.ok();
-    register_now(kubelet_sock, endpoint, name).await
+    // Boxed after the permit: with 1,000 resources waiting for one, their
+    // call states would otherwise all be allocated at once, and the heap
+    // left fragmented after.
+    Box::pin(register_now(kubelet_sock, endpoint, name)).await
 }
 
 async fn register_now(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result<(), PluginError> {
@@ -362,7 +365,9 @@ impl Server {
     /// server ([`grpc`]), which holds no buffer while idle
     /// (`docs/decisions/0016-own-http2-server.md`).
     async fn accept(&self, svc: &Arc<PluginService>) {
-        match self.listener.accept().await {
+        // poll_accept keeps its waker in the listener, not in this
+        // future's state (which every idle resource task holds).
+        match std::future::poll_fn(|cx| self.listener.poll_accept(cx)).await {
             Ok((io, _)) => {
                 let conn = grpc::serve_connection(io, Arc::clone(svc), self.stop.subscribe());
                 tokio::spawn(async move {
@@ -374,7 +379,7 @@ impl Server {
             Err(e) => {
                 // Out of fds and the like: do not spin.
                 tracing::warn!(resource = %svc.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                Box::pin(tokio::time::sleep(Duration::from_millis(100))).await;
             }
         }
     }
@@ -496,17 +501,18 @@ async fn next_ctl(
     svc: &Arc<PluginService>,
     until: Option<tokio::time::Instant>,
 ) -> Option<Ctl> {
-    let deadline = async {
-        match until {
-            Some(t) => tokio::time::sleep_until(t).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
+    // Boxed, and only when there is one: the idle wait (no deadline) is
+    // where 1,000 resource tasks spend their lives.
+    let mut deadline = until.map(|t| Box::pin(tokio::time::sleep_until(t)));
     loop {
         tokio::select! {
             m = ctl.recv() => return Some(m),
-            () = &mut deadline => return None,
+            () = async {
+                match deadline.as_mut() {
+                    Some(d) => d.await,
+                    None => std::future::pending().await,
+                }
+            } => return None,
             () = async {
                 match server {
                     Some(s) => s.accept(svc).await,
@@ -532,7 +538,7 @@ async fn plugin_task(
         // Serve first.
         if server.is_none() || !socket.exists() {
             if let Some(s) = server.take() {
-                s.stop().await;
+                Box::pin(s.stop()).await;
             }
             match Server::start(&socket) {
                 Ok(s) => {
@@ -566,7 +572,6 @@ async fn plugin_task(
                     Some(_) => continue,
                 },
             };
-            drop(reg);
             match result {
                 Ok(()) => {
                     tracing::info!(resource = %rules::resource_name(name), endpoint = %endpoint, "registered with kubelet");
@@ -599,7 +604,7 @@ async fn plugin_task(
         }
     }
     if let Some(s) = server.take() {
-        s.stop().await;
+        Box::pin(s.stop()).await;
     }
     match std::fs::remove_file(&socket) {
         Ok(()) => {
