@@ -26,11 +26,12 @@
 use std::borrow::Cow;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use loona_hpack::Decoder;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// The client connection preface.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -603,6 +604,9 @@ impl<H: Handler> Conn<H> {
             self.rst(sid, H2Error::Protocol);
             return Ok(());
         };
+        // One at a time is the kubelet's pattern: no spare slots (a first
+        // push reserves four).
+        self.streams.reserve_exact(1);
         self.streams.push(Stream {
             id: sid,
             recv_open: !end_stream,
@@ -1253,14 +1257,52 @@ async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) -> bool {
     }
 }
 
+/// Tells a server's connections to stop; its strong count tells how many
+/// are still open. Lighter than a watch channel, which counts with one
+/// server per resource.
+#[derive(Debug, Default)]
+pub struct StopSignal {
+    stopped: AtomicBool,
+    wake: Notify,
+}
+
+impl StopSignal {
+    /// Stop every connection holding this signal.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    /// Wait until [`StopSignal::stop`] was called.
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a stop in between is seen.
+            notified.as_mut().enable();
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// [`serve_connection`], logging how it ended: what a server spawns (the
+/// connection's state is stored once, not also as a captured future).
+pub async fn serve<H: Handler>(io: UnixStream, handler: Arc<H>, stop: Arc<StopSignal>) {
+    if let Err(e) = serve_connection(io, handler, stop).await {
+        tracing::debug!(error = %e, "connection ended");
+    }
+}
+
 /// Serve gRPC over HTTP/2 on `io` with `handler` until the client closes,
-/// a protocol error, or `stop` turns true (then watch streams end with OK,
-/// GOAWAY is sent, and the connection closes once the client has what it
-/// asked for).
+/// a protocol error, or `stop` (then watch streams end with OK, GOAWAY is
+/// sent, and the connection closes once the client has what it asked for).
 pub async fn serve_connection<H: Handler>(
     io: UnixStream,
     handler: Arc<H>,
-    mut stop: watch::Receiver<bool>,
+    stop: Arc<StopSignal>,
 ) -> io::Result<()> {
     let mut c = Conn::new(handler);
     let mut stopping = false;
@@ -1309,7 +1351,7 @@ pub async fn serve_connection<H: Handler>(
                 }
             }
             alive = changed(&mut c.watch), if watching => c.on_watch(alive),
-            _ = stop.wait_for(|s| *s), if !stopping => {
+            () = stop.stopped(), if !stopping => {
                 stopping = true;
                 c.on_stop();
             }
@@ -1358,12 +1400,12 @@ mod tests {
                 settings: &[(u16, u32)],
             ) -> (
                 Self,
-                watch::Sender<bool>,
+                Arc<StopSignal>,
                 tokio::task::JoinHandle<io::Result<()>>,
             ) {
                 let (a, b) = UnixStream::pair().unwrap();
-                let (tx, rx) = watch::channel(false);
-                let task = tokio::spawn(serve_connection(b, Arc::new(h), rx));
+                let tx = Arc::new(StopSignal::default());
+                let task = tokio::spawn(serve_connection(b, Arc::new(h), Arc::clone(&tx)));
                 let mut c = Self {
                     io: a,
                     enc: Encoder::new(),
@@ -1672,7 +1714,7 @@ mod tests {
         let f = c.next().await.unwrap();
         c.headers(&f);
         c.next().await.unwrap();
-        stop.send(true).unwrap();
+        stop.stop();
         let f = c.next().await.unwrap();
         assert_eq!(
             c.headers(&f),
@@ -1747,8 +1789,7 @@ mod tests {
     async fn a_bad_preface_is_refused() {
         let (h, _tx) = echo();
         let (a, b) = UnixStream::pair().unwrap();
-        let (_stop, rx) = watch::channel(false);
-        let task = tokio::spawn(serve_connection(b, Arc::new(h), rx));
+        let task = tokio::spawn(serve_connection(b, Arc::new(h), Arc::default()));
         let mut a = a;
         a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -1808,10 +1849,10 @@ mod tests {
         let listener = tokio::net::UnixListener::bind(&sock).unwrap();
         let (h, _tx) = echo();
         let h = Arc::new(h);
-        let (_stop, rx) = watch::channel(false);
+        let stop = Arc::new(StopSignal::default());
         tokio::spawn(async move {
             while let Ok((io, _)) = listener.accept().await {
-                tokio::spawn(serve_connection(io, Arc::clone(&h), rx.clone()));
+                tokio::spawn(serve(io, Arc::clone(&h), Arc::clone(&stop)));
             }
         });
         let big = vec![7u8; 40_000];

@@ -335,7 +335,7 @@ async fn register_now(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result
 #[derive(Debug)]
 struct Server {
     listener: UnixListener,
-    stop: watch::Sender<bool>,
+    stop: Arc<grpc::StopSignal>,
 }
 
 impl Server {
@@ -357,7 +357,7 @@ impl Server {
         })?;
         Ok(Self {
             listener,
-            stop: watch::channel(false).0,
+            stop: Arc::default(),
         })
     }
 
@@ -369,12 +369,7 @@ impl Server {
         // future's state (which every idle resource task holds).
         match std::future::poll_fn(|cx| self.listener.poll_accept(cx)).await {
             Ok((io, _)) => {
-                let conn = grpc::serve_connection(io, Arc::clone(svc), self.stop.subscribe());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended");
-                    }
-                });
+                tokio::spawn(grpc::serve(io, Arc::clone(svc), Arc::clone(&self.stop)));
             }
             Err(e) => {
                 // Out of fds and the like: do not spin.
@@ -389,9 +384,13 @@ impl Server {
     async fn stop(self) {
         let Self { listener, stop } = self;
         drop(listener);
-        let _ = stop.send(true);
-        // Each connection holds a receiver until it has closed.
-        let _ = tokio::time::timeout(Duration::from_secs(2), stop.closed()).await;
+        stop.stop();
+        // Each connection holds a clone until it has closed. Stopping is
+        // rare: polling the count is simpler than another notifier.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while Arc::strong_count(&stop) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
