@@ -31,7 +31,7 @@ use std::task::Poll;
 
 use loona_hpack::Decoder;
 use tokio::net::UnixStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 /// The client connection preface.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -141,27 +141,103 @@ impl Status {
     }
 }
 
+/// The message a watch call streams: its newest encoded value, a version
+/// that counts changes, and a wake-up. One per resource, shared by every
+/// connection watching it; encoded once per change, not per connection.
+#[derive(Debug)]
+pub struct Feed {
+    state: std::sync::Mutex<FeedState>,
+    wake: Notify,
+}
+
+#[derive(Debug)]
+struct FeedState {
+    version: u64,
+    msg: Vec<u8>,
+    closed: bool,
+}
+
+impl Feed {
+    /// A feed whose first message is `msg`.
+    pub fn new(msg: Vec<u8>) -> Self {
+        Self {
+            state: std::sync::Mutex::new(FeedState {
+                version: 0,
+                msg,
+                closed: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Make `msg` the newest message (if it differs) and wake the watchers.
+    pub fn publish(&self, msg: Vec<u8>) {
+        {
+            let mut st = self.lock();
+            if st.closed || st.msg == msg {
+                return;
+            }
+            st.msg = msg;
+            st.version += 1;
+        }
+        self.wake.notify_waiters();
+    }
+
+    /// End every watch of this feed (with status OK).
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_waiters();
+    }
+
+    /// The newest message.
+    pub fn current(&self) -> Vec<u8> {
+        self.lock().msg.clone()
+    }
+
+    fn version(&self) -> (u64, bool) {
+        let st = self.lock();
+        (st.version, st.closed)
+    }
+
+    /// Wait for a version other than `seen` (true) or the close (false).
+    async fn changed(&self, seen: u64) -> bool {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a change in between is seen.
+            notified.as_mut().enable();
+            match self.version() {
+                (_, true) => return false,
+                (v, false) if v != seen => return true,
+                _ => notified.await,
+            }
+        }
+    }
+}
+
 /// What a call turns into.
 #[derive(Debug)]
-pub enum Call<T> {
+pub enum Call {
     /// A unary reply: the encoded response message, or an error status.
     Reply(Result<Vec<u8>, Status>),
-    /// A server stream: send the channel's value now and on every change;
-    /// end with OK when the sender is dropped.
-    Watch(watch::Receiver<T>),
+    /// A server stream: send the feed's message now and on every change;
+    /// end with OK when it closes.
+    Watch(Arc<Feed>),
 }
 
 /// The service behind one socket.
 pub trait Handler: Send + Sync + 'static {
-    /// What watch calls stream.
-    type Item: Send + Sync + 'static;
     /// Handle a call to `path` (e.g. `/v1beta1.DevicePlugin/Allocate`)
     /// with the encoded request message `msg`. All watch calls on one
-    /// connection share the first one's channel (one socket serves one
+    /// connection share the first one's feed (one socket serves one
     /// resource, so they are the same anyway).
-    fn call(&self, path: &str, msg: &[u8]) -> Call<Self::Item>;
-    /// Encode one streamed value as a response message.
-    fn encode(&self, item: &Self::Item) -> Vec<u8>;
+    fn call(&self, path: &str, msg: &[u8]) -> Call;
 }
 
 /// A protocol error that ends the connection with GOAWAY.
@@ -224,7 +300,8 @@ struct Conn<H: Handler> {
     conn_recv_window: i64,
     peer_initial_window: i64,
     peer_max_frame: usize,
-    watch: Option<watch::Receiver<H::Item>>,
+    /// The watched feed and the version last seen.
+    watch: Option<(Arc<Feed>, u64)>,
     /// GOAWAY sent: no new streams.
     goaway_sent: bool,
     /// A connection error was sent: close once `out` is written.
@@ -713,10 +790,11 @@ impl<H: Handler> Conn<H> {
                 s.end = Some(Status::ok());
                 self.pump(i);
             }
-            Call::Watch(rx) => {
+            Call::Watch(feed) => {
                 self.headers_frame(sid, &hpack_response(), false);
                 if self.watch.is_none() {
-                    self.watch = Some(rx);
+                    let (seen, _) = feed.version();
+                    self.watch = Some((feed, seen));
                 }
                 let s = &mut self.streams[i];
                 s.watching = true;
@@ -760,9 +838,8 @@ impl<H: Handler> Conn<H> {
             s.sent = 0;
             if s.watching && s.dirty {
                 s.dirty = false;
-                if let Some(rx) = &mut self.watch {
-                    let msg = self.handler.encode(&rx.borrow_and_update());
-                    self.streams[i].out = grpc_frame(&msg);
+                if let Some((feed, _)) = &self.watch {
+                    self.streams[i].out = grpc_frame(&feed.current());
                     continue;
                 }
             }
@@ -791,6 +868,10 @@ impl<H: Handler> Conn<H> {
 
     /// The watched value changed (`alive`) or its sender is gone.
     fn on_watch(&mut self, alive: bool) {
+        if let Some((feed, seen)) = &mut self.watch {
+            // Seen now: the dirty flags remember what is still to send.
+            *seen = feed.version().0;
+        }
         for s in self.streams.iter_mut().filter(|s| s.watching) {
             if alive {
                 s.dirty = true;
@@ -1250,9 +1331,9 @@ fn write_some<H: Handler>(io: &UnixStream, c: &mut Conn<H>) -> io::Result<()> {
     Ok(())
 }
 
-async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) -> bool {
-    match rx {
-        Some(rx) => rx.changed().await.is_ok(),
+async fn changed(watch: &Option<(Arc<Feed>, u64)>) -> bool {
+    match watch {
+        Some((feed, seen)) => feed.changed(*seen).await,
         None => std::future::pending().await,
     }
 }
@@ -1350,7 +1431,7 @@ pub async fn serve_connection<H: Handler>(
                     }
                 }
             }
-            alive = changed(&mut c.watch), if watching => c.on_watch(alive),
+            alive = changed(&c.watch), if watching => c.on_watch(alive),
             () = stop.stopped(), if !stopping => {
                 stopping = true;
                 c.on_stop();
@@ -1530,29 +1611,41 @@ mod tests {
 
     /// Echoes unary requests on `/t/Echo`, fails `/t/Fail`, watches `rx`
     /// on `/t/Watch`.
-    struct Echo(watch::Receiver<u32>);
+    struct Echo(Arc<Feed>);
 
     impl Handler for Echo {
-        type Item = u32;
-        fn call(&self, path: &str, msg: &[u8]) -> Call<u32> {
+        fn call(&self, path: &str, msg: &[u8]) -> Call {
             match path {
                 "/t/Echo" => Call::Reply(Ok(msg.to_vec())),
                 "/t/Fail" => Call::Reply(Err(Status::new(
                     Status::FAILED_PRECONDITION,
                     "no such device: 100% gone\n",
                 ))),
-                "/t/Watch" => Call::Watch(self.0.clone()),
+                "/t/Watch" => Call::Watch(Arc::clone(&self.0)),
                 _ => Call::Reply(Err(Status::new(Status::UNIMPLEMENTED, path))),
             }
         }
-        fn encode(&self, item: &u32) -> Vec<u8> {
-            format!("v{item}").into_bytes()
+    }
+
+    /// Publishes `v<n>` on the echo handler's feed; closes it on drop.
+    struct Tx(Arc<Feed>);
+
+    impl Tx {
+        fn send(&self, v: u32) -> Result<(), ()> {
+            self.0.publish(format!("v{v}").into_bytes());
+            Ok(())
         }
     }
 
-    fn echo() -> (Echo, watch::Sender<u32>) {
-        let (tx, rx) = watch::channel(0);
-        (Echo(rx), tx)
+    impl Drop for Tx {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+
+    fn echo() -> (Echo, Tx) {
+        let feed = Arc::new(Feed::new(b"v0".to_vec()));
+        (Echo(Arc::clone(&feed)), Tx(feed))
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::net::UnixListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::grpc::{self, Call, Status};
@@ -52,7 +52,7 @@ pub struct Shared {
     /// Resources, devices, health.
     pub registry: RwLock<Registry>,
     /// Current ListAndWatch list per resource.
-    lists: Mutex<BTreeMap<String, watch::Sender<Vec<Slot>>>>,
+    lists: Mutex<BTreeMap<String, Arc<grpc::Feed>>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
 }
@@ -63,22 +63,19 @@ impl Shared {
     pub fn publish(&self) {
         let reg = self.registry.read().unwrap_or_else(PoisonError::into_inner);
         let mut lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        lists.retain(|name, _| reg.get(name).is_some());
+        lists.retain(|name, feed| {
+            let keep = reg.get(name).is_some();
+            if !keep {
+                feed.close();
+            }
+            keep
+        });
         for name in reg.names() {
-            let slots = reg.slots(name).unwrap_or_default();
+            let msg = list_message(&reg.slots(name).unwrap_or_default());
             match lists.get(name) {
-                Some(tx) => {
-                    tx.send_if_modified(|cur| {
-                        if *cur == slots {
-                            false
-                        } else {
-                            *cur = slots;
-                            true
-                        }
-                    });
-                }
+                Some(feed) => feed.publish(msg),
                 None => {
-                    lists.insert(name.to_string(), watch::channel(slots).0);
+                    lists.insert(name.to_string(), Arc::new(grpc::Feed::new(msg)));
                 }
             }
         }
@@ -87,16 +84,24 @@ impl Shared {
     /// Send every resource's devices as Unhealthy (before shutting down, so
     /// the kubelet stops admitting pods to them at once).
     pub fn publish_all_unhealthy(&self) {
+        let reg = self.registry.read().unwrap_or_else(PoisonError::into_inner);
         let lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        for tx in lists.values() {
-            tx.send_modify(|v| v.iter_mut().for_each(|s| s.healthy = false));
+        for (name, feed) in lists.iter() {
+            let mut slots = reg.slots(name).unwrap_or_default();
+            slots.iter_mut().for_each(|s| s.healthy = false);
+            feed.publish(list_message(&slots));
         }
     }
 
-    fn subscribe(&self, name: &str) -> Option<watch::Receiver<Vec<Slot>>> {
+    fn subscribe(&self, name: &str) -> Option<Arc<grpc::Feed>> {
         let lists = self.lists.lock().unwrap_or_else(PoisonError::into_inner);
-        lists.get(name).map(watch::Sender::subscribe)
+        lists.get(name).cloned()
     }
+}
+
+/// The encoded ListAndWatch message for `slots`.
+fn list_message(slots: &[Slot]) -> Vec<u8> {
+    prost::Message::encode_to_vec(&to_proto_list(slots))
 }
 
 /// The options we give in Register and GetDevicePluginOptions.
@@ -139,14 +144,12 @@ fn decode<M: prost::Message + Default>(msg: &[u8]) -> Result<M, Status> {
     })
 }
 
-fn reply<M: prost::Message>(r: Result<M, Status>) -> Call<Vec<Slot>> {
+fn reply<M: prost::Message>(r: Result<M, Status>) -> Call {
     Call::Reply(r.map(|m| m.encode_to_vec()))
 }
 
 impl grpc::Handler for PluginService {
-    type Item = Vec<Slot>;
-
-    fn call(&self, path: &str, msg: &[u8]) -> Call<Vec<Slot>> {
+    fn call(&self, path: &str, msg: &[u8]) -> Call {
         let method = path.strip_prefix(SERVICE).unwrap_or_default();
         match method {
             "GetDevicePluginOptions" => reply(Ok(options())),
@@ -165,12 +168,6 @@ impl grpc::Handler for PluginService {
                 format!("unknown method {path}"),
             ))),
         }
-    }
-
-    fn encode(&self, slots: &Vec<Slot>) -> Vec<u8> {
-        let list = to_proto_list(slots);
-        tracing::debug!(resource = %self.name, devices = list.devices.len(), "ListAndWatch send");
-        prost::Message::encode_to_vec(&list)
     }
 }
 
