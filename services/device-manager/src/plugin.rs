@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::net::UnixListener;
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -331,7 +332,10 @@ async fn register_now(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result
 /// [`plugin_task`].
 #[derive(Debug)]
 struct Server {
-    listener: UnixListener,
+    /// A std listener in non-blocking mode: accepting through AsyncFd
+    /// keeps the accepted address (a 110-byte sockaddr_un) out of the
+    /// waiting future, which every idle resource task holds.
+    listener: AsyncFd<std::os::unix::net::UnixListener>,
     stop: Arc<grpc::StopSignal>,
 }
 
@@ -348,10 +352,16 @@ impl Server {
                 });
             }
         }
-        let listener = UnixListener::bind(socket).map_err(|source| PluginError::Bind {
+        let bind_err = |source| PluginError::Bind {
             path: socket.to_path_buf(),
             source,
-        })?;
+        };
+        let listener = std::os::unix::net::UnixListener::bind(socket).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        // SAFETY: the listener owns its fd, and the AsyncFd owns the
+        // listener: the fd is neither replaced nor closed while registered.
+        let listener = unsafe { AsyncFd::register(listener) }
+            .map_err(|e| bind_err(std::io::Error::from(e)))?;
         Ok(Self {
             listener,
             stop: Arc::default(),
@@ -362,10 +372,20 @@ impl Server {
     /// server ([`grpc`]), which holds no buffer while idle
     /// (`docs/decisions/0016-own-http2-server.md`).
     async fn accept(&self, svc: &Arc<PluginService>) {
-        // poll_accept keeps its waker in the listener, not in this
-        // future's state (which every idle resource task holds).
-        match std::future::poll_fn(|cx| self.listener.poll_accept(cx)).await {
-            Ok((io, _)) => {
+        let accepted = std::future::poll_fn(|cx| {
+            loop {
+                let mut guard = std::task::ready!(self.listener.poll_read_ready(cx))?;
+                if let Ok(r) = guard.try_io(|l| l.get_ref().accept()) {
+                    return std::task::Poll::Ready(r.and_then(|(s, _)| {
+                        s.set_nonblocking(true)?;
+                        UnixStream::from_std(s)
+                    }));
+                }
+            }
+        })
+        .await;
+        match accepted {
+            Ok(io) => {
                 tokio::spawn(grpc::serve(io, Arc::clone(svc), Arc::clone(&self.stop)));
             }
             Err(e) => {
