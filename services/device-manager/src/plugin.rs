@@ -16,8 +16,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::io::unix::AsyncFd;
-use tokio::net::UnixStream;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -56,6 +54,8 @@ pub struct Shared {
     lists: Mutex<BTreeMap<String, Arc<grpc::Feed>>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// The task serving every plugin socket (started on first use).
+    mux: std::sync::OnceLock<grpc::Mux<PluginService>>,
 }
 
 impl Shared {
@@ -92,6 +92,10 @@ impl Shared {
             slots.iter_mut().for_each(|s| s.healthy = false);
             feed.publish(list_message(&slots));
         }
+    }
+
+    fn mux(&self) -> &grpc::Mux<PluginService> {
+        self.mux.get_or_init(grpc::Mux::start)
     }
 
     fn subscribe(&self, name: &str) -> Option<Arc<grpc::Feed>> {
@@ -326,22 +330,18 @@ async fn register_now(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result
     }
 }
 
-/// The server for one resource: its listening socket, and the stop signal
-/// every connection it accepted watches. Accepting is done by the
-/// resource's own task (no separate accept task), in every wait of
-/// [`plugin_task`].
+/// The server for one resource: its listening socket, served with every
+/// other resource's by the one [`grpc::Mux`] task, and the stop signal its
+/// connections watch.
 #[derive(Debug)]
 struct Server {
-    /// A std listener in non-blocking mode: accepting through AsyncFd
-    /// keeps the accepted address (a 110-byte sockaddr_un) out of the
-    /// waiting future, which every idle resource task holds.
-    listener: AsyncFd<std::os::unix::net::UnixListener>,
+    id: grpc::ListenerId,
     stop: Arc<grpc::StopSignal>,
 }
 
 impl Server {
-    /// Bind `socket` (removing a stale one).
-    fn start(socket: &Path) -> Result<Self, PluginError> {
+    /// Bind `socket` (removing a stale one) and serve it.
+    fn start(socket: &Path, svc: &Arc<PluginService>) -> Result<Self, PluginError> {
         match std::fs::remove_file(socket) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -357,53 +357,23 @@ impl Server {
             source,
         };
         let listener = std::os::unix::net::UnixListener::bind(socket).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
-        // SAFETY: the listener owns its fd, and the AsyncFd owns the
-        // listener: the fd is neither replaced nor closed while registered.
-        let listener = unsafe { AsyncFd::register(listener) }
-            .map_err(|e| bind_err(std::io::Error::from(e)))?;
-        Ok(Self {
-            listener,
-            stop: Arc::default(),
-        })
-    }
-
-    /// Accept one connection and serve it in its own task with our HTTP/2
-    /// server ([`grpc`]), which holds no buffer while idle
-    /// (`docs/decisions/0016-own-http2-server.md`).
-    async fn accept(&self, svc: &Arc<PluginService>) {
-        let accepted = std::future::poll_fn(|cx| {
-            loop {
-                let mut guard = std::task::ready!(self.listener.poll_read_ready(cx))?;
-                if let Ok(r) = guard.try_io(|l| l.get_ref().accept()) {
-                    return std::task::Poll::Ready(r.and_then(|(s, _)| {
-                        s.set_nonblocking(true)?;
-                        UnixStream::from_std(s)
-                    }));
-                }
-            }
-        })
-        .await;
-        match accepted {
-            Ok(io) => {
-                tokio::spawn(grpc::serve(io, Arc::clone(svc), Arc::clone(&self.stop)));
-            }
-            Err(e) => {
-                // Out of fds and the like: do not spin.
-                tracing::warn!(resource = %svc.name, error = %e, "accept failed");
-                Box::pin(tokio::time::sleep(Duration::from_millis(100))).await;
-            }
-        }
+        let stop = Arc::new(grpc::StopSignal::default());
+        let id = svc
+            .shared
+            .mux()
+            .listen(listener, Arc::clone(svc), Arc::clone(&stop))
+            .map_err(bind_err)?;
+        Ok(Self { id, stop })
     }
 
     /// Stop accepting, end every ListAndWatch stream and close every
     /// connection gracefully (HTTP/2 GOAWAY); stop waiting after 2 s.
-    async fn stop(self) {
-        let Self { listener, stop } = self;
-        drop(listener);
+    async fn stop(self, svc: &PluginService) {
+        let Self { id, stop } = self;
+        svc.shared.mux().unlisten(id);
         stop.stop();
-        // Each connection holds a clone until it has closed. Stopping is
-        // rare: polling the count is simpler than another notifier.
+        // The listener and each connection hold a clone until closed.
+        // Stopping is rare: polling the count is simpler than a notifier.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while Arc::strong_count(&stop) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -509,33 +479,16 @@ pub fn spawn(name: &str, plugin_dir: &Path, shared: Arc<Shared>) -> PluginHandle
     }
 }
 
-/// Accept connections on `server` (if any) until a control message comes,
-/// or `until` passes (then None).
-async fn next_ctl(
-    ctl: &CtlReceiver,
-    server: Option<&Server>,
-    svc: &Arc<PluginService>,
-    until: Option<tokio::time::Instant>,
-) -> Option<Ctl> {
-    // Boxed, and only when there is one: the idle wait (no deadline) is
-    // where 1,000 resource tasks spend their lives.
-    let mut deadline = until.map(|t| Box::pin(tokio::time::sleep_until(t)));
-    loop {
-        tokio::select! {
-            m = ctl.recv() => return Some(m),
-            () = async {
-                match deadline.as_mut() {
-                    Some(d) => d.await,
-                    None => std::future::pending().await,
-                }
-            } => return None,
-            () = async {
-                match server {
-                    Some(s) => s.accept(svc).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-        }
+/// The next control message, or None once `until` passes.
+async fn next_ctl(ctl: &CtlReceiver, until: Option<tokio::time::Instant>) -> Option<Ctl> {
+    match until {
+        // Boxed: only backoffs have a deadline; the idle wait, where 1,000
+        // resource tasks spend their lives, has none.
+        Some(t) => tokio::select! {
+            m = ctl.recv() => Some(m),
+            () = Box::pin(tokio::time::sleep_until(t)) => None,
+        },
+        None => Some(ctl.recv().await),
     }
 }
 
@@ -554,9 +507,9 @@ async fn plugin_task(
         // Serve first.
         if server.is_none() || !socket.exists() {
             if let Some(s) = server.take() {
-                Box::pin(s.stop()).await;
+                Box::pin(s.stop(&svc)).await;
             }
-            match Server::start(&socket) {
+            match Server::start(&socket, &svc) {
                 Ok(s) => {
                     tracing::info!(resource = %name, socket = %socket.display(), "serving");
                     server = Some(s);
@@ -565,7 +518,7 @@ async fn plugin_task(
                 Err(e) => {
                     tracing::error!(resource = %name, error = %e, retry_ms = backoff.as_millis() as u64, "cannot serve");
                     let until = tokio::time::Instant::now() + backoff;
-                    match next_ctl(&ctl, None, &svc, Some(until)).await {
+                    match next_ctl(&ctl, Some(until)).await {
                         Some(Ctl::Stop) => break,
                         Some(_) => need_register = true,
                         None => {}
@@ -583,7 +536,7 @@ async fn plugin_task(
             // A Stop (SIGTERM) must not wait for a slow kubelet.
             let result = tokio::select! {
                 r = &mut reg => r,
-                m = next_ctl(&ctl, server.as_ref(), &svc, None) => match m {
+                m = next_ctl(&ctl, None) => match m {
                     Some(Ctl::Stop) | None => break,
                     Some(_) => continue,
                 },
@@ -598,7 +551,7 @@ async fn plugin_task(
                     tracing::warn!(resource = %name, error = %e, retry_ms = backoff.as_millis() as u64, "registration failed");
                     let until = tokio::time::Instant::now() + backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
-                    match next_ctl(&ctl, server.as_ref(), &svc, Some(until)).await {
+                    match next_ctl(&ctl, Some(until)).await {
                         Some(Ctl::Stop) => break,
                         // A kubelet restart cuts the wait short.
                         Some(_) | None => continue,
@@ -606,7 +559,7 @@ async fn plugin_task(
                 }
             }
         }
-        match next_ctl(&ctl, server.as_ref(), &svc, None).await {
+        match next_ctl(&ctl, None).await {
             Some(Ctl::KubeletRestarted) => {
                 need_register = true;
                 backoff = BACKOFF_INITIAL;
@@ -620,7 +573,7 @@ async fn plugin_task(
         }
     }
     if let Some(s) = server.take() {
-        Box::pin(s.stop()).await;
+        Box::pin(s.stop(&svc)).await;
     }
     match std::fs::remove_file(&socket) {
         Ok(()) => {
