@@ -650,6 +650,13 @@ impl<H: Handler> Conn<H> {
                 }
             })
             .map_err(|_| err(H2Error::Compression, "HPACK decoding failed"))?;
+        // A block that starts by shrinking the table to 0 (our SETTINGS
+        // asked for that) leaves it empty for good: start from a fresh
+        // decoder, so the emptied table's buffer is freed too.
+        if block.first() == Some(&0x20) && block.get(1).is_none_or(|b| b & 0xe0 != 0x20) {
+            self.hpack = Decoder::new();
+            self.hpack.set_max_table_size(0);
+        }
 
         if let Some(i) = self.streams.iter().position(|s| s.id == sid) {
             // Trailers from the client: they must end the stream.

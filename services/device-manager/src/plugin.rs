@@ -492,94 +492,116 @@ async fn next_ctl(ctl: &CtlReceiver, until: Option<tokio::time::Instant>) -> Opt
     }
 }
 
+/// What a resource task keeps between control messages. Boxed, with the
+/// serving and registering in a boxed future: the idle task (where 1,000
+/// resource tasks spend their lives) then holds little more than its
+/// mailbox wait.
+#[derive(Debug)]
+struct TaskState {
+    socket: PathBuf,
+    kubelet_sock: PathBuf,
+    endpoint: String,
+    server: Option<Server>,
+    need_register: bool,
+    backoff: Duration,
+}
+
 async fn plugin_task(
     svc: Arc<PluginService>,
     socket: PathBuf,
     kubelet_sock: PathBuf,
     ctl: CtlReceiver,
 ) {
-    let name = svc.name.as_str();
-    let endpoint = rules::socket_name(name);
-    let mut server: Option<Server> = None;
-    let mut need_register = true;
-    let mut backoff = BACKOFF_INITIAL;
-    'run: loop {
-        // Serve first.
-        if server.is_none() || !socket.exists() {
-            if let Some(s) = server.take() {
-                Box::pin(s.stop(&svc)).await;
+    let mut st = Box::new(TaskState {
+        endpoint: rules::socket_name(&svc.name),
+        socket,
+        kubelet_sock,
+        server: None,
+        need_register: true,
+        backoff: BACKOFF_INITIAL,
+    });
+    while Box::pin(activate(&svc, &ctl, &mut st)).await {
+        match ctl.recv().await {
+            Ctl::KubeletRestarted => {
+                st.need_register = true;
+                st.backoff = BACKOFF_INITIAL;
             }
-            match Server::start(&socket, &svc) {
+            Ctl::SocketDeleted => {
+                tracing::info!(resource = %svc.name, socket = %st.socket.display(), "our socket was deleted");
+                st.need_register = true;
+                st.backoff = BACKOFF_INITIAL;
+            }
+            Ctl::Stop => break,
+        }
+    }
+    if let Some(s) = st.server.take() {
+        Box::pin(s.stop(&svc)).await;
+    }
+    match std::fs::remove_file(&st.socket) {
+        Ok(()) => {
+            tracing::info!(resource = %svc.name, socket = %st.socket.display(), "stopped, socket removed")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(socket = %st.socket.display(), error = %e, "cannot remove socket"),
+    }
+}
+
+/// Serve (again, when not serving or our socket vanished), then register
+/// if needed, retrying with backoff. False when told to stop.
+async fn activate(svc: &Arc<PluginService>, ctl: &CtlReceiver, st: &mut TaskState) -> bool {
+    let name = svc.name.as_str();
+    loop {
+        if st.server.is_none() || !st.socket.exists() {
+            if let Some(s) = st.server.take() {
+                s.stop(svc).await;
+            }
+            match Server::start(&st.socket, svc) {
                 Ok(s) => {
-                    tracing::info!(resource = %name, socket = %socket.display(), "serving");
-                    server = Some(s);
-                    need_register = true;
+                    tracing::info!(resource = %name, socket = %st.socket.display(), "serving");
+                    st.server = Some(s);
+                    st.need_register = true;
                 }
                 Err(e) => {
-                    tracing::error!(resource = %name, error = %e, retry_ms = backoff.as_millis() as u64, "cannot serve");
-                    let until = tokio::time::Instant::now() + backoff;
-                    match next_ctl(&ctl, Some(until)).await {
-                        Some(Ctl::Stop) => break,
-                        Some(_) => need_register = true,
+                    tracing::error!(resource = %name, error = %e, retry_ms = st.backoff.as_millis() as u64, "cannot serve");
+                    let until = tokio::time::Instant::now() + st.backoff;
+                    match next_ctl(ctl, Some(until)).await {
+                        Some(Ctl::Stop) => return false,
+                        Some(_) => st.need_register = true,
                         None => {}
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             }
         }
-        // Then register, accepting the kubelet's connections meanwhile.
-        if need_register {
-            // Boxed: the registration's state lives only while it runs,
-            // not in every resource's task for good.
-            let mut reg = Box::pin(register(&kubelet_sock, &endpoint, name));
-            // A Stop (SIGTERM) must not wait for a slow kubelet.
-            let result = tokio::select! {
-                r = &mut reg => r,
-                m = next_ctl(&ctl, None) => match m {
-                    Some(Ctl::Stop) | None => break,
-                    Some(_) => continue,
-                },
-            };
-            match result {
-                Ok(()) => {
-                    tracing::info!(resource = %rules::resource_name(name), endpoint = %endpoint, "registered with kubelet");
-                    svc.shared.metrics.registered();
-                }
-                Err(e) => {
-                    svc.shared.metrics.registration_failed();
-                    tracing::warn!(resource = %name, error = %e, retry_ms = backoff.as_millis() as u64, "registration failed");
-                    let until = tokio::time::Instant::now() + backoff;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    match next_ctl(&ctl, Some(until)).await {
-                        Some(Ctl::Stop) => break,
-                        // A kubelet restart cuts the wait short.
-                        Some(_) | None => continue,
-                    }
+        if !st.need_register {
+            return true;
+        }
+        // A Stop (SIGTERM) must not wait for a slow kubelet.
+        let result = tokio::select! {
+            r = register(&st.kubelet_sock, &st.endpoint, name) => r,
+            m = ctl.recv() => match m {
+                Ctl::Stop => return false,
+                Ctl::KubeletRestarted | Ctl::SocketDeleted => continue,
+            },
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(resource = %rules::resource_name(name), endpoint = %st.endpoint, "registered with kubelet");
+                svc.shared.metrics.registered();
+                st.need_register = false;
+                return true;
+            }
+            Err(e) => {
+                svc.shared.metrics.registration_failed();
+                tracing::warn!(resource = %name, error = %e, retry_ms = st.backoff.as_millis() as u64, "registration failed");
+                let until = tokio::time::Instant::now() + st.backoff;
+                st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
+                // A kubelet restart cuts the wait short.
+                if next_ctl(ctl, Some(until)).await == Some(Ctl::Stop) {
+                    return false;
                 }
             }
         }
-        match next_ctl(&ctl, None).await {
-            Some(Ctl::KubeletRestarted) => {
-                need_register = true;
-                backoff = BACKOFF_INITIAL;
-            }
-            Some(Ctl::SocketDeleted) => {
-                tracing::info!(resource = %name, socket = %socket.display(), "our socket was deleted");
-                need_register = true;
-                backoff = BACKOFF_INITIAL;
-            }
-            Some(Ctl::Stop) | None => break 'run,
-        }
-    }
-    if let Some(s) = server.take() {
-        Box::pin(s.stop(&svc)).await;
-    }
-    match std::fs::remove_file(&socket) {
-        Ok(()) => {
-            tracing::info!(resource = %name, socket = %socket.display(), "stopped, socket removed")
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket"),
     }
 }
