@@ -1410,30 +1410,160 @@ impl<H: Handler> Mux<H> {
     }
 }
 
+/// A listener or a connection of the mux, with the waker that marks it
+/// woken.
+struct MuxSlot<H: Handler> {
+    entry: MuxEntry<H>,
+    waker: std::task::Waker,
+}
+
+enum MuxEntry<H: Handler> {
+    Listener(MuxListener<H>),
+    /// Boxed: a slot is as large as its largest variant, and there are as
+    /// many listeners as connections.
+    Conn(Box<MuxConn<H>>),
+}
+
+/// Slots woken since the mux task last ran, and that task's waker: each
+/// socket wakes only its own slot, so a wake-up costs what the woken
+/// sockets need, not a look at all of them.
+#[derive(Default)]
+struct Woken {
+    slots: std::sync::Mutex<Vec<usize>>,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+struct SlotWaker {
+    slot: usize,
+    woken: Arc<Woken>,
+}
+
+impl std::task::Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        lock(&self.woken.slots).push(self.slot);
+        if let Some(w) = &*lock(&self.woken.task) {
+            w.wake_by_ref();
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The mux's sockets: slots reused through a free list.
+struct Slab<H: Handler> {
+    slots: Vec<Option<MuxSlot<H>>>,
+    free: Vec<usize>,
+    woken: Arc<Woken>,
+}
+
+impl<H: Handler> Slab<H> {
+    fn insert(&mut self, entry: MuxEntry<H>) -> usize {
+        let i = self.free.pop().unwrap_or(self.slots.len());
+        let waker = std::task::Waker::from(Arc::new(SlotWaker {
+            slot: i,
+            woken: Arc::clone(&self.woken),
+        }));
+        let slot = Some(MuxSlot { entry, waker });
+        match self.slots.get_mut(i) {
+            Some(s) => *s = slot,
+            None => self.slots.push(slot),
+        }
+        i
+    }
+
+    fn remove(&mut self, i: usize) {
+        if let Some(s) = self.slots.get_mut(i)
+            && s.take().is_some()
+        {
+            self.free.push(i);
+        }
+    }
+
+    /// Make progress on slot `i` with its own waker; new connections go to
+    /// `accepted`.
+    fn drive(&mut self, i: usize, accepted: &mut Vec<MuxConn<H>>) {
+        let Some(slot) = self.slots.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        let mut cx = std::task::Context::from_waker(&slot.waker);
+        let keep = match &mut slot.entry {
+            MuxEntry::Listener(l) => {
+                let open = !l.stop.is_stopped();
+                if open {
+                    accept_all(l, accepted, &mut cx);
+                }
+                open
+            }
+            MuxEntry::Conn(c) => c.drive(&mut cx),
+        };
+        if !keep {
+            self.remove(i);
+        }
+    }
+}
+
 async fn mux_task<H: Handler>(mut rx: tokio::sync::mpsc::UnboundedReceiver<MuxMsg<H>>) {
-    let mut listeners: Vec<MuxListener<H>> = Vec::new();
-    let mut conns: Vec<MuxConn<H>> = Vec::new();
+    let mut slab = Slab {
+        slots: Vec::new(),
+        free: Vec::new(),
+        woken: Arc::new(Woken::default()),
+    };
     let mut wake = Box::pin(MUX_WAKE.notified());
     std::future::poll_fn(|cx| {
+        {
+            let mut task = lock(&slab.woken.task);
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        let mut todo = std::mem::take(&mut *lock(&slab.woken.slots));
         loop {
             match rx.poll_recv(cx) {
-                Poll::Ready(Some(MuxMsg::Listen(l))) => listeners.push(l),
-                Poll::Ready(Some(MuxMsg::Unlisten(id))) => listeners.retain(|l| l.id != id),
+                Poll::Ready(Some(MuxMsg::Listen(l))) => {
+                    todo.push(slab.insert(MuxEntry::Listener(l)));
+                }
+                Poll::Ready(Some(MuxMsg::Unlisten(id))) => {
+                    let found = slab.slots.iter().position(|s| {
+                        matches!(s, Some(MuxSlot { entry: MuxEntry::Listener(l), .. }) if l.id == id)
+                    });
+                    if let Some(i) = found {
+                        slab.remove(i);
+                    }
+                }
                 // Every sender is gone: the service has ended.
                 Poll::Ready(None) => return Poll::Ready(()),
                 Poll::Pending => break,
             }
         }
-        // Registered before looking at the feeds and stop signals, so a
-        // change after the look wakes us again.
+        // A Feed changed or a stop fired: look at everything. Registered
+        // again before looking, so a change after the look wakes us.
+        let mut all = false;
         while wake.as_mut().poll(cx).is_ready() {
             wake.set(MUX_WAKE.notified());
+            all = true;
         }
-        listeners.retain(|l| !l.stop.is_stopped());
-        for l in &listeners {
-            accept_all(l, &mut conns, cx);
+        if all {
+            todo = (0..slab.slots.len()).collect();
+        } else {
+            todo.sort_unstable();
+            todo.dedup();
         }
-        conns.retain_mut(|c| c.drive(cx));
+        let mut accepted = Vec::new();
+        for i in todo {
+            slab.drive(i, &mut accepted);
+        }
+        // New connections: a first drive sends our SETTINGS and registers
+        // their wakers.
+        while let Some(c) = accepted.pop() {
+            let i = slab.insert(MuxEntry::Conn(Box::new(c)));
+            slab.drive(i, &mut accepted);
+        }
         Poll::Pending
     })
     .await;
