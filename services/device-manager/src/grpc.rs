@@ -2398,6 +2398,89 @@ mod tests {
     }
 
     #[test]
+    fn mutated_sessions_never_panic() {
+        // A valid session (preface, SETTINGS, a unary call, a watch,
+        // PING, WINDOW_UPDATE, RST_STREAM), then 20,000 seeded mutations
+        // of it fed in random pieces: the state machine must answer or
+        // close, never panic, and keep its output bounded.
+        let mut enc = Encoder::new();
+        let mut session = PREFACE.to_vec();
+        session.extend(raw(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 10]));
+        let h = enc.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":path", b"/t/Echo"),
+            (b"content-type", b"application/grpc"),
+        ]);
+        session.extend(raw(HEADERS, END_HEADERS, 1, &h));
+        session.extend(raw(DATA, END_STREAM, 1, &grpc_frame(b"hello world")));
+        let h = enc.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":path", b"/t/Watch"),
+            (b"content-type", b"application/grpc"),
+        ]);
+        session.extend(raw(HEADERS, END_HEADERS, 3, &h));
+        session.extend(raw(DATA, END_STREAM, 3, &grpc_frame(b"")));
+        session.extend(raw(PING, 0, 0, b"12345678"));
+        session.extend(raw(WINDOW_UPDATE, 0, 3, &100u32.to_be_bytes()));
+        session.extend(raw(RST_STREAM, 0, 3, &8u32.to_be_bytes()));
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (h, tx) = echo();
+        let h = Arc::new(h);
+        // Unmutated, the session is served: the echo (its first 10 bytes:
+        // the session's window is 10) and the watch's first message come
+        // back, and the connection is not failed.
+        let mut c = Conn::new(Arc::clone(&h));
+        c.feed(&session);
+        assert!(!c.fatal);
+        let out = String::from_utf8_lossy(&c.out).into_owned();
+        assert!(
+            out.contains("hello") && !out.contains("world") && out.contains("v0"),
+            "{out:?}"
+        );
+        for round in 0..20_000 {
+            let mut bytes = session.clone();
+            // Leave the preface intact in most rounds so frames get parsed.
+            let from = if round % 10 == 0 { 0 } else { PREFACE.len() };
+            for _ in 0..(1 + next() % 4) {
+                let i = from + (next() as usize) % (bytes.len() - from);
+                match next() % 3 {
+                    0 => bytes[i] = next() as u8,
+                    1 => bytes[i] ^= 1 << (next() % 8),
+                    _ => {
+                        bytes.truncate(i.max(from + 1));
+                    }
+                }
+            }
+            let mut c = Conn::new(Arc::clone(&h));
+            let mut pos = 0;
+            while pos < bytes.len() {
+                let n = 1 + (next() as usize) % 64;
+                let end = (pos + n).min(bytes.len());
+                c.feed(&bytes[pos..end]);
+                pos = end;
+                if round % 7 == 0 {
+                    c.on_watch(true);
+                }
+                assert!(
+                    c.out.len() < 1 << 20,
+                    "round {round}: output grows unbounded"
+                );
+                c.out.clear();
+            }
+            if round % 5 == 0 {
+                c.on_stop();
+            }
+        }
+        drop(tx);
+    }
+
+    #[test]
     fn the_decoder_survives_random_blocks() {
         // loona-hpack is a dependency fed untrusted bytes: make sure junk
         // gives an error, never a panic.
