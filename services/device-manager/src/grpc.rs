@@ -1329,28 +1329,34 @@ enum MuxMsg<H> {
 
 struct MuxListener<H> {
     id: ListenerId,
-    fd: tokio::io::unix::AsyncFd<std::os::unix::net::UnixListener>,
+    fd: std::os::unix::net::UnixListener,
+    /// In the epoll set for EPOLLIN (off for 100 ms after accept failed).
+    armed: bool,
     handler: Arc<H>,
     stop: Arc<StopSignal>,
 }
 
 struct MuxConn<H: Handler> {
-    io: UnixStream,
+    io: std::os::unix::net::UnixStream,
     conn: Conn<H>,
     stop: Arc<StopSignal>,
     stopping: bool,
+    /// The epoll events it is registered for now.
+    events: u32,
 }
 
-/// Serves many listening sockets and their connections from ONE task.
+/// Serves many listening sockets and their connections from ONE task,
+/// with an epoll set of its own.
 ///
 /// Why: the kubelet keeps a connection open to every resource's socket,
 /// and the original's rules make one resource per device node. A task per
-/// listener and per connection costs about 0.9 KiB each in task cells
-/// alone; here a connection costs its [`Conn`] state (a few hundred
-/// bytes, no buffers while idle) and a listener its socket. On every
-/// wake-up (socket readiness, a [`Feed`] change, a stop) the task looks
-/// at every connection: about 0.1 µs each, so 1,000 connections take
-/// 0.1 ms, and the kubelet's traffic is a few calls per pod start.
+/// listener and per connection cost about 0.9 KiB each in task cells, and
+/// a tokio registration costs 256 bytes per socket; here a connection
+/// costs its [`Conn`] state (a few hundred bytes, no buffers while idle)
+/// and a listener its socket. Only the epoll fd is registered with tokio;
+/// when it is readable, `epoll_wait` names the sockets to drive (level
+/// triggered), so a wake-up costs what the ready sockets need. A [`Feed`]
+/// change or a stop signal looks at every connection.
 #[derive(Debug)]
 pub struct Mux<H> {
     tx: tokio::sync::mpsc::UnboundedSender<MuxMsg<H>>,
@@ -1368,13 +1374,14 @@ impl<H> std::fmt::Debug for MuxMsg<H> {
 
 impl<H: Handler> Mux<H> {
     /// Start the serving task on the current tokio runtime.
-    pub fn start() -> Self {
+    pub fn start() -> io::Result<Self> {
+        let poller = Epoll::new()?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(mux_task(rx));
-        Self {
+        tokio::spawn(mux_task(rx, poller));
+        Ok(Self {
             tx,
             next: std::sync::atomic::AtomicU64::new(1),
-        }
+        })
     }
 
     /// Serve `listener` (made non-blocking here) with `handler` until
@@ -1387,15 +1394,12 @@ impl<H: Handler> Mux<H> {
         stop: Arc<StopSignal>,
     ) -> io::Result<ListenerId> {
         listener.set_nonblocking(true)?;
-        // SAFETY: the listener owns its fd, and the AsyncFd owns the
-        // listener: the fd is neither replaced nor closed while registered.
-        let fd =
-            unsafe { tokio::io::unix::AsyncFd::register(listener) }.map_err(io::Error::from)?;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(MuxMsg::Listen(MuxListener {
                 id,
-                fd,
+                fd: listener,
+                armed: true,
                 handler,
                 stop,
             }))
@@ -1410,11 +1414,65 @@ impl<H: Handler> Mux<H> {
     }
 }
 
-/// A listener or a connection of the mux, with the waker that marks it
-/// woken.
-struct MuxSlot<H: Handler> {
-    entry: MuxEntry<H>,
-    waker: std::task::Waker,
+/// An epoll set, itself watched by tokio.
+struct Epoll {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl Epoll {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new fd that nothing else owns.
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        // SAFETY: the OwnedFd owns the epoll fd, and the AsyncFd owns the
+        // OwnedFd: the fd is neither replaced nor closed while registered.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)?;
+        Ok(Self { fd })
+    }
+
+    fn ctl(
+        &self,
+        op: libc::c_int,
+        fd: std::os::fd::RawFd,
+        events: u32,
+        slot: usize,
+    ) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events,
+            u64: slot as u64,
+        };
+        let epfd = std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref());
+        // SAFETY: `ev` outlives the call; both fds are open (the caller
+        // owns `fd`).
+        let rc = unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Slots with events now (none when the set is quiet).
+    fn ready(&self, out: &mut Vec<usize>) -> io::Result<usize> {
+        const BATCH: usize = 64;
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
+        let epfd = std::os::fd::AsRawFd::as_raw_fd(self.fd.get_ref());
+        // SAFETY: `evs` has room for BATCH events; timeout 0 never blocks.
+        let n = unsafe { libc::epoll_wait(epfd, evs.as_mut_ptr(), BATCH as libc::c_int, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        out.extend(evs[..n].iter().map(|e| e.u64 as usize));
+        Ok(n)
+    }
 }
 
 enum MuxEntry<H: Handler> {
@@ -1424,83 +1482,96 @@ enum MuxEntry<H: Handler> {
     Conn(Box<MuxConn<H>>),
 }
 
-/// Slots woken since the mux task last ran, and that task's waker: each
-/// socket wakes only its own slot, so a wake-up costs what the woken
-/// sockets need, not a look at all of them.
-#[derive(Default)]
-struct Woken {
-    slots: std::sync::Mutex<Vec<usize>>,
-    task: std::sync::Mutex<Option<std::task::Waker>>,
-}
-
-struct SlotWaker {
-    slot: usize,
-    woken: Arc<Woken>,
-}
-
-impl std::task::Wake for SlotWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        lock(&self.woken.slots).push(self.slot);
-        if let Some(w) = &*lock(&self.woken.task) {
-            w.wake_by_ref();
-        }
-    }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The mux's sockets: slots reused through a free list.
+/// The mux's sockets: slots reused through a free list; a slot's index is
+/// its epoll data.
 struct Slab<H: Handler> {
-    slots: Vec<Option<MuxSlot<H>>>,
+    slots: Vec<Option<MuxEntry<H>>>,
     free: Vec<usize>,
-    woken: Arc<Woken>,
+    epoll: Epoll,
 }
+
+const CONN_READ: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+const CONN_WRITE: u32 = libc::EPOLLOUT as u32;
 
 impl<H: Handler> Slab<H> {
-    fn insert(&mut self, entry: MuxEntry<H>) -> usize {
+    fn insert(&mut self, entry: MuxEntry<H>) -> io::Result<usize> {
         let i = self.free.pop().unwrap_or(self.slots.len());
-        let waker = std::task::Waker::from(Arc::new(SlotWaker {
-            slot: i,
-            woken: Arc::clone(&self.woken),
-        }));
-        let slot = Some(MuxSlot { entry, waker });
-        match self.slots.get_mut(i) {
-            Some(s) => *s = slot,
-            None => self.slots.push(slot),
+        let (fd, events) = match &entry {
+            MuxEntry::Listener(l) => (std::os::fd::AsRawFd::as_raw_fd(&l.fd), libc::EPOLLIN as u32),
+            MuxEntry::Conn(c) => (std::os::fd::AsRawFd::as_raw_fd(&c.io), c.events),
+        };
+        if let Err(e) = self.epoll.ctl(libc::EPOLL_CTL_ADD, fd, events, i) {
+            self.free.push(i);
+            return Err(e);
         }
-        i
+        match self.slots.get_mut(i) {
+            Some(s) => *s = Some(entry),
+            None => self.slots.push(Some(entry)),
+        }
+        Ok(i)
     }
 
     fn remove(&mut self, i: usize) {
         if let Some(s) = self.slots.get_mut(i)
-            && s.take().is_some()
+            && let Some(entry) = s.take()
         {
+            let fd = match &entry {
+                MuxEntry::Listener(l) => std::os::fd::AsRawFd::as_raw_fd(&l.fd),
+                MuxEntry::Conn(c) => std::os::fd::AsRawFd::as_raw_fd(&c.io),
+            };
+            // Closing would remove it too; say so before the fd number can
+            // be reused.
+            let _ = self.epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0, i);
+            drop(entry);
             self.free.push(i);
         }
     }
 
-    /// Make progress on slot `i` with its own waker; new connections go to
-    /// `accepted`.
+    /// Make progress on slot `i`; new connections go to `accepted`.
     fn drive(&mut self, i: usize, accepted: &mut Vec<MuxConn<H>>) {
-        let Some(slot) = self.slots.get_mut(i).and_then(Option::as_mut) else {
+        let Some(Some(entry)) = self.slots.get_mut(i) else {
             return;
         };
-        let mut cx = std::task::Context::from_waker(&slot.waker);
-        let keep = match &mut slot.entry {
+        let keep = match entry {
             MuxEntry::Listener(l) => {
                 let open = !l.stop.is_stopped();
-                if open {
-                    accept_all(l, accepted, &mut cx);
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&l.fd);
+                if open && !l.armed {
+                    l.armed = self
+                        .epoll
+                        .ctl(libc::EPOLL_CTL_MOD, fd, libc::EPOLLIN as u32, i)
+                        .is_ok();
+                }
+                if open && l.armed && accept_all(l, accepted).is_err() {
+                    // Out of fds and the like. The listener would stay
+                    // readable and spin the task: take it out of the set
+                    // and look again in 100 ms.
+                    l.armed = self.epoll.ctl(libc::EPOLL_CTL_MOD, fd, 0, i).is_err();
+                    tokio::spawn(async {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        MUX_WAKE.notify_waiters();
+                    });
                 }
                 open
             }
-            MuxEntry::Conn(c) => c.drive(&mut cx),
+            MuxEntry::Conn(c) => {
+                let keep = c.drive();
+                let want = c.wanted_events();
+                if keep && want != c.events {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&c.io);
+                    match self.epoll.ctl(libc::EPOLL_CTL_MOD, fd, want, i) {
+                        Ok(()) => {
+                            if let Some(Some(MuxEntry::Conn(c))) = self.slots.get_mut(i) {
+                                c.events = want;
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                } else {
+                    keep
+                }
+            }
         };
         if !keep {
             self.remove(i);
@@ -1508,30 +1579,29 @@ impl<H: Handler> Slab<H> {
     }
 }
 
-async fn mux_task<H: Handler>(mut rx: tokio::sync::mpsc::UnboundedReceiver<MuxMsg<H>>) {
+async fn mux_task<H: Handler>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<MuxMsg<H>>,
+    epoll: Epoll,
+) {
     let mut slab = Slab {
         slots: Vec::new(),
         free: Vec::new(),
-        woken: Arc::new(Woken::default()),
+        epoll,
     };
     let mut wake = Box::pin(MUX_WAKE.notified());
     std::future::poll_fn(|cx| {
-        {
-            let mut task = lock(&slab.woken.task);
-            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
-            }
-        }
-        let mut todo = std::mem::take(&mut *lock(&slab.woken.slots));
+        let mut todo = Vec::new();
         loop {
             match rx.poll_recv(cx) {
-                Poll::Ready(Some(MuxMsg::Listen(l))) => {
-                    todo.push(slab.insert(MuxEntry::Listener(l)));
-                }
+                Poll::Ready(Some(MuxMsg::Listen(l))) => match slab.insert(MuxEntry::Listener(l)) {
+                    Ok(i) => todo.push(i),
+                    Err(e) => tracing::warn!(error = %e, "cannot watch a plugin socket"),
+                },
                 Poll::Ready(Some(MuxMsg::Unlisten(id))) => {
-                    let found = slab.slots.iter().position(|s| {
-                        matches!(s, Some(MuxSlot { entry: MuxEntry::Listener(l), .. }) if l.id == id)
-                    });
+                    let found = slab
+                        .slots
+                        .iter()
+                        .position(|s| matches!(s, Some(MuxEntry::Listener(l)) if l.id == id));
                     if let Some(i) = found {
                         slab.remove(i);
                     }
@@ -1548,73 +1618,101 @@ async fn mux_task<H: Handler>(mut rx: tokio::sync::mpsc::UnboundedReceiver<MuxMs
             wake.set(MUX_WAKE.notified());
             all = true;
         }
-        if all {
-            todo = (0..slab.slots.len()).collect();
-        } else {
-            todo.sort_unstable();
-            todo.dedup();
+        // Sockets with events. Level-triggered: what is left unread is
+        // reported again; once the set is quiet, tokio's readiness is
+        // cleared and the next event wakes us. At most 32 rounds per poll,
+        // then yield (and come back at once) so other tasks get a turn.
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if rounds > 32 {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            match slab.epoll.fd.poll_read_ready(cx) {
+                Poll::Ready(Ok(mut guard)) => match slab.epoll.ready(&mut todo) {
+                    Ok(0) => {
+                        // Poll again so that the next event wakes us.
+                        guard.clear_ready();
+                        continue;
+                    }
+                    Ok(_) => {
+                        // Drive these first: the set may report them again.
+                        drive_all(&mut slab, &mut todo, all);
+                        all = false;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "epoll_wait failed");
+                        guard.clear_ready();
+                        continue;
+                    }
+                },
+                Poll::Ready(Err(e)) => tracing::warn!(error = %e, "epoll readiness failed"),
+                Poll::Pending => {}
+            }
+            break;
         }
-        let mut accepted = Vec::new();
-        for i in todo {
-            slab.drive(i, &mut accepted);
-        }
-        // New connections: a first drive sends our SETTINGS and registers
-        // their wakers.
-        while let Some(c) = accepted.pop() {
-            let i = slab.insert(MuxEntry::Conn(Box::new(c)));
-            slab.drive(i, &mut accepted);
-        }
+        drive_all(&mut slab, &mut todo, all);
         Poll::Pending
     })
     .await;
 }
 
-/// Accept every pending connection on `l`.
-fn accept_all<H: Handler>(
-    l: &MuxListener<H>,
-    conns: &mut Vec<MuxConn<H>>,
-    cx: &mut std::task::Context<'_>,
-) {
+/// Drive the slots in `todo` (every slot when `all`), then the
+/// connections they accepted.
+fn drive_all<H: Handler>(slab: &mut Slab<H>, todo: &mut Vec<usize>, all: bool) {
+    if all {
+        *todo = (0..slab.slots.len()).collect();
+    } else {
+        todo.sort_unstable();
+        todo.dedup();
+    }
+    let mut accepted = Vec::new();
+    for i in todo.drain(..) {
+        slab.drive(i, &mut accepted);
+    }
+    // New connections: a first drive sends our SETTINGS.
+    while let Some(c) = accepted.pop() {
+        match slab.insert(MuxEntry::Conn(Box::new(c))) {
+            Ok(i) => slab.drive(i, &mut accepted),
+            Err(e) => tracing::warn!(error = %e, "cannot watch a connection"),
+        }
+    }
+}
+
+/// Accept every pending connection on `l`; Err when accepting failed
+/// (other than "no more for now").
+fn accept_all<H: Handler>(l: &MuxListener<H>, conns: &mut Vec<MuxConn<H>>) -> Result<(), ()> {
     loop {
-        let mut guard = match l.fd.poll_read_ready(cx) {
-            Poll::Ready(Ok(g)) => g,
-            Poll::Ready(Err(e)) => {
-                tracing::warn!(error = %e, "listener failed");
-                return;
-            }
-            Poll::Pending => return,
-        };
-        match guard.try_io(|fd| fd.get_ref().accept()) {
-            Ok(Ok((s, _))) => {
-                let io = s
-                    .set_nonblocking(true)
-                    .and_then(|()| UnixStream::from_std(s));
-                match io {
-                    Ok(io) => conns.push(MuxConn {
-                        io,
-                        conn: Conn::new(Arc::clone(&l.handler)),
-                        stop: Arc::clone(&l.stop),
-                        stopping: false,
-                    }),
-                    Err(e) => tracing::warn!(error = %e, "cannot serve an accepted connection"),
+        match l.fd.accept() {
+            Ok((io, _)) => {
+                if let Err(e) = io.set_nonblocking(true) {
+                    tracing::warn!(error = %e, "cannot serve an accepted connection");
+                    continue;
                 }
+                conns.push(MuxConn {
+                    io,
+                    conn: Conn::new(Arc::clone(&l.handler)),
+                    stop: Arc::clone(&l.stop),
+                    stopping: false,
+                    events: CONN_READ,
+                });
             }
-            Ok(Err(e)) => {
-                // Out of fds and the like. Forget the readiness rather than
-                // spin; the next connection or wake-up tries again.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
-                guard.clear_ready();
-                return;
+                return Err(());
             }
-            // Would block: readiness cleared, poll again to register.
-            Err(_) => {}
         }
     }
 }
 
 impl<H: Handler> MuxConn<H> {
-    /// Make all the progress possible; false when the connection is done.
-    fn drive(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+    /// Make all the progress possible without blocking; false when the
+    /// connection is done.
+    fn drive(&mut self) -> bool {
         loop {
             if !self.stopping && self.stop.is_stopped() {
                 self.stopping = true;
@@ -1629,39 +1727,66 @@ impl<H: Handler> MuxConn<H> {
                     _ => {}
                 }
             }
-            if write_some(&self.io, &mut self.conn).is_err() {
+            if write_std(&self.io, &mut self.conn).is_err() {
                 return false;
             }
             if self.conn.done(self.stopping) {
                 return false;
             }
-            let mut again = false;
-            if !self.conn.out.is_empty() {
-                match self.io.poll_write_ready(cx) {
-                    Poll::Ready(Ok(())) => again = true,
-                    Poll::Ready(Err(_)) => return false,
-                    Poll::Pending => {}
-                }
-            }
-            if self.conn.out.len() < OUT_HIGH_WATER && !self.conn.fatal {
-                match self.io.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => match read_some(&self.io, &mut self.conn) {
-                        Ok(0) => return false,
-                        // WouldBlock cleared the readiness: poll again to
-                        // register for the next.
-                        Ok(_) => again = true,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => again = true,
-                        Err(_) => return false,
-                    },
-                    Poll::Ready(Err(_)) => return false,
-                    Poll::Pending => {}
-                }
-            }
-            if !again {
+            if !self.wants_read() {
                 return true;
+            }
+            match read_std(&self.io, &mut self.conn) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
             }
         }
     }
+
+    fn wants_read(&self) -> bool {
+        self.conn.out.len() < OUT_HIGH_WATER && !self.conn.fatal
+    }
+
+    /// Read while there is room for output; write while output waits.
+    fn wanted_events(&self) -> u32 {
+        let mut e = 0;
+        if self.wants_read() {
+            e |= CONN_READ;
+        }
+        if !self.conn.out.is_empty() {
+            e |= CONN_WRITE;
+        }
+        e
+    }
+}
+
+/// [`read_some`] on a std socket.
+fn read_std<H: Handler>(io: &std::os::unix::net::UnixStream, c: &mut Conn<H>) -> io::Result<usize> {
+    let mut buf = [0u8; 8192];
+    let n = std::io::Read::read(&mut &*io, &mut buf)?;
+    if n > 0 {
+        c.feed(&buf[..n]);
+    }
+    Ok(n)
+}
+
+/// [`write_some`] on a std socket.
+fn write_std<H: Handler>(io: &std::os::unix::net::UnixStream, c: &mut Conn<H>) -> io::Result<()> {
+    while !c.out.is_empty() {
+        match std::io::Write::write(&mut &*io, &c.out) {
+            Ok(n) => {
+                c.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    c.out = Vec::new();
+    Ok(())
 }
 
 /// Read once into a stack buffer and feed the connection. Ok(0) is EOF.
@@ -2329,8 +2454,15 @@ mod tests {
 
     #[tokio::test]
     async fn one_mux_task_serves_many_listeners_watches_and_stops() {
+        // A lost wake-up shows as a hang: fail it in 20 s instead.
+        tokio::time::timeout(Duration::from_secs(20), mux_serves_many())
+            .await
+            .expect("the mux stopped answering");
+    }
+
+    async fn mux_serves_many() {
         let dir = tempfile::tempdir().unwrap();
-        let mux = Mux::start();
+        let mux = Mux::start().unwrap();
         let mut socks = Vec::new();
         let mut stops = Vec::new();
         let (h, tx) = echo();
@@ -2361,6 +2493,12 @@ mod tests {
         assert_eq!(c.next().await.unwrap().payload, grpc_frame(b"v0"));
         tx.send(5).unwrap();
         assert_eq!(c.next().await.unwrap().payload, grpc_frame(b"v5"));
+        // After a quiet spell (no feed change, no new socket), a call on
+        // the open connection is still answered: the mux re-armed its
+        // wake-up for socket events.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.call(3, "/t/Echo", b"later").await;
+        assert_eq!(c.response(3).await.0, b"later");
         let (id, stop) = &stops[1];
         mux.unlisten(*id);
         stop.stop();

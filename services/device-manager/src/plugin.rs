@@ -94,8 +94,12 @@ impl Shared {
         }
     }
 
-    fn mux(&self) -> &grpc::Mux<PluginService> {
-        self.mux.get_or_init(grpc::Mux::start)
+    fn mux(&self) -> std::io::Result<&grpc::Mux<PluginService>> {
+        if let Some(m) = self.mux.get() {
+            return Ok(m);
+        }
+        let m = grpc::Mux::start()?;
+        Ok(self.mux.get_or_init(|| m))
     }
 
     fn subscribe(&self, name: &str) -> Option<Arc<grpc::Feed>> {
@@ -361,7 +365,7 @@ impl Server {
         let id = svc
             .shared
             .mux()
-            .listen(listener, Arc::clone(svc), Arc::clone(&stop))
+            .and_then(|m| m.listen(listener, Arc::clone(svc), Arc::clone(&stop)))
             .map_err(bind_err)?;
         Ok(Self { id, stop })
     }
@@ -370,7 +374,9 @@ impl Server {
     /// connection gracefully (HTTP/2 GOAWAY); stop waiting after 2 s.
     async fn stop(self, svc: &PluginService) {
         let Self { id, stop } = self;
-        svc.shared.mux().unlisten(id);
+        if let Ok(m) = svc.shared.mux() {
+            m.unlisten(id);
+        }
         stop.stop();
         // The listener and each connection hold a clone until closed.
         // Stopping is rare: polling the count is simpler than a notifier.
