@@ -147,7 +147,6 @@ impl Status {
 #[derive(Debug)]
 pub struct Feed {
     state: std::sync::Mutex<FeedState>,
-    wake: Notify,
 }
 
 #[derive(Debug)]
@@ -166,7 +165,6 @@ impl Feed {
                 msg,
                 closed: false,
             }),
-            wake: Notify::new(),
         }
     }
 
@@ -186,14 +184,12 @@ impl Feed {
             st.msg = msg;
             st.version += 1;
         }
-        self.wake.notify_waiters();
         MUX_WAKE.notify_waiters();
     }
 
     /// End every watch of this feed (with status OK).
     pub fn close(&self) {
         self.lock().closed = true;
-        self.wake.notify_waiters();
         MUX_WAKE.notify_waiters();
     }
 
@@ -205,21 +201,6 @@ impl Feed {
     fn version(&self) -> (u64, bool) {
         let st = self.lock();
         (st.version, st.closed)
-    }
-
-    /// Wait for a version other than `seen` (true) or the close (false).
-    async fn changed(&self, seen: u64) -> bool {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a change in between is seen.
-            notified.as_mut().enable();
-            match self.version() {
-                (_, true) => return false,
-                (v, false) if v != seen => return true,
-                _ => notified.await,
-            }
-        }
     }
 }
 
@@ -285,7 +266,7 @@ struct Pending {
     block: Vec<u8>,
 }
 
-/// One connection's state; I/O is done by [`serve_connection`].
+/// One connection's state; I/O is done by the [`Mux`].
 struct Conn<H: Handler> {
     handler: Arc<H>,
     hpack: Decoder<'static>,
@@ -1322,9 +1303,11 @@ static MUX_WAKE: Notify = Notify::const_new();
 /// Identifies a listener added to a [`Mux`].
 pub type ListenerId = u64;
 
-enum MuxMsg<H> {
+enum MuxMsg<H: Handler> {
     Listen(MuxListener<H>),
     Unlisten(ListenerId),
+    /// Boxed: the channel's blocks are sized for the largest message.
+    Adopt(Box<MuxConn<H>>),
 }
 
 struct MuxListener<H> {
@@ -1358,16 +1341,17 @@ struct MuxConn<H: Handler> {
 /// triggered), so a wake-up costs what the ready sockets need. A [`Feed`]
 /// change or a stop signal looks at every connection.
 #[derive(Debug)]
-pub struct Mux<H> {
+pub struct Mux<H: Handler> {
     tx: tokio::sync::mpsc::UnboundedSender<MuxMsg<H>>,
     next: std::sync::atomic::AtomicU64,
 }
 
-impl<H> std::fmt::Debug for MuxMsg<H> {
+impl<H: Handler> std::fmt::Debug for MuxMsg<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             MuxMsg::Listen(l) => write!(f, "Listen({})", l.id),
             MuxMsg::Unlisten(id) => write!(f, "Unlisten({id})"),
+            MuxMsg::Adopt(_) => write!(f, "Adopt"),
         }
     }
 }
@@ -1405,6 +1389,20 @@ impl<H: Handler> Mux<H> {
             }))
             .map_err(|_| io::Error::other("the connection task has ended"))?;
         Ok(id)
+    }
+
+    /// Serve one already connected stream (made non-blocking here), as if
+    /// accepted on a listener.
+    pub fn serve_stream(
+        &self,
+        io: std::os::unix::net::UnixStream,
+        handler: Arc<H>,
+        stop: Arc<StopSignal>,
+    ) -> io::Result<()> {
+        io.set_nonblocking(true)?;
+        self.tx
+            .send(MuxMsg::Adopt(Box::new(MuxConn::new(io, handler, stop))))
+            .map_err(|_| io::Error::other("the connection task has ended"))
     }
 
     /// Stop accepting on listener `id` and close it (its connections stay
@@ -1589,6 +1587,7 @@ async fn mux_task<H: Handler>(
         epoll,
     };
     let mut wake = Box::pin(MUX_WAKE.notified());
+    let mut adopted = Vec::new();
     std::future::poll_fn(|cx| {
         let mut todo = Vec::new();
         loop {
@@ -1606,9 +1605,16 @@ async fn mux_task<H: Handler>(
                         slab.remove(i);
                     }
                 }
+                Poll::Ready(Some(MuxMsg::Adopt(c))) => adopted.push(c),
                 // Every sender is gone: the service has ended.
                 Poll::Ready(None) => return Poll::Ready(()),
                 Poll::Pending => break,
+            }
+        }
+        for c in adopted.drain(..) {
+            match slab.insert(MuxEntry::Conn(c)) {
+                Ok(i) => todo.push(i),
+                Err(e) => tracing::warn!(error = %e, "cannot watch a connection"),
             }
         }
         // A Feed changed or a stop fired: look at everything. Registered
@@ -1691,13 +1697,11 @@ fn accept_all<H: Handler>(l: &MuxListener<H>, conns: &mut Vec<MuxConn<H>>) -> Re
                     tracing::warn!(error = %e, "cannot serve an accepted connection");
                     continue;
                 }
-                conns.push(MuxConn {
+                conns.push(MuxConn::new(
                     io,
-                    conn: Conn::new(Arc::clone(&l.handler)),
-                    stop: Arc::clone(&l.stop),
-                    stopping: false,
-                    events: CONN_READ,
-                });
+                    Arc::clone(&l.handler),
+                    Arc::clone(&l.stop),
+                ));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1710,6 +1714,16 @@ fn accept_all<H: Handler>(l: &MuxListener<H>, conns: &mut Vec<MuxConn<H>>) -> Re
 }
 
 impl<H: Handler> MuxConn<H> {
+    fn new(io: std::os::unix::net::UnixStream, handler: Arc<H>, stop: Arc<StopSignal>) -> Self {
+        Self {
+            io,
+            conn: Conn::new(handler),
+            stop,
+            stopping: false,
+            events: CONN_READ,
+        }
+    }
+
     /// Make all the progress possible without blocking; false when the
     /// connection is done.
     fn drive(&mut self) -> bool {
@@ -1763,7 +1777,7 @@ impl<H: Handler> MuxConn<H> {
     }
 }
 
-/// [`read_some`] on a std socket.
+/// Read once into a stack buffer and feed the connection. Ok(0) is EOF.
 fn read_std<H: Handler>(io: &std::os::unix::net::UnixStream, c: &mut Conn<H>) -> io::Result<usize> {
     let mut buf = [0u8; 8192];
     let n = std::io::Read::read(&mut &*io, &mut buf)?;
@@ -1773,7 +1787,7 @@ fn read_std<H: Handler>(io: &std::os::unix::net::UnixStream, c: &mut Conn<H>) ->
     Ok(n)
 }
 
-/// [`write_some`] on a std socket.
+/// Write what the socket takes; free the buffer once empty.
 fn write_std<H: Handler>(io: &std::os::unix::net::UnixStream, c: &mut Conn<H>) -> io::Result<()> {
     while !c.out.is_empty() {
         match std::io::Write::write(&mut &*io, &c.out) {
@@ -1789,143 +1803,24 @@ fn write_std<H: Handler>(io: &std::os::unix::net::UnixStream, c: &mut Conn<H>) -
     Ok(())
 }
 
-/// Read once into a stack buffer and feed the connection. Ok(0) is EOF.
-fn read_some<H: Handler>(io: &UnixStream, c: &mut Conn<H>) -> io::Result<usize> {
-    let mut buf = [0u8; 8192];
-    let n = io.try_read(&mut buf)?;
-    if n > 0 {
-        c.feed(&buf[..n]);
-    }
-    Ok(n)
-}
-
-/// Write what the socket takes; free the buffer once empty.
-fn write_some<H: Handler>(io: &UnixStream, c: &mut Conn<H>) -> io::Result<()> {
-    while !c.out.is_empty() {
-        match io.try_write(&c.out) {
-            Ok(n) => {
-                c.out.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
-        }
-    }
-    c.out = Vec::new();
-    Ok(())
-}
-
-async fn changed(watch: &Option<(Arc<Feed>, u64)>) -> bool {
-    match watch {
-        Some((feed, seen)) => feed.changed(*seen).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Tells a server's connections to stop; its strong count tells how many
 /// are still open. Lighter than a watch channel, which counts with one
 /// server per resource.
 #[derive(Debug, Default)]
 pub struct StopSignal {
     stopped: AtomicBool,
-    wake: Notify,
 }
 
 impl StopSignal {
     /// Stop every connection holding this signal.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
-        self.wake.notify_waiters();
         MUX_WAKE.notify_waiters();
     }
 
     /// [`StopSignal::stop`] was called.
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Wait until [`StopSignal::stop`] was called.
-    pub async fn stopped(&self) {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a stop in between is seen.
-            notified.as_mut().enable();
-            if self.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// [`serve_connection`], logging how it ended: what a server spawns (the
-/// connection's state is stored once, not also as a captured future).
-pub async fn serve<H: Handler>(io: UnixStream, handler: Arc<H>, stop: Arc<StopSignal>) {
-    if let Err(e) = serve_connection(io, handler, stop).await {
-        tracing::debug!(error = %e, "connection ended");
-    }
-}
-
-/// Serve gRPC over HTTP/2 on `io` with `handler` until the client closes,
-/// a protocol error, or `stop` (then watch streams end with OK, GOAWAY is
-/// sent, and the connection closes once the client has what it asked for).
-pub async fn serve_connection<H: Handler>(
-    io: UnixStream,
-    handler: Arc<H>,
-    stop: Arc<StopSignal>,
-) -> io::Result<()> {
-    let mut c = Conn::new(handler);
-    let mut stopping = false;
-    loop {
-        write_some(&io, &mut c)?;
-        if c.done(stopping) {
-            return Ok(());
-        }
-        let want_read = c.out.len() < OUT_HIGH_WATER && !c.fatal;
-        let want_write = !c.out.is_empty();
-        let watching = c.watchers();
-        // Readiness by polling: the wakers live in the socket's
-        // registration, not in this future's state (one per connection).
-        let ready = std::future::poll_fn(|cx| {
-            let mut r = (false, false);
-            if want_read {
-                match io.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => r.0 = true,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
-                }
-            }
-            if want_write {
-                match io.poll_write_ready(cx) {
-                    Poll::Ready(Ok(())) => r.1 = true,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
-                }
-            }
-            if r.0 || r.1 {
-                Poll::Ready(Ok(r))
-            } else {
-                Poll::Pending
-            }
-        });
-        tokio::select! {
-            r = ready => {
-                let (readable, _) = r?;
-                if readable {
-                    match read_some(&io, &mut c) {
-                        Ok(0) => return Ok(()),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            alive = changed(&c.watch), if watching => c.on_watch(alive),
-            () = stop.stopped(), if !stopping => {
-                stopping = true;
-                c.on_stop();
-            }
-        }
     }
 }
 
@@ -1968,16 +1863,14 @@ mod tests {
             pub(super) async fn start<H: Handler>(
                 h: H,
                 settings: &[(u16, u32)],
-            ) -> (
-                Self,
-                Arc<StopSignal>,
-                tokio::task::JoinHandle<io::Result<()>>,
-            ) {
-                let (a, b) = UnixStream::pair().unwrap();
+            ) -> (Self, Arc<StopSignal>, Mux<H>) {
+                let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+                a.set_nonblocking(true).unwrap();
                 let tx = Arc::new(StopSignal::default());
-                let task = tokio::spawn(serve_connection(b, Arc::new(h), Arc::clone(&tx)));
+                let mux = Mux::start().unwrap();
+                mux.serve_stream(b, Arc::new(h), Arc::clone(&tx)).unwrap();
                 let mut c = Self {
-                    io: a,
+                    io: UnixStream::from_std(a).unwrap(),
                     enc: Encoder::new(),
                     dec: Decoder::new(),
                 };
@@ -1989,7 +1882,7 @@ mod tests {
                 let mut bytes = PREFACE.to_vec();
                 bytes.extend(raw(SETTINGS, 0, 0, &p));
                 c.send(&bytes).await;
-                (c, tx, task)
+                (c, tx, mux)
             }
 
             pub(super) async fn send(&mut self, b: &[u8]) {
@@ -2291,7 +2184,7 @@ mod tests {
     #[tokio::test]
     async fn stop_ends_watches_and_says_goaway() {
         let (h, _tx) = echo();
-        let (mut c, stop, task) = Client::start(h, &[]).await;
+        let (mut c, stop, _mux) = Client::start(h, &[]).await;
         c.call(1, "/t/Watch", b"").await;
         let f = c.next().await.unwrap();
         c.headers(&f);
@@ -2306,13 +2199,24 @@ mod tests {
         assert_eq!(f.ty, GOAWAY);
         assert_eq!(&f.payload, &[0, 0, 0, 1, 0, 0, 0, 0]);
         assert!(c.next().await.is_none());
-        task.await.unwrap().unwrap();
+        released(&stop).await;
+    }
+
+    /// Wait until the server let go of `stop` (its connection is gone).
+    async fn released(stop: &Arc<StopSignal>) {
+        for _ in 0..400 {
+            if Arc::strong_count(stop) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the server still holds the connection");
     }
 
     /// The GOAWAY error code a connection ends with after `bytes`.
     async fn goaway_after(bytes: Vec<u8>) -> Option<u32> {
         let (h, _tx) = echo();
-        let (mut c, _stop, task) = Client::start(h, &[]).await;
+        let (mut c, stop, _mux) = Client::start(h, &[]).await;
         c.send(&bytes).await;
         let mut code = None;
         while let Some(f) = c.next().await {
@@ -2325,7 +2229,7 @@ mod tests {
                 ]));
             }
         }
-        task.await.unwrap().unwrap();
+        released(&stop).await;
         code
     }
 
@@ -2370,9 +2274,12 @@ mod tests {
     #[tokio::test]
     async fn a_bad_preface_is_refused() {
         let (h, _tx) = echo();
-        let (a, b) = UnixStream::pair().unwrap();
-        let task = tokio::spawn(serve_connection(b, Arc::new(h), Arc::default()));
-        let mut a = a;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mux = Mux::start().unwrap();
+        let stop = Arc::new(StopSignal::default());
+        mux.serve_stream(b, Arc::new(h), Arc::clone(&stop)).unwrap();
+        let mut a = UnixStream::from_std(a).unwrap();
         a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
@@ -2380,7 +2287,7 @@ mod tests {
         a.read_to_end(&mut all).await.unwrap();
         // Our SETTINGS, then GOAWAY PROTOCOL_ERROR.
         assert_eq!(all[9 + 18 + 3], GOAWAY, "{all:?}");
-        task.await.unwrap().unwrap();
+        released(&stop).await;
     }
 
     #[tokio::test]
@@ -2428,15 +2335,10 @@ mod tests {
     async fn the_client_calls_our_server_over_a_socket_file() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("s.sock");
-        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let (h, _tx) = echo();
-        let h = Arc::new(h);
-        let stop = Arc::new(StopSignal::default());
-        tokio::spawn(async move {
-            while let Ok((io, _)) = listener.accept().await {
-                tokio::spawn(serve(io, Arc::clone(&h), Arc::clone(&stop)));
-            }
-        });
+        let mux = Mux::start().unwrap();
+        mux.listen(listener, Arc::new(h), Arc::default()).unwrap();
         let big = vec![7u8; 40_000];
         assert_eq!(call_unix(&sock, "/t/Echo", &big).await.unwrap(), big);
         assert_eq!(call_unix(&sock, "/t/Echo", b"").await.unwrap(), b"");
