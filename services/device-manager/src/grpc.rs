@@ -1300,18 +1300,13 @@ fn percent_decode(v: &[u8]) -> String {
 /// each then looks at all its connections.
 static MUX_WAKE: Notify = Notify::const_new();
 
-/// Identifies a listener added to a [`Mux`].
-pub type ListenerId = u64;
-
 enum MuxMsg<H: Handler> {
     Listen(MuxListener<H>),
-    Unlisten(ListenerId),
     /// Boxed: the channel's blocks are sized for the largest message.
     Adopt(Box<MuxConn<H>>),
 }
 
 struct MuxListener<H> {
-    id: ListenerId,
     fd: std::os::unix::net::UnixListener,
     /// In the epoll set for EPOLLIN (off for 100 ms after accept failed).
     armed: bool,
@@ -1343,14 +1338,12 @@ struct MuxConn<H: Handler> {
 #[derive(Debug)]
 pub struct Mux<H: Handler> {
     tx: tokio::sync::mpsc::UnboundedSender<MuxMsg<H>>,
-    next: std::sync::atomic::AtomicU64,
 }
 
 impl<H: Handler> std::fmt::Debug for MuxMsg<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MuxMsg::Listen(l) => write!(f, "Listen({})", l.id),
-            MuxMsg::Unlisten(id) => write!(f, "Unlisten({id})"),
+            MuxMsg::Listen(l) => write!(f, "Listen({:?})", l.fd),
             MuxMsg::Adopt(_) => write!(f, "Adopt"),
         }
     }
@@ -1362,33 +1355,28 @@ impl<H: Handler> Mux<H> {
         let poller = Epoll::new()?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(mux_task(rx, poller));
-        Ok(Self {
-            tx,
-            next: std::sync::atomic::AtomicU64::new(1),
-        })
+        Ok(Self { tx })
     }
 
     /// Serve `listener` (made non-blocking here) with `handler` until
-    /// [`Mux::unlisten`]. Its connections stop when `stop` fires; each
-    /// holds a clone of `stop` until it has closed.
+    /// `stop` fires: then the listener is closed and its connections end.
+    /// The listener and each connection hold a clone of `stop` until
+    /// closed.
     pub fn listen(
         &self,
         listener: std::os::unix::net::UnixListener,
         handler: Arc<H>,
         stop: Arc<StopSignal>,
-    ) -> io::Result<ListenerId> {
+    ) -> io::Result<()> {
         listener.set_nonblocking(true)?;
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(MuxMsg::Listen(MuxListener {
-                id,
                 fd: listener,
                 armed: true,
                 handler,
                 stop,
             }))
-            .map_err(|_| io::Error::other("the connection task has ended"))?;
-        Ok(id)
+            .map_err(|_| io::Error::other("the connection task has ended"))
     }
 
     /// Serve one already connected stream (made non-blocking here), as if
@@ -1403,12 +1391,6 @@ impl<H: Handler> Mux<H> {
         self.tx
             .send(MuxMsg::Adopt(Box::new(MuxConn::new(io, handler, stop))))
             .map_err(|_| io::Error::other("the connection task has ended"))
-    }
-
-    /// Stop accepting on listener `id` and close it (its connections stay
-    /// until their stop signal fires).
-    pub fn unlisten(&self, id: ListenerId) {
-        let _ = self.tx.send(MuxMsg::Unlisten(id));
     }
 }
 
@@ -1596,15 +1578,6 @@ async fn mux_task<H: Handler>(
                     Ok(i) => todo.push(i),
                     Err(e) => tracing::warn!(error = %e, "cannot watch a plugin socket"),
                 },
-                Poll::Ready(Some(MuxMsg::Unlisten(id))) => {
-                    let found = slab
-                        .slots
-                        .iter()
-                        .position(|s| matches!(s, Some(MuxEntry::Listener(l)) if l.id == id));
-                    if let Some(i) = found {
-                        slab.remove(i);
-                    }
-                }
                 Poll::Ready(Some(MuxMsg::Adopt(c))) => adopted.push(c),
                 // Every sender is gone: the service has ended.
                 Poll::Ready(None) => return Poll::Ready(()),
@@ -2373,9 +2346,9 @@ mod tests {
             let sock = dir.path().join(format!("{i}.sock"));
             let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
             let stop = Arc::new(StopSignal::default());
-            let id = mux.listen(l, Arc::clone(&h), Arc::clone(&stop)).unwrap();
+            mux.listen(l, Arc::clone(&h), Arc::clone(&stop)).unwrap();
             socks.push(sock);
-            stops.push((id, stop));
+            stops.push(stop);
         }
         for sock in &socks {
             assert_eq!(call_unix(sock, "/t/Echo", b"hi").await.unwrap(), b"hi");
@@ -2401,8 +2374,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         c.call(3, "/t/Echo", b"later").await;
         assert_eq!(c.response(3).await.0, b"later");
-        let (id, stop) = &stops[1];
-        mux.unlisten(*id);
+        let stop = &stops[1];
         stop.stop();
         let f = c.next().await.unwrap();
         assert_eq!(

@@ -339,7 +339,6 @@ async fn register_now(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result
 /// connections watch.
 #[derive(Debug)]
 struct Server {
-    id: grpc::ListenerId,
     stop: Arc<grpc::StopSignal>,
 }
 
@@ -362,21 +361,17 @@ impl Server {
         };
         let listener = std::os::unix::net::UnixListener::bind(socket).map_err(bind_err)?;
         let stop = Arc::new(grpc::StopSignal::default());
-        let id = svc
-            .shared
+        svc.shared
             .mux()
             .and_then(|m| m.listen(listener, Arc::clone(svc), Arc::clone(&stop)))
             .map_err(bind_err)?;
-        Ok(Self { id, stop })
+        Ok(Self { stop })
     }
 
-    /// Stop accepting, end every ListAndWatch stream and close every
+    /// Close the listener, end every ListAndWatch stream and close every
     /// connection gracefully (HTTP/2 GOAWAY); stop waiting after 2 s.
-    async fn stop(self, svc: &PluginService) {
-        let Self { id, stop } = self;
-        if let Ok(m) = svc.shared.mux() {
-            m.unlisten(id);
-        }
+    async fn stop(self) {
+        let Self { stop } = self;
         stop.stop();
         // The listener and each connection hold a clone until closed.
         // Stopping is rare: polling the count is simpler than a notifier.
@@ -541,7 +536,7 @@ async fn plugin_task(
         }
     }
     if let Some(s) = st.server.take() {
-        Box::pin(s.stop(&svc)).await;
+        Box::pin(s.stop()).await;
     }
     match std::fs::remove_file(&st.socket) {
         Ok(()) => {
@@ -559,7 +554,7 @@ async fn activate(svc: &Arc<PluginService>, ctl: &CtlReceiver, st: &mut TaskStat
     loop {
         if st.server.is_none() || !st.socket.exists() {
             if let Some(s) = st.server.take() {
-                s.stop(svc).await;
+                s.stop().await;
             }
             match Server::start(&st.socket, svc) {
                 Ok(s) => {
