@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything CI runs for deploy/ (issue 7). Idempotent; run from anywhere as root.
+# Everything CI runs for deploy/. Idempotent; run from anywhere as root.
 #
 #   deploy/test.sh
 #

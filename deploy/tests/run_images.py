@@ -61,7 +61,7 @@ WORKLOADS = {
 
 # (workload, check) -> why it cannot pass yet. Remove entries as features land (XPASS says so).
 KNOWN_GAPS: dict[tuple[str, str], str] = {
-    # e.g. ("smarter-dns", "answers"): "why it cannot pass yet (issue N)",
+    # e.g. ("smarter-dns", "answers"): "why it cannot pass yet",
 }
 
 QEMU = {"arm64": "qemu-aarch64-static", "armv7": "qemu-arm-static"}

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 const DNS_BIN: &str = env!("CARGO_BIN_EXE_smarter-dns");
 
-/// The time the issue allows from a pod's removal to NXDOMAIN.
+/// Our bound from a pod's removal to NXDOMAIN.
 const REMOVAL_LIMIT: Duration = Duration::from_millis(50);
 
 type Error = Box<dyn std::error::Error>;

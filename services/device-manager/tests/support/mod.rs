@@ -16,7 +16,7 @@ pub use kubelet::FakeKubelet;
 pub type R = Result<(), Box<dyn std::error::Error>>;
 /// How long a test waits for something that should happen at once.
 pub const T: Duration = Duration::from_secs(10);
-/// The hotplug latency requirement.
+/// Our hotplug latency requirement: a device appears or goes within this bound.
 pub const HOTPLUG: Duration = Duration::from_millis(100);
 
 /// `id` is listed Healthy in the plugin's last ListAndWatch.
