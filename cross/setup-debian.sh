@@ -26,6 +26,10 @@ APT_PACKAGES=(
     # dns dummy-interface test: a VM on Debian's kernel (which has dummy.ko)
     qemu-system-x86 cpio linux-image-amd64
     python3 python3-venv python3-pip
+    # images/: RAUC bundles, the emulated gateway (mmdebstrap rootfs, disk image without loop
+    # devices, QEMU with Debian's U-Boot) and the flasher (bmaptool)
+    rauc squashfs-tools u-boot-tools mmdebstrap arch-test binfmt-support qemu-system-arm
+    u-boot-qemu ipxe-qemu mtools dosfstools fdisk e2fsprogs bmap-tools
 )
 
 if [ "$(id -u)" -ne 0 ]; then
