@@ -63,16 +63,67 @@ where
 }
 
 /// Turn `main`'s result into an exit code, printing the error chain on one
-/// line prefixed by the program name (`{:#}` shows anyhow's causes).
-pub fn exit_code<E: std::fmt::Display>(
-    program: &str,
-    result: Result<(), E>,
-) -> std::process::ExitCode {
+/// line prefixed by the program name (see [`error_line`]).
+pub fn exit_code<E>(program: &str, result: Result<(), E>) -> std::process::ExitCode
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{program}: error: {e:#}");
+            eprintln!("{program}: error: {}", error_line(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`.
+///
+/// Many of our error types name their source in their own message
+/// (`config X: cannot read: No such file`) so that `Display` alone is useful;
+/// a cause whose text already ends the line is therefore not repeated.
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigError;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let read = ConfigError::Read {
+            path: "/etc/smarter/dns.toml".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let line = error_line(&read);
+        assert_eq!(
+            line,
+            format!(
+                "config /etc/smarter/dns.toml: cannot read: {}",
+                std::io::Error::from(std::io::ErrorKind::NotFound)
+            )
+        );
+        assert_eq!(line.matches("not found").count(), 1, "{line}");
+    }
+
+    #[test]
+    fn causes_not_in_the_message_are_appended() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("starting the server")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("address in use"));
+        assert_eq!(error_line(&e), "starting the server: address in use");
     }
 }
