@@ -8,6 +8,8 @@
 //! * [`capabilities`]: drop every Linux capability a service does not need.
 //! * [`records`]: the versioned per-attachment record that `smarter-cni`
 //!   writes and `smarter-dns` reads.
+//! * [`console`]: one line to `/dev/console` for what an operator must see
+//!   at boot (first-boot provisioning, the health gate).
 //! * [`cli`]: the flags every binary shares (`--config`, `--check-config`,
 //!   `--log-level`).
 //! * `generated` (feature `test-util`, tests only): checks that committed
@@ -19,6 +21,7 @@
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod console;
 #[cfg(feature = "test-util")]
 pub mod generated;
 pub mod logging;
