@@ -1,0 +1,24 @@
+//! SMARTER gateway OS updates.
+//!
+//! Today this crate holds the boot **health gate** (`smarter-update
+//! health-gate`): after a boot, it waits up to a deadline for the configured
+//! systemd units, HTTP endpoints and the container runtime to be healthy, then
+//! marks the booted RAUC slot good. If they are not healthy in time it says
+//! exactly what failed (console and journal) and, when the booted slot is a
+//! fresh one, marks it bad and reboots so the boot counter returns to the
+//! slot it last marked good. On that known-good slot it never reboots, so a
+//! failure that both slots share cannot turn into a reboot loop.
+//!
+//! * [`config`]: the settings, `/etc/smarter/health-gate.toml`.
+//! * [`checks`]: the checks (systemctl, HTTP, container runtime socket).
+//! * [`slot`]: which slot is booted (kernel command line or `rauc status`) and
+//!   the gate's own state on /data (the slot it last marked good).
+//! * [`gate`]: the decision ([`gate::decide`], pure) and the run loop.
+//!
+//! The OS update agent (a DaemonSet driving RAUC) will join this crate as a
+//! further subcommand.
+
+pub mod checks;
+pub mod config;
+pub mod gate;
+pub mod slot;
