@@ -42,7 +42,7 @@ for t in "${targets[@]}"; do
     echo "== release build for $t"
     cargo build --release --locked --workspace --target "$t"
     mkdir -p "$out/$t"
-    for b in $SMARTER_BINARIES; do
+    for b in $SMARTER_BINARIES $SMARTER_OS_BINARIES; do
         cp "$target_dir/$t/release/$b" "$out/$t/$b"
     done
 done
@@ -51,7 +51,7 @@ done
     cd "$out"
     find . -type f ! -name SHA256SUMS ! -name sizes.tsv | sed 's|^\./||' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS
     for t in "${targets[@]}"; do
-        for b in $SMARTER_BINARIES; do
+        for b in $SMARTER_BINARIES $SMARTER_OS_BINARIES; do
             printf '%s\t%s\t%s\n' "$b" "$t" "$(stat -c %s "$t/$b")"
         done
     done > sizes.tsv

@@ -55,5 +55,11 @@ for t in $SMARTER_TARGETS; do
         printf '%s = 42\n' "$key" >"$tmp/wrong-type.toml"
         check "$t $b wrong type ($key)" expect_clear_error "$runner" "$bin" "$tmp/wrong-type.toml" "field \`$key\`"
     done
+    for b in $SMARTER_OS_BINARIES; do
+        bin="$dir/$t/$b"
+        check "$t $b --version" bash -c "$runner '$bin' --version | grep -qx '$b $version'"
+    done
+    check "$t smarter-update health-gate --check-config sample" $runner "$dir/$t/smarter-update" health-gate --check-config --config services/update/config/health-gate.toml
+    check "$t smarter-provision check sample" $runner "$dir/$t/smarter-provision" check services/provision/testdata/minimal.toml
 done
 exit $fail
