@@ -28,9 +28,9 @@ export AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
 
 # Binaries every release carries; deployments and tests depend on the names.
 SMARTER_BINARIES="smarter-device-manager smarter-cni smarter-dns smarter-comms smarter-debug-agent"
-# Gateway OS tools (first-boot provisioning, health gate): copied to
+# Gateway OS tools (first-boot provisioning, health gate, flasher): copied to
 # the release like the services; their CLIs have subcommands, checked apart.
-SMARTER_OS_BINARIES="smarter-provision smarter-update"
+SMARTER_OS_BINARIES="smarter-provision smarter-update smarter-flash"
 
 # Service folder of each binary (for its sample config).
 smarter_service_of() {

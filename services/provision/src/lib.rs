@@ -19,4 +19,5 @@
 
 pub mod apply;
 pub mod file;
+pub mod flash;
 pub mod render;
