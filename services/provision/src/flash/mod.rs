@@ -508,23 +508,3 @@ fn verify(req: &Request, bmap: Option<&bmap::Bmap>, image_size: u64) -> Result<u
     }
     Ok(total)
 }
-
-/// sha256 of a file or device's first `len` bytes (all when `None`); tests
-/// use it to prove a refusal wrote nothing.
-pub fn sha256_of(path: &Path, len: Option<u64>) -> std::io::Result<String> {
-    let f = File::open(path)?;
-    let mut r: Box<dyn Read> = match len {
-        Some(n) => Box::new(f.take(n)),
-        None => Box::new(f),
-    };
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(buf.get(..n).unwrap_or_default());
-    }
-    Ok(hex(&h.finalize()))
-}
