@@ -13,7 +13,7 @@ const PROGRAM: &str = "smarter-provision";
 
 /// First-boot provisioning of a SMARTER gateway (k3s server, token, node name, labels).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// Log filter, e.g. `info` or `debug`; RUST_LOG overrides it.
     #[arg(long, value_name = "FILTER", default_value = "info", global = true)]

@@ -12,7 +12,7 @@ const PROGRAM: &str = "smarter-health-gate";
 
 /// SMARTER gateway OS updates.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
