@@ -508,3 +508,94 @@ fn verify(req: &Request, bmap: Option<&bmap::Bmap>, image_size: u64) -> Result<u
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> String {
+        hex(&Sha256::digest(bytes))
+    }
+
+    /// A 3-block image with blocks 0 and 2 mapped, its bmap, and a "device"
+    /// (a regular file works for reading back) holding `device_bytes`.
+    fn setup(dir: &Path, device_bytes: &[u8]) -> (Request, bmap::Bmap) {
+        let mut image = vec![0u8; 3 * 4096];
+        image[..4096].fill(0xaa);
+        image[8192..].fill(0xbb);
+        std::fs::write(dir.join("x.img"), &image).ok();
+        std::fs::write(dir.join("dev"), device_bytes).ok();
+        let b = bmap::Bmap {
+            image_size: image.len() as u64,
+            block_size: 4096,
+            checksum_type: "sha256".into(),
+            ranges: vec![
+                bmap::Range {
+                    first: 0,
+                    last: 0,
+                    checksum: Some(sha(&image[..4096])),
+                },
+                bmap::Range {
+                    first: 2,
+                    last: 2,
+                    checksum: Some(sha(&image[8192..])),
+                },
+            ],
+        };
+        let req = Request {
+            image: dir.join("x.img"),
+            bmap: None,
+            no_bmap: false,
+            device: dir.join("dev"),
+            provision: None,
+            boot_partition: None,
+        };
+        (req, b)
+    }
+
+    #[test]
+    fn verify_reads_back_and_names_the_bad_range() {
+        let Ok(dir) = tempfile::tempdir() else { return };
+        let mut good = vec![0u8; 3 * 4096];
+        good[..4096].fill(0xaa);
+        good[4096..8192].fill(0x11); // unmapped: anything goes
+        good[8192..].fill(0xbb);
+        let (req, b) = setup(dir.path(), &good);
+        assert_eq!(
+            verify(&req, Some(&b), b.image_size).map_err(|e| e.to_string()),
+            Ok(8192)
+        );
+
+        let mut bad = good.clone();
+        bad[9000] = 0;
+        let (req, b) = setup(dir.path(), &bad);
+        let e = verify(&req, Some(&b), b.image_size).map_err(|e| e.to_string());
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.starts_with("verification failed: bytes 8192..12288 of ")),
+            "{e:?}"
+        );
+
+        // Without checksums the image's own bytes are the reference.
+        let mut plain = b.clone();
+        for r in &mut plain.ranges {
+            r.checksum = None;
+        }
+        let e = verify(&req, Some(&plain), b.image_size).map_err(|e| e.to_string());
+        assert!(e.is_err_and(|e| e.contains("differs from the image in bytes 8192..")));
+        let e = verify(&req, None, b.image_size).map_err(|e| e.to_string());
+        assert!(e.is_err_and(|e| e.contains("differs from the image in bytes 0..")));
+    }
+
+    #[test]
+    fn bmap_next_to_the_image() {
+        let Ok(dir) = tempfile::tempdir() else { return };
+        let d = dir.path();
+        std::fs::write(d.join("g.img.bmap"), "").ok();
+        assert_eq!(find_bmap(&d.join("g.img")), Some(d.join("g.img.bmap")));
+        assert_eq!(find_bmap(&d.join("g.img.zst")), Some(d.join("g.img.bmap")));
+        assert_eq!(find_bmap(&d.join("other.img")), None);
+        assert!(is_compressed(Path::new("a.wic.zst")));
+        assert!(!is_compressed(Path::new("a.wic")));
+    }
+}
