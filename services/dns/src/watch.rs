@@ -95,6 +95,21 @@ pub fn load_records(dir: &Path) -> Vec<(String, records::Record)> {
     out
 }
 
+const RECORDS_MASK: WatchMask = WatchMask::MOVED_TO
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVE_SELF);
+
+const PARENT_MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::ONLYDIR)
+    .union(WatchMask::MASK_ADD);
+
+fn config_dir_name(dir: &Path) -> std::ffi::OsString {
+    dir.file_name().map(OsStr::to_os_string).unwrap_or_default()
+}
+
 /// What to watch.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
@@ -116,6 +131,7 @@ pub struct WatchConfig {
 pub struct Watcher {
     inotify: Inotify,
     records_wd: WatchDescriptor,
+    parent_wd: Option<WatchDescriptor>,
     resolv_wds: Vec<(WatchDescriptor, Vec<std::ffi::OsString>)>,
     ctx: Ctx,
 }
@@ -137,14 +153,20 @@ impl Watcher {
         let inotify = Inotify::init().map_err(err(dir, "initialise inotify"))?;
         let records_wd = inotify
             .watches()
-            .add(
-                dir,
-                WatchMask::MOVED_TO
-                    | WatchMask::CLOSE_WRITE
-                    | WatchMask::DELETE
-                    | WatchMask::MOVED_FROM,
-            )
+            .add(dir, RECORDS_MASK)
             .map_err(err(dir, "watch"))?;
+        // The parent too: a records directory deleted and made again (a node
+        // cleanup, an operator's `rm -rf`) is a new inode that the watch above
+        // no longer sees, so its creation is what tells us to watch it anew.
+        let parent_wd = match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => Some(
+                inotify
+                    .watches()
+                    .add(parent, PARENT_MASK)
+                    .map_err(err(parent, "watch"))?,
+            ),
+            None => None,
+        };
         let mut resolv_wds: Vec<(WatchDescriptor, Vec<std::ffi::OsString>)> = Vec::new();
         if let Some(rc) = &config.resolv_conf {
             // Watch the directory (resolv.conf is usually replaced, not
@@ -163,7 +185,9 @@ impl Watcher {
                     | WatchMask::CLOSE_WRITE
                     | WatchMask::CREATE
                     | WatchMask::DELETE;
-                match inotify.watches().add(parent, mask) {
+                // MASK_ADD: the records directory's parent may be this same
+                // directory; its watch must keep the parent's events.
+                match inotify.watches().add(parent, mask | WatchMask::MASK_ADD) {
                     Ok(wd) => match resolv_wds.iter_mut().find(|(w, _)| *w == wd) {
                         Some((_, files)) => files.push(file.to_os_string()),
                         None => resolv_wds.push((wd, vec![file.to_os_string()])),
@@ -184,6 +208,7 @@ impl Watcher {
         Ok(Self {
             inotify,
             records_wd,
+            parent_wd,
             resolv_wds,
             ctx,
         })
@@ -193,10 +218,12 @@ impl Watcher {
     pub async fn run(self) -> Result<(), WatchError> {
         let Self {
             inotify,
-            records_wd,
+            mut records_wd,
+            parent_wd,
             resolv_wds,
             ctx: me,
         } = self;
+        let dir_name = config_dir_name(&me.config.records_dir);
         let config = &me.config;
         let mut stream = inotify
             .into_event_stream(vec![0u8; 16 * 1024])
@@ -212,6 +239,10 @@ impl Watcher {
             }
             let mut rescan = false;
             let mut resolv = false;
+            // The records directory went away (deleted or moved), or one of
+            // its name appeared in the parent: watch whatever is there now.
+            let mut rewatch = false;
+            let mut moved = false;
             let mut changes: Vec<(EventMask, std::ffi::OsString)> = Vec::new();
             for ev in batch {
                 let ev = match ev {
@@ -225,17 +256,51 @@ impl Watcher {
                 if ev.mask.contains(EventMask::Q_OVERFLOW) {
                     rescan = true;
                     resolv = true;
-                } else if ev.wd == records_wd {
-                    if ev.mask.contains(EventMask::IGNORED) {
-                        tracing::warn!(dir = %config.records_dir.display(), "records directory went away");
-                    } else if let Some(name) = ev.name {
-                        changes.push((ev.mask, name));
+                    continue;
+                }
+                if ev.wd == records_wd {
+                    if ev
+                        .mask
+                        .intersects(EventMask::IGNORED | EventMask::MOVE_SELF)
+                    {
+                        tracing::warn!(dir = %config.records_dir.display(), "records directory went away; waiting for it to come back");
+                        rewatch = true;
+                        moved |= ev.mask.contains(EventMask::MOVE_SELF);
+                    } else if let Some(name) = &ev.name {
+                        changes.push((ev.mask, name.clone()));
                     }
-                } else if let Some((_, files)) = resolv_wds.iter().find(|(w, _)| *w == ev.wd)
+                }
+                if Some(&ev.wd) == parent_wd.as_ref()
+                    && ev.mask.contains(EventMask::ISDIR)
+                    && ev.name.as_deref() == Some(dir_name.as_os_str())
+                {
+                    rewatch = true;
+                }
+                if let Some((_, files)) = resolv_wds.iter().find(|(w, _)| *w == ev.wd)
                     && ev.name.as_ref().is_some_and(|n| files.contains(n))
                 {
                     resolv = true;
                 }
+            }
+            if rewatch {
+                // A moved directory keeps its old watch: drop it (its IGNORED
+                // event then names a descriptor we no longer use).
+                if moved {
+                    let _ = stream.watches().remove(records_wd.clone());
+                }
+                match stream.watches().add(&config.records_dir, RECORDS_MASK) {
+                    Ok(wd) => {
+                        tracing::info!(dir = %config.records_dir.display(), "watching the records directory again");
+                        records_wd = wd;
+                    }
+                    // Not there (yet): its creation in the parent brings us back.
+                    Err(error) => {
+                        tracing::debug!(dir = %config.records_dir.display(), %error, "records directory not there");
+                    }
+                }
+                // Whatever the directory holds now (nothing, if it is gone)
+                // replaces what we served, read after the watch is in place.
+                rescan = true;
             }
             if rescan {
                 me.rescan_records();

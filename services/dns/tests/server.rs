@@ -125,6 +125,68 @@ async fn record_resolvable_within_50ms_and_gone_within_50ms() -> TestResult {
     Ok(())
 }
 
+/// A records directory deleted and made again while the server runs (a node
+/// cleanup, an operator's `rm -rf`): its old names go, and records written
+/// into the new directory resolve within the same bound; a directory moved
+/// away is let go of the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_directory_deleted_or_moved_and_made_again() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let (_running, server) = start_on(&cfg)?;
+    let ip: std::net::IpAddr = "172.39.0.9".parse()?;
+    write_record(
+        &cfg.records_dir,
+        &record("c1", "old", "iot", &["172.39.0.8"]),
+    )?;
+    assert!(
+        wait_until(LIMIT, || async { !a(server, "old.").await.is_empty() })
+            .await
+            .is_some()
+    );
+    let mut previous = "old".to_string();
+    for round in 0..3 {
+        if round == 2 {
+            std::fs::rename(&cfg.records_dir, dir.path().join("records.old"))?;
+        } else {
+            std::fs::remove_dir_all(&cfg.records_dir)?;
+        }
+        let gone = wait_until(LIMIT, || async {
+            a(server, &format!("{previous}.")).await.is_empty()
+        })
+        .await;
+        assert!(
+            gone.is_some(),
+            "round {round}: names of the removed directory still served"
+        );
+        std::fs::create_dir(&cfg.records_dir)?;
+        let name = format!("new{round}");
+        write_record(
+            &cfg.records_dir,
+            &record(&format!("n{round}"), &name, "iot", &["172.39.0.9"]),
+        )?;
+        let took = wait_until(LIMIT, || async {
+            a(server, &format!("{name}.")).await == vec![ip]
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "round {round}: a record in the re-created directory not resolvable within 50 ms"
+        );
+        if round == 2 {
+            // Writes into the moved-away directory are no longer ours.
+            write_record(
+                &dir.path().join("records.old"),
+                &record("s1", "stale", "iot", &["172.39.0.10"]),
+            )?;
+            tokio::time::sleep(LIMIT).await;
+            assert!(a(server, "stale.").await.is_empty());
+        }
+        previous = name;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_transfers_refused_and_garbage_survived() -> TestResult {
     let dir = tempfile::tempdir()?;
