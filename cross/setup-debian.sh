@@ -70,4 +70,8 @@ done
 for c in rustfmt clippy; do
     rustup component list --installed | grep -q "^$c" || rustup component add "$c"
 done
+# The lowest Rust our images build with (meta-rust-bin on scarthgap): CI checks
+# the workspace with it so a dependency that under-declares its minimum Rust
+# fails here rather than in a Yocto build (docs/decisions/0001).
+rustup toolchain list | grep -q '^1\.94\.0-' || rustup toolchain install 1.94.0 --profile minimal
 echo "setup: done"
