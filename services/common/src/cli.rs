@@ -62,6 +62,25 @@ where
     Ok(Startup::Run(config))
 }
 
+/// SIGHUP: load the config again as [`startup`] did. A config that does not
+/// load is logged with its reason (`new config rejected`) and `None` is
+/// returned, so the caller keeps running the old one.
+pub fn reload<T>(args: &CommonArgs, default_path: &Path) -> Option<T>
+where
+    T: serde::de::DeserializeOwned + crate::config::Validate + Default,
+{
+    match crate::config::load_or_default(args.config_path(), default_path) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            tracing::error!(
+                error = %error_line(&e),
+                "SIGHUP: new config rejected; still running the old one"
+            );
+            None
+        }
+    }
+}
+
 /// Turn `main`'s result into an exit code, printing the error chain on one
 /// line prefixed by the program name (see [`error_line`]).
 pub fn exit_code<E>(program: &str, result: Result<(), E>) -> std::process::ExitCode

@@ -435,3 +435,76 @@ fn idle_sessions_are_ended() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+fn hangup(child: &std::process::Child) {
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// SIGHUP: the agent reconnects with a changed config (here a new gateway
+/// name) and keeps the old one when the new file is broken; comms validates
+/// and reports (it applies its config on restart only).
+#[test]
+fn sighup_reloads_the_agent_and_comms_reports() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::new();
+    w.standard_setup();
+    // The agent's key moves to a new gateway name (keys are unique per gateway).
+    let key = std::fs::read_to_string(w.path("agent/agent_key.pub")).unwrap();
+    let (st, _) = json(w.api_port, "DELETE", "/v1/gateways/gateway-17", None);
+    assert_eq!(st, 204);
+    w.enrol("gateway-18", key.trim());
+    w.grant("alice", "gateway-18", None, None, None);
+    let alice = w.path("alice");
+
+    let cfg = w.path("agent.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"gateway-17\"", "\"gateway-18\"")).unwrap();
+    hangup(&w.agents[0].0);
+    w.wait_connected("gateway-18");
+    let o = w.ssh(&alice, &["gateway-18", "echo renamed"]);
+    assert_eq!(stdout(&o), "renamed\n", "{}", stderr(&o));
+
+    std::fs::write(&cfg, "gateway_name = 18\n").unwrap();
+    hangup(&w.agents[0].0);
+    let log = w.path("agent.log");
+    wait_for(
+        "agent rejects the bad config",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("new config rejected")),
+    );
+    let o = w.ssh(&alice, &["gateway-18", "echo still"]);
+    assert_eq!(stdout(&o), "still\n", "{}", stderr(&o));
+
+    let comms_cfg = w.path("comms.toml");
+    let text = std::fs::read_to_string(&comms_cfg).unwrap();
+    std::fs::write(
+        &comms_cfg,
+        text.replace("auth_rejection_ms = 50", "auth_rejection_ms = 60"),
+    )
+    .unwrap();
+    hangup(&w.comms.as_ref().unwrap().0);
+    let comms_log = w.path("comms.log");
+    wait_for(
+        "comms reports a changed config",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&comms_log)
+                .is_ok_and(|l| l.contains("applies it on restart only"))
+        },
+    );
+    std::fs::write(&comms_cfg, "ssh_listen = 1\n").unwrap();
+    hangup(&w.comms.as_ref().unwrap().0);
+    wait_for(
+        "comms rejects a bad config",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&comms_log).is_ok_and(|l| l.contains("new config rejected")),
+    );
+    let o = w.ssh(&alice, &["gateway-18", "echo served"]);
+    assert_eq!(stdout(&o), "served\n", "{}", stderr(&o));
+}

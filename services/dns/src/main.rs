@@ -132,18 +132,7 @@ async fn bind_all(config: &Config) -> anyhow::Result<Bound> {
 /// changes on a restart; every other setting applies when the server
 /// restarts in-process with the new config.
 fn reload(args: &CommonArgs, running: &Config) -> Option<Config> {
-    let loaded: Result<Config, _> =
-        smarter_common::config::load_or_default(args.config_path(), Path::new(DEFAULT_CONFIG_PATH));
-    let mut new = match loaded {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(
-                error = %smarter_common::cli::error_line(&e),
-                "SIGHUP: new config rejected; still running the old one"
-            );
-            return None;
-        }
-    };
+    let mut new: Config = smarter_common::cli::reload(args, Path::new(DEFAULT_CONFIG_PATH))?;
     if new.worker_threads != running.worker_threads {
         tracing::warn!(
             running = running.worker_threads,

@@ -214,8 +214,33 @@ async fn connect_once(agent: &Arc<Agent>) -> Result<oneshot::Receiver<()>, Strin
     Ok(closed_rx)
 }
 
-/// Runs the agent until a stop signal.
-pub async fn run(config: Config, mut signals: UnboundedReceiver<Event>) -> Result<(), AgentError> {
+/// Runs the agent until a stop signal. On SIGHUP `reload` is asked for the
+/// config again: a changed one replaces the running one (the tunnel is
+/// reconnected with it, which ends the sessions on it); `None` or an
+/// unchanged config keeps everything as it is.
+pub async fn run(
+    mut config: Config,
+    mut signals: UnboundedReceiver<Event>,
+    reload: impl Fn() -> Option<Config>,
+) -> Result<(), AgentError> {
+    loop {
+        match run_with(config, &mut signals, &reload).await? {
+            Some(new) => {
+                tracing::info!("SIGHUP: config changed; reconnecting with it");
+                config = new;
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+/// One life of the agent: `Ok(Some(config))` when a reload asks to start
+/// again with that config, `Ok(None)` on a stop signal.
+async fn run_with(
+    config: Config,
+    signals: &mut UnboundedReceiver<Event>,
+    reload: &impl Fn() -> Option<Config>,
+) -> Result<Option<Config>, AgentError> {
     let key = keys::load_or_create(&config.state_dir.join("agent_key"))?;
     let comms_key = keys::parse_public(&config.comms_host_key)?;
     tracing::info!(
@@ -230,12 +255,19 @@ pub async fn run(config: Config, mut signals: UnboundedReceiver<Event>) -> Resul
         comms_key,
         tunnel: RwLock::new(None),
     });
+    let running = format!("{:?}", agent.config);
     let stop = async {
         while let Some(ev) = signals.recv().await {
-            if matches!(ev, Event::Stop) {
-                break;
+            match ev {
+                Event::Stop => break,
+                Event::Reload => match reload() {
+                    Some(new) if format!("{new:?}") != running => return Some(new),
+                    Some(_) => tracing::info!("SIGHUP: config unchanged"),
+                    None => {}
+                },
             }
         }
+        None
     };
     tokio::pin!(stop);
     let max = Duration::from_secs(agent.config.max_backoff_secs);
@@ -244,7 +276,7 @@ pub async fn run(config: Config, mut signals: UnboundedReceiver<Event>) -> Resul
         let attempt = connect_once(&agent);
         let result = tokio::select! {
             r = attempt => r,
-            _ = &mut stop => return Ok(()),
+            next = &mut stop => return Ok(next),
         };
         match result {
             Ok(closed) => {
@@ -252,7 +284,7 @@ pub async fn run(config: Config, mut signals: UnboundedReceiver<Event>) -> Resul
                 backoff = Duration::from_secs(1);
                 tokio::select! {
                     _ = closed => {}
-                    _ = &mut stop => return Ok(()),
+                    next = &mut stop => return Ok(next),
                 }
                 *agent.tunnel.write().await = None;
                 tracing::warn!("tunnel to comms lost");
@@ -267,7 +299,7 @@ pub async fn run(config: Config, mut signals: UnboundedReceiver<Event>) -> Resul
         let jitter = Duration::from_millis(nanos % (backoff.as_millis() as u64 / 2 + 1));
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
-            _ = &mut stop => return Ok(()),
+            next = &mut stop => return Ok(next),
         }
         backoff = (backoff * 2).min(max);
     }

@@ -49,6 +49,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting tokio runtime")?;
-    rt.block_on(smarter_debug::comms::run(config, signals))?;
+    let args = cli.common.clone();
+    let reload =
+        move || smarter_common::cli::reload::<Config>(&args, Path::new(DEFAULT_CONFIG_PATH));
+    rt.block_on(smarter_debug::comms::run(config, signals, reload))?;
     Ok(())
 }

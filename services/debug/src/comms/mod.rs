@@ -57,7 +57,18 @@ pub enum CommsError {
 }
 
 /// Runs comms until a stop signal.
-pub async fn run(config: Config, mut signals: UnboundedReceiver<Event>) -> Result<(), CommsError> {
+///
+/// Comms applies its config at start only: its listeners, host key, store and
+/// limits are shared by every live session, and a restart in the process would
+/// end them all, so that is left to the operator. On SIGHUP `reload` is asked
+/// for the config again, and the log says whether it is valid and, if it
+/// changed, that a restart applies it.
+pub async fn run(
+    config: Config,
+    mut signals: UnboundedReceiver<Event>,
+    reload: impl Fn() -> Option<Config>,
+) -> Result<(), CommsError> {
+    let running = format!("{config:?}");
     std::fs::create_dir_all(&config.state_dir).map_err(|source| CommsError::StateDir {
         path: config.state_dir.clone(),
         source,
@@ -108,7 +119,17 @@ pub async fn run(config: Config, mut signals: UnboundedReceiver<Event>) -> Resul
         r = api_task => r.map_err(|source| CommsError::Serve { what: "api", source }),
         _ = async {
             while let Some(ev) = signals.recv().await {
-                if matches!(ev, Event::Stop) { break; }
+                match ev {
+                    Event::Stop => break,
+                    Event::Reload => match reload() {
+                        Some(new) if format!("{new:?}") != running => tracing::warn!(
+                            "SIGHUP: the config is valid and changed; smarter-comms applies it on \
+                             restart only (a restart ends live sessions)"
+                        ),
+                        Some(_) => tracing::info!("SIGHUP: config valid and unchanged"),
+                        None => {}
+                    },
+                }
             }
         } => {
             tracing::info!("comms stopping");
