@@ -1,0 +1,36 @@
+"""SmarterBoard: what a test needs to know about the board under test.
+
+A plain resource (always available) naming the board and the features it
+has, so a test that needs hardware a board lacks skips with that reason
+instead of failing, and the results name the board.
+
+Features: `usb-hotplug` (a USB serial adapter can be switched on and off,
+or plugged by hand), `usb-hotplug-monitor` (QEMU: `device_add` through the
+monitor), `ab-update` (RAUC A/B slots), `k3s` (a k3s agent joins a master).
+"""
+
+import attr
+from labgrid.factory import target_factory
+from labgrid.resource.common import Resource
+
+FEATURES = {"usb-hotplug", "usb-hotplug-monitor", "ab-update", "k3s"}
+
+
+def _known_features(instance, attribute, value):
+    unknown = set(value) - FEATURES
+    if unknown:
+        raise ValueError(
+            f"SmarterBoard.features: unknown {sorted(unknown)}; known: {sorted(FEATURES)}")
+
+
+@target_factory.reg_resource
+@attr.s(eq=False)
+class SmarterBoard(Resource):
+    name = attr.ib(validator=attr.validators.instance_of(str))
+    features = attr.ib(
+        default=attr.Factory(list),
+        validator=[attr.validators.instance_of(list), _known_features],
+    )
+
+    def has(self, feature):
+        return feature in self.features
