@@ -59,7 +59,8 @@ def boot_time(strategy):
 def gateway(target, strategy, board, boot_time):
     """The booted gateway's shell (ShellDriver)."""
     shell = target.get_driver("ShellDriver")
-    out = shell.run_check("cat /etc/smarter-release 2>/dev/null || . /etc/os-release && echo $PRETTY_NAME")
+    out = shell.run_check(
+        "cat /etc/smarter-release 2>/dev/null || sed -n 's/^PRETTY_NAME=//p' /etc/os-release")
     if out:
         _RUN["image"] = out[-1]
     return shell

@@ -31,6 +31,10 @@ class SmarterBoard(Resource):
         default=attr.Factory(list),
         validator=[attr.validators.instance_of(list), _known_features],
     )
+    # Power-on to a shell with every unit started. Real boards boot in well
+    # under a minute; QEMU's software emulation of the emulated gateway needs
+    # minutes on a busy 2-core CI machine.
+    boot_deadline_s = attr.ib(default=300, validator=attr.validators.instance_of(int))
 
     def has(self, feature):
         return feature in self.features

@@ -4,19 +4,18 @@ Run against one board: `pytest --lg-env env/<board>.yaml tests/test_gateway.py`.
 One boot (the session's `gateway` fixture) serves all of them.
 """
 
-import re
 import time
 
 import pytest
 
 # The services every SMARTER gateway runs, and the container runtime.
 SERVICES = ["smarter-device-manager", "smarter-dns", "smarter-debug-agent"]
-BOOT_DEADLINE_S = 300
 
 
-def test_boots_to_a_shell(gateway, boot_time, figure):
+def test_boots_to_a_shell(gateway, board, boot_time, figure):
     figure("boot to shell", boot_time, "s")
-    assert boot_time < BOOT_DEADLINE_S, f"boot took {boot_time:.0f} s"
+    assert boot_time < board.boot_deadline_s, (
+        f"boot took {boot_time:.0f} s, deadline {board.boot_deadline_s} s")
     out = gateway.run_check("uname -m")
     assert out == ["aarch64"] or out == ["armv7l"], out
 
@@ -38,7 +37,9 @@ def test_services_and_runtime_are_healthy(gateway, board):
 
 
 def _usb_serial_devices(gateway):
-    """What smarter-device-manager's rules match now (its own scan)."""
+    """The ttyUSB devices smarter-device-manager's rules match now (its own
+    scan with the gateway's config: a resource `smarter-devices/ttyUSB0` with
+    the default rules, `smarter-devices/usb-serial` with pooled ones)."""
     out, _, code = gateway.run("smarter-device-manager list 2>&1")
     assert code == 0, out
     return [line for line in out if "ttyUSB" in line]
@@ -68,7 +69,6 @@ def test_usb_serial_adapter_appears_and_goes(gateway, target, board, figure):
     appeared = _wait(lambda: _usb_serial_devices(gateway), 30)
     assert appeared, "the USB serial adapter did not appear as a device resource within 30 s"
     figure("plug to resource", time.monotonic() - start, "s")
-    assert any(re.search(r"usb-serial", line) for line in appeared), appeared
 
     start = time.monotonic()
     unplug()
