@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""QEMU tests of the emulated gateway: boot, provisioning, A/B updates, rollback, power cuts.
+
+    images/emulated/test.py [--out out/emulated] [--work out/emulated/test] [--kills N]
+
+Runs against the image images/emulated/build.sh made (disk.img, its keys) on a copy of the
+disk, so the built image stays as it is. One QEMU process serves several checks per boot:
+
+  boot 1 (slot A, malformed provisioning file): services healthy and slot A marked good; the
+         provisioning message on the console, nothing applied; bundles signed by another CA,
+         corrupted, and for another compatible are refused; a good bundle installs
+  boot 2 (slot B): marked good; the provisioning file (now valid) applied; /data kept
+  boot 3 (slot A, a bundle whose services fail): the health gate marks it bad and reboots
+  boot 4 (slot B): back by itself, /data kept, provisioning not applied again
+  then N power cuts (QEMU killed) at points across an install, chosen from RAUC's progress
+  output; after each, the gateway must boot a slot that the health gate marks good.
+
+Timings go to <work>/figures.json. Exit status 0 when every check passed.
+Needs qemu-system-aarch64, u-boot-qemu, mtools and rauc on the host (the bundles are built by
+build.sh --variant); missing tools fail when CI or SMARTER_REQUIRE_PEERS is set, else skip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
+UNITS = ["docker", "smarter-device-manager", "smarter-cni", "smarter-dns", "smarter-debug-agent"]
+
+FAILURES: list[str] = []
+FIGURES: dict[str, float] = {}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def check(ok: bool, what: str, detail: str = "") -> bool:
+    if ok:
+        log(f"ok   {what}")
+    else:
+        log(f"FAIL {what}{': ' + detail if detail else ''}")
+        FAILURES.append(what)
+    return ok
+
+
+class Guest:
+    """One QEMU process: serial console to a file, a root shell on the virtio console."""
+
+    def __init__(self, disk: Path, work: Path, share: Path):
+        self.disk, self.work, self.share = disk, work, share
+        self.console = work / "console.log"
+        self.sock_path = work / "shell.sock"
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self.buf = ""
+        self.n = 0
+        self.started = 0.0
+
+    # -- process
+    def start(self) -> None:
+        if self.sock_path.exists():
+            self.sock_path.unlink()
+        cmd = [
+            "qemu-system-aarch64", "-M", "virt", "-cpu", "max", "-smp", "2", "-m", "1024",
+            "-display", "none", "-monitor", "none", "-bios", str(UBOOT),
+            "-drive", f"if=none,file={self.disk},format=raw,id=hd0",
+            "-device", "virtio-blk-device,drive=hd0",
+            "-chardev", f"file,id=con,path={self.console},append=on", "-serial", "chardev:con",
+            "-device", "virtio-serial-device",
+            "-chardev", f"socket,id=sh,path={self.sock_path},server=on,wait=off",
+            "-device", "virtconsole,chardev=sh",
+            "-fsdev", f"local,id=host,path={self.share},security_model=none,readonly=on",
+            "-device", "virtio-9p-device,fsdev=host,mount_tag=host",
+        ]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                     stdout=open(self.work / "qemu.log", "ab"), stderr=subprocess.STDOUT)
+        for _ in range(100):
+            if self.sock_path.exists():
+                break
+            time.sleep(0.1)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(self.sock_path))
+        self.sock.setblocking(False)
+        self.buf = ""
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.sock:
+            self.sock.close()
+        self.proc = self.sock = None
+
+    # -- console
+    def console_text(self) -> str:
+        try:
+            return self.console.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_console(self, pattern: str, since: int, timeout: float) -> re.Match | None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            m = re.compile(pattern).search(self.console_text(), since)
+            if m:
+                return m
+            if self.proc and self.proc.poll() is not None:
+                return None
+            time.sleep(0.5)
+        return None
+
+    # -- shell
+    def _read(self, timeout: float) -> str:
+        assert self.sock
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        if not r:
+            return ""
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return ""
+        return data.decode(errors="replace").replace("\r", "")
+
+    def _send(self, text: str) -> None:
+        assert self.sock
+        self.sock.sendall(text.encode())
+
+    def wait_shell(self, timeout: float = 300) -> bool:
+        """Wait for the autologin shell on hvc0 and make it quiet (no echo, no prompt)."""
+        end = time.monotonic() + timeout
+        seen = ""
+        while time.monotonic() < end:
+            if self.proc and self.proc.poll() is not None:
+                return False
+            self._send("\n")
+            seen += self._read(2.0)
+            if re.search(r"[#$] $", seen):
+                self._send("stty -echo; PS1=''; PS2=''; export PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0 TERM=dumb\n")
+                time.sleep(0.5)
+                while self._read(0.5):
+                    pass
+                self.buf = ""
+                return True
+            seen = seen[-200:]
+        return False
+
+    def sh(self, cmd: str, timeout: float = 120, stream=None) -> tuple[int, str]:
+        """Run one shell command line; returns (status, output). stream(line) sees lines as they come."""
+        self.n += 1
+        marker = re.compile(rf"@@{self.n}@@(\d+)@@")
+        self._send(f"{cmd} 2>&1; echo @@{self.n}@@$?@@\n")
+        out = ""
+        end = time.monotonic() + timeout
+        pending = ""
+        while time.monotonic() < end:
+            chunk = self._read(1.0)
+            if not chunk:
+                if self.proc and self.proc.poll() is not None:
+                    break
+                continue
+            out += chunk
+            if stream:
+                pending += chunk
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    if stream(line):
+                        return -2, out
+            m = marker.search(out)
+            if m:
+                return int(m.group(1)), out[: m.start()].strip("\n")
+        return -1, out
+
+    def ok(self, cmd: str, timeout: float = 120) -> str:
+        rc, out = self.sh(cmd, timeout)
+        if rc != 0:
+            raise RuntimeError(f"guest command failed ({rc}): {cmd}\n{out[-2000:]}")
+        return out
+
+    # -- gateway state
+    def booted_slot(self) -> str:
+        m = re.search(r"rauc\.slot=(\w+)", self.ok("cat /proc/cmdline"))
+        return m.group(1) if m else "?"
+
+    def wait_healthy(self, timeout: float = 420) -> tuple[str | None, float]:
+        """Wait until a booted slot is marked good by the health gate, across any reboots the
+        gateway does by itself (a rejected slot). Returns (slot, seconds since the boot began)."""
+        end = self.started + timeout
+        while time.monotonic() < end:
+            if not self.wait_shell(max(end - time.monotonic(), 1)):
+                break
+            rc, out = self.sh("cat /proc/cmdline", 15)
+            m = re.search(r"rauc\.slot=(\w+)", out)
+            if rc != 0 or not m:
+                continue
+            slot = m.group(1)
+            while time.monotonic() < end:
+                rc, out = self.sh(f"grep -a '^BOOT_{slot}_LEFT=' /boot/smarter-env.txt", 15)
+                if rc == -1:
+                    break  # the shell went away: this boot ended (rollback reboot); wait for the next
+                if rc == 0 and out.strip().endswith("=3"):
+                    return slot, time.monotonic() - self.started
+                time.sleep(2)
+        return None, time.monotonic() - self.started
+
+    def reboot(self) -> None:
+        """Reboot from inside; the same QEMU process goes on."""
+        self._send("systemctl reboot\n")
+        self.started = time.monotonic()
+        time.sleep(2)
+        while self._read(0.5):
+            pass
+
+
+def tools_missing() -> list[str]:
+    missing = [t for t in ("qemu-system-aarch64", "mcopy", "rauc") if not shutil.which(t)]
+    if not UBOOT.exists():
+        missing.append(str(UBOOT))
+    return missing
+
+
+def fat_put(disk: Path, src: Path, name: str) -> None:
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@1M", str(src), f"::{name}"], check=True,
+                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+
+
+def prepare_bundles(out: Path, share: Path) -> None:
+    """The bundles the tests install, in the directory the guest mounts over 9p."""
+    keys = out / "keys"
+    variants = out / "variants"
+    for name in ("update", "broken"):
+        if not (variants / f"{name}.raucb").exists():
+            raise SystemExit(f"{variants}/{name}.raucb missing: images/emulated/test.sh builds the variants")
+        shutil.copy(variants / f"{name}.raucb", share / f"{name}.raucb")
+    small = share / "small.ext4"
+    small_dir = share / "small"
+    small_dir.mkdir(exist_ok=True)
+    (small_dir / "blob").write_bytes(os.urandom(256 * 1024))
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(small_dir), str(small), "8M"], check=True)
+    other = out / "test-other-ca"
+    subprocess.run([str(ROOT / "images/rauc/make-dev-ca.sh"), str(other), "Not the fleet owner"], check=True)
+    mk = str(ROOT / "images/rauc/make-bundle.sh")
+
+    def bundle(name: str, compatible: str, cert: Path, key: Path) -> Path:
+        dst = share / f"{name}.raucb"
+        subprocess.run([mk, "--compatible", compatible, "--version", "0.0.0-test", "--rootfs", str(small),
+                        "--cert", str(cert), "--key", str(key), str(dst)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return dst
+
+    bundle("other-key", "smarter-qemuarm64", other / "signing.cert.pem", other / "signing.key.pem")
+    bundle("other-compatible", "smarter-raspberrypi4-64", keys / "signing.cert.pem", keys / "signing.key.pem")
+    corrupt = bundle("corrupted", "smarter-qemuarm64", keys / "signing.cert.pem", keys / "signing.key.pem")
+    data = bytearray(corrupt.read_bytes())
+    data[len(data) // 4] ^= 0xFF  # inside the squashfs payload, before the verity tree and signature
+    corrupt.write_bytes(bytes(data))
+    shutil.rmtree(small_dir)
+    small.unlink()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("--out", type=Path, default=ROOT / "out/emulated")
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--kills", type=int, default=5, help="power cuts during installs (at least 5 by default)")
+    args = ap.parse_args()
+    missing = tools_missing()
+    if missing:
+        if os.environ.get("CI") or os.environ.get("SMARTER_REQUIRE_PEERS"):
+            print(f"FAIL: emulated gateway tests need {', '.join(missing)} (cross/setup-debian.sh)", file=sys.stderr)
+            return 1
+        print(f"SKIP: emulated gateway tests need {', '.join(missing)}")
+        return 0
+    out = args.out
+    work = args.work or out / "test"
+    if work.exists():
+        shutil.rmtree(work)
+    share = work / "share"
+    share.mkdir(parents=True)
+    disk = work / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(out / "disk.img"), str(disk)], check=True)
+    prepare_bundles(out, share)
+    (share / "bad-provision.toml").write_text(
+        'version = 1\nserver = "https://k3s.example.com:6443"\ntoken = "K10x::server:y"\nnode_name = "Gateway_1"\n')
+    (share / "good-provision.toml").write_text(
+        'version = 1\nserver = "https://k3s.example.com:6443"\ntoken = "K10test::server:secret"\n'
+        'node_name = "gw-test-0001"\n\n[node_labels]\n"example.com/site" = "ci"\n')
+    fat_put(disk, share / "bad-provision.toml", "smarter-provision.toml")
+
+    g = Guest(disk, work, share)
+    try:
+        run(g, args.kills)
+    except Exception as e:  # a harness error is a failure, with the console's tail for context
+        FAILURES.append(f"harness: {e}")
+        log(f"FAIL harness: {e}")
+        log("console tail:\n" + g.console_text()[-3000:])
+    finally:
+        g.kill()
+    (work / "figures.json").write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
+    log("figures: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(FIGURES.items())))
+    if FAILURES:
+        log(f"{len(FAILURES)} check(s) failed: " + "; ".join(FAILURES))
+        log(f"console log: {g.console}")
+        return 1
+    log("all emulated gateway checks passed")
+    return 0
+
+
+def install(g: Guest, bundle: str, timeout: float = 600, stream=None) -> tuple[int, str, float]:
+    t = time.monotonic()
+    rc, out = g.sh(f"rauc install /mnt/{bundle}", timeout, stream)
+    return rc, out, time.monotonic() - t
+
+
+def run(g: Guest, kills: int) -> None:
+    # ---- boot 1: slot A, first boot, malformed provisioning file
+    g.start()
+    slot, secs = g.wait_healthy()
+    if not check(slot == "A", "first boot: slot A comes up and the health gate marks it good", f"slot {slot}"):
+        raise RuntimeError("first boot did not become healthy")
+    FIGURES["boot_to_healthy_s"] = secs
+    for u in UNITS:
+        rc, out = g.sh(f"systemctl is-active {u}.service")
+        check(out.strip() == "active", f"{u} is active", out.strip())
+    rc, out = g.sh("smarter-device-manager --config /etc/smarter/smarter-device-manager.toml list")
+    check(rc == 0 and "smarter-devices/" in out, "device manager lists devices", out[-300:])
+    rc, out = g.sh("docker image ls --format '{{.Repository}}:{{.Tag}}'")
+    check(rc == 0 and "smarter-dns" in out, "container images pre-loaded into Docker", out[-300:])
+    console = g.console_text()
+    check("smarter-provision.toml" in console and "node_name" in console and "nothing was applied" in console,
+          "malformed provisioning file: message on the console")
+    rc, _ = g.sh("test -e /data/smarter/provision/record.toml || test -e /data/etc/rancher/k3s/config.yaml "
+                 "|| test -e /data/etc/rancher/k3s/smarter-token || test -e /data/etc/hostname")
+    check(rc != 0, "malformed provisioning file: nothing applied (no record, config, token or hostname)")
+    g.ok("echo persistent-$(cat /proc/sys/kernel/random/uuid) > /data/test-marker; sync")
+    marker = g.ok("cat /data/test-marker").strip()
+    g.ok("mkdir -p /mnt && mount -t 9p -o trans=virtio,ro host /mnt")
+    for name, expect in (("other-key", r"signature|certificate|issuer"), ("corrupted", r"corrupt|verif|hash|I/O|error"),
+                         ("other-compatible", r"[Cc]ompatible")):
+        rc, out, _ = install(g, f"{name}.raucb", 300)
+        check(rc not in (0, -1) and re.search(expect, out) is not None, f"bundle {name} refused",
+              f"rc {rc}: {out[-400:]}")
+    g.ok("cp /mnt/good-provision.toml /boot/smarter-provision.toml; sync")
+
+    # ---- install the update into B, timing RAUC's phases for the power-cut points
+    phases: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def watch(line: str) -> bool:
+        for key, pat in (("check", "Checking bundle"), ("copy", "Copying image"), ("copied", r"Copying image.*done"),
+                         ("done", "succeeded")):
+            if re.search(pat, line) and key not in phases:
+                phases[key] = time.monotonic() - t0
+        return False
+
+    rc, out, secs = install(g, "update.raucb", 900, watch)
+    check(rc == 0, "update bundle installs into slot B", out[-600:])
+    FIGURES["install_s"] = secs
+    log(f"install phases (s from start): {phases}")
+    g.reboot()
+
+    # ---- boot 2: slot B
+    slot, secs = g.wait_healthy()
+    check(slot == "B", "after the install and a reboot, slot B boots and is marked good", f"slot {slot}")
+    FIGURES["reboot_to_marked_good_s"] = secs
+    rc, out = g.sh("grep -q '^VARIANT=update' /etc/smarter-variant")
+    check(rc == 0, "slot B holds the update bundle's root file system")
+    check(g.ok("cat /data/test-marker").strip() == marker, "/data survives the update")
+    rc, out = g.sh("test -s /data/smarter/provision/record.toml && grep -q gw-test-0001 /data/etc/rancher/k3s/config.yaml "
+                   "&& test \"$(stat -c %a /data/etc/rancher/k3s/smarter-token)\" = 600 && test \"$(hostname)\" = gw-test-0001")
+    check(rc == 0, "valid provisioning file applied: k3s config, token 0600, hostname, record", out[-300:])
+    record = g.ok("sha256sum /data/smarter/provision/record.toml").split()[0]
+
+    # ---- a bundle whose services fail the health gate: back to B by itself
+    g.ok("mkdir -p /mnt && mount -t 9p -o trans=virtio,ro host /mnt")
+    rc, out, _ = install(g, "broken.raucb", 900)
+    check(rc == 0, "broken-services bundle installs into slot A", out[-600:])
+    pos = len(g.console_text())
+    g.reboot()
+    m = g.wait_console(r"smarter: booting slot A", pos, 180)
+    check(m is not None, "the broken slot A is tried")
+    slot, secs = g.wait_healthy(600)
+    check(slot == "B", "health gate rejects slot A; the gateway returns to slot B by itself", f"slot {slot}")
+    FIGURES["rollback_s"] = secs
+    check(g.ok("cat /data/test-marker").strip() == marker, "/data survives the rollback")
+    check(g.ok("sha256sum /data/smarter/provision/record.toml").split()[0] == record,
+          "provisioning applied once (record unchanged after more boots)")
+
+    # ---- power cuts during installs
+    points = kill_points(phases, kills)
+    for i, (label, pattern, delay) in enumerate(points, 1):
+        g.ok("mkdir -p /mnt && mount -t 9p -o trans=virtio,ro host /mnt")
+        before = g.booted_slot()
+        t0 = time.monotonic()
+        seen = {"hit": False}
+
+        def cut(line: str, pattern=pattern) -> bool:
+            if re.search(pattern, line):
+                seen["hit"] = True
+                return True
+            return False
+
+        if pattern == "reboot":
+            rc, out, _ = install(g, "update.raucb", 900)
+            g.reboot()
+            time.sleep(delay)
+            seen["hit"] = rc == 0
+        else:
+            rc, out, _ = install(g, "update.raucb", 900, cut)
+            if delay:
+                time.sleep(delay)
+        g.kill()
+        check(seen["hit"], f"power cut {i} ({label}): reached the point", out[-300:])
+        g.start()
+        slot, secs = g.wait_healthy(600)
+        check(slot in ("A", "B"), f"power cut {i} ({label}): a good slot boots (was {before}, now {slot})")
+        rc, out = g.sh("cat /data/test-marker")
+        check(out.strip() == marker, f"power cut {i} ({label}): /data intact")
+
+
+def kill_points(phases: dict[str, float], n: int) -> list[tuple[str, str, float]]:
+    """(label, pattern in rauc's output, seconds to wait after it) for each power cut."""
+    copy = max(phases.get("copied", 0) - phases.get("copy", 0), 1.0)
+    points = [
+        ("while verifying the bundle", r"Checking bundle", 0.0),
+        ("as the slot write starts", r"Copying image", 0.0),
+        ("half-way through the slot write", r"Copying image", copy * 0.5),
+        ("at the end of the slot write", r"Copying image", copy * 0.9),
+        ("right after the install, before the reboot", r"succeeded", 0.0),
+        ("during the first boot of the new slot", "reboot", 20.0),
+    ]
+    return points[: max(n, 0)] if n <= len(points) else points
+
+
+if __name__ == "__main__":
+    sys.exit(main())
