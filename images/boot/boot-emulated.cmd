@@ -53,7 +53,9 @@ fatwrite virtio 0:1 ${smarter_env_addr} smarter-env.txt ${filesize}
 load virtio 0:${smarter_rootpart} ${kernel_addr_r} /vmlinuz
 load virtio 0:${smarter_rootpart} ${ramdisk_addr_r} /initrd.img
 setenv smarter_initrd_size ${filesize}
-setenv bootargs "console=ttyAMA0 root=/dev/vda${smarter_rootpart} rootfstype=ext4 rootwait ro panic=5 rauc.slot=${smarter_slot} ${smarter_extra_args}"
+# apparmor=0: Debian's kernel enables AppArmor, but the image has no apparmor_parser for Docker's
+# default profile (containers would not start).
+setenv bootargs "console=ttyAMA0 root=/dev/vda${smarter_rootpart} rootfstype=ext4 rootwait ro panic=5 apparmor=0 rauc.slot=${smarter_slot} ${smarter_extra_args}"
 booti ${kernel_addr_r} ${ramdisk_addr_r}:${smarter_initrd_size} ${fdtcontroladdr}
 echo "smarter: booting slot ${smarter_slot} failed"
 reset

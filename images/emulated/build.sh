@@ -76,8 +76,10 @@ fi
 
 # Staging on tmpfs: its directory order is creation order, so mkfs.ext4 -d lays out inodes
 # the same way on every run (a host ext4 directory's order depends on its hash seed).
-stage=$(mktemp -d /dev/shm/smarter-emulated.XXXXXX)
-trap 'rm -rf "$stage"' EXIT
+# noatime: mkfs.ext4 -d copies each file's atime, and reading a file would change it.
+stage=$(mktemp -d /tmp/smarter-emulated.XXXXXX)
+mount -t tmpfs -o noatime,mode=0755,size=3g tmpfs "$stage"
+trap 'umount "$stage"; rmdir "$stage"' EXIT
 tree=$stage/root
 mkdir "$tree"
 tar -C "$tree" --numeric-owner --xattrs --xattrs-include='*' -xpf "$rootfs_tar"

@@ -19,15 +19,28 @@ INITRD_MODULES=(virtio_mmio virtio_blk ext4)
 
 for kdir in "$tree"/usr/lib/modules/*; do
     kver=${kdir##*/}
-    mkdir "$kdir/keep"
-    for m in "${KEEP_MODULES[@]}"; do
-        [ -e "$kdir/$m" ] || continue
-        mkdir -p "$kdir/keep/$(dirname "$m")"
-        mv "$kdir/$m" "$kdir/keep/$m"
-    done
-    rm -rf "$kdir/kernel"
-    mv "$kdir/keep/kernel" "$kdir/kernel"
-    rmdir "$kdir/keep"
+    # Keep the listed directories and everything their modules depend on (modules.dep, as
+    # Debian built it), so that e.g. dm-mod keeps dax.
+    python3 - "$kdir" "${KEEP_MODULES[@]}" <<'PY'
+import os, sys
+kdir, keep = sys.argv[1], sys.argv[2:]
+deps = {}
+with open(os.path.join(kdir, "modules.dep")) as f:
+    for line in f:
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+wanted = {m for m in deps if any(m == k or m.startswith(k.rstrip("/") + "/") for k in keep)}
+todo = list(wanted)
+while todo:
+    for d in deps.get(todo.pop(), []):
+        if d not in wanted:
+            wanted.add(d)
+            todo.append(d)
+for m in deps:
+    if m not in wanted:
+        os.remove(os.path.join(kdir, m))
+PY
+    find "$kdir/kernel" -type d -empty -delete
     chroot "$tree" depmod -a "$kver"
 done
 

@@ -74,7 +74,7 @@ class Guest:
             self.sock_path.unlink()
         cmd = [
             "qemu-system-aarch64", "-M", "virt", "-cpu", "max", "-smp", "2", "-m", "1024",
-            "-display", "none", "-monitor", "none", "-bios", str(UBOOT),
+            "-display", "none", "-monitor", "none", "-nic", "none", "-bios", str(UBOOT),
             "-drive", f"if=none,file={self.disk},format=raw,id=hd0",
             "-device", "virtio-blk-device,drive=hd0",
             "-chardev", f"file,id=con,path={self.console},append=on", "-serial", "chardev:con",
@@ -299,6 +299,10 @@ def main() -> int:
         'node_name = "gw-test-0001"\n\n[node_labels]\n"example.com/site" = "ci"\n')
     fat_put(disk, share / "bad-provision.toml", "smarter-provision.toml")
 
+    FIGURES["image_apparent_mib"] = (out / "disk.img").stat().st_size / 2**20
+    FIGURES["image_allocated_mib"] = (out / "disk.img").stat().st_blocks * 512 / 2**20
+    FIGURES["rootfs_slot_image_mib"] = (out / "rootfs.ext4").stat().st_size / 2**20
+    FIGURES["bundle_mib"] = (out / "update.raucb").stat().st_size / 2**20
     g = Guest(disk, work, share)
     try:
         run(g, args.kills)
@@ -338,6 +342,9 @@ def run(g: Guest, kills: int) -> None:
     check(rc == 0 and "smarter-devices/" in out, "device manager lists devices", out[-300:])
     rc, out = g.sh("docker image ls --format '{{.Repository}}:{{.Tag}}'")
     check(rc == 0 and "smarter-dns" in out, "container images pre-loaded into Docker", out[-300:])
+    image = next((l.strip() for l in out.splitlines() if "smarter-dns" in l), "")
+    rc, out = g.sh(f"docker run --rm --read-only {image} --version", 180)
+    check(rc == 0 and "smarter-dns" in out, "an app container runs under Docker", out[-300:])
     console = g.console_text()
     check("smarter-provision.toml" in console and "node_name" in console and "nothing was applied" in console,
           "malformed provisioning file: message on the console")
