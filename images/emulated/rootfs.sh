@@ -30,7 +30,10 @@ PACKAGES=(
 )
 # Two cached tarballs: the packages as mmdebstrap installed them (slow: minutes under
 # qemu-user), and that tree after rootfs-customize.sh (module pruning, one initramfs).
-base_key=$( { cat "$0"; echo "$MIRROR $SUITE"; } | sha256sum | cut -c1-16)
+# The base key covers what mmdebstrap's output depends on: suite, mirror, epoch, packages and
+# the mmdebstrap command (the lines from "nice mmdebstrap" to the mirror argument).
+base_key=$( { echo "$MIRROR $SUITE $SOURCE_DATE_EPOCH ${PACKAGES[*]}"
+    sed -n '/^nice mmdebstrap/,/"\$SUITE" "\$tmp" "\$MIRROR"/p' "$0"; } | sha256sum | cut -c1-16)
 key=$( { echo "$base_key"; cat "$HERE/rootfs-customize.sh"; } | sha256sum | cut -c1-16)
 if [ "${1:-}" = "--key" ]; then echo "$key"; exit 0; fi
 
@@ -44,6 +47,7 @@ for t in mmdebstrap arch-test; do
 done
 if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
     [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    update-binfmts --import qemu-aarch64 2>/dev/null || true
     update-binfmts --enable qemu-aarch64
 fi
 mkdir -p "$cache"
@@ -75,5 +79,7 @@ tar -C "$tree" --numeric-owner --xattrs --xattrs-include='*' --sort=name --mtime
     --clamp-mtime --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime -cf "$out.tmp" .
 mv "$out.tmp" "$out"
 rm -rf "$tree"
+# Keep the cache to the current pair.
+find "$cache" -maxdepth 1 \( -name 'rootfs-*.tar' ! -name "rootfs-$key.tar" -o -name 'base-*.tar' ! -name "base-$base_key.tar" \) -delete
 trap - EXIT
 echo "$out"

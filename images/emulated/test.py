@@ -274,7 +274,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--out", type=Path, default=ROOT / "out/emulated")
     ap.add_argument("--work", type=Path)
-    ap.add_argument("--kills", type=int, default=5, help="power cuts during installs (at least 5 by default)")
+    ap.add_argument("--kills", type=int, default=int(os.environ.get("SMARTER_IMAGES_KILLS", "5")),
+                    help="power cuts during installs (default 5, at most 6; SMARTER_IMAGES_KILLS)")
     args = ap.parse_args()
     missing = tools_missing()
     if missing:
@@ -442,11 +443,11 @@ def kill_points(phases: dict[str, float], n: int) -> list[tuple[str, str, float]
     copy = max(phases.get("copied", 0) - phases.get("copy", 0), 1.0)
     points = [
         ("while verifying the bundle", r"Checking bundle", 0.0),
-        ("as the slot write starts", r"Copying image", 0.0),
         ("half-way through the slot write", r"Copying image", copy * 0.5),
         ("at the end of the slot write", r"Copying image", copy * 0.9),
         ("right after the install, before the reboot", r"succeeded", 0.0),
         ("during the first boot of the new slot", "reboot", 20.0),
+        ("as the slot write starts", r"Copying image", 0.0),
     ]
     return points[: max(n, 0)] if n <= len(points) else points
 
