@@ -1,0 +1,38 @@
+SUMMARY = "Persistent /data partition layout of the SMARTER gateway"
+DESCRIPTION = "Mount units for the data partition (from images/systemd/ of \
+this repository) and the links from the read-only root filesystem to the \
+state kept on /data: k3s's configuration and token, k3s's, containerd's \
+and docker's runtime state."
+LICENSE = "MIT"
+LIC_FILES_CHKSUM = "file://${COREBASE}/meta/COPYING.MIT;md5=3da9cfbcb788c80a0384361b4de20420"
+
+inherit smarter-source allarch
+
+INHIBIT_DEFAULT_DEPS = "1"
+do_configure[noexec] = "1"
+do_compile[noexec] = "1"
+
+# rootfs path -> where it lives on the data partition
+SMARTER_DATA_LINKS ??= " \
+    ${sysconfdir}/rancher:/data/etc/rancher \
+    ${localstatedir}/lib/rancher:/data/var/lib/rancher \
+    ${localstatedir}/lib/containerd:/data/var/lib/containerd \
+    ${localstatedir}/lib/docker:/data/var/lib/docker \
+"
+
+do_install() {
+    install -d ${D}/data ${D}${systemd_system_unitdir}/local-fs.target.wants
+    for unit in ${SMARTER_TREE}/images/systemd/*.mount; do
+        [ -e "$unit" ] || continue
+        install -m 0644 "$unit" ${D}${systemd_system_unitdir}/
+        ln -sf ../$(basename "$unit") ${D}${systemd_system_unitdir}/local-fs.target.wants/$(basename "$unit")
+    done
+    for link in ${SMARTER_DATA_LINKS}; do
+        path=${link%%:*}
+        target=${link#*:}
+        install -d ${D}$(dirname $path)
+        ln -sfn $target ${D}$path
+    done
+}
+
+FILES:${PN} = "/data ${systemd_system_unitdir} ${sysconfdir}/rancher ${localstatedir}/lib"
