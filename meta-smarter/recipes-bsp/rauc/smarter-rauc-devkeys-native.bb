@@ -3,12 +3,14 @@ DESCRIPTION = "Generates, at build time, a throw-away CA and a signing key \
 and certificate so that a build without your own PKI still produces signed \
 bundles and a matching keyring. Never use these for devices in the field: \
 set RAUC_KEY_FILE, RAUC_CERT_FILE and RAUC_KEYRING_FILE to your own."
+HOMEPAGE = "https://github.com/smarter-project/smarter"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COREBASE}/meta/COPYING.MIT;md5=3da9cfbcb788c80a0384361b4de20420"
 
-inherit native
 DEPENDS = "openssl-native"
 INHIBIT_DEFAULT_DEPS = "1"
+
+inherit native
 
 SMARTER_RAUC_DEVKEY_SUBJECT ??= "/O=SMARTER development/CN=SMARTER development"
 

@@ -2,6 +2,7 @@ SUMMARY = "RAUC update bundle of smarter-gateway-image"
 DESCRIPTION = "A signed verity bundle carrying the root filesystem slot of \
 smarter-gateway-image. Signed with RAUC_KEY_FILE/RAUC_CERT_FILE (by default \
 the development key generated at build time)."
+HOMEPAGE = "https://github.com/smarter-project/smarter"
 LICENSE = "MIT"
 
 inherit bundle

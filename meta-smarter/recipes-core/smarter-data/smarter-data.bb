@@ -3,10 +3,11 @@ DESCRIPTION = "Mount units for the data partition (from images/systemd/ of \
 this repository) and the links from the read-only root filesystem to the \
 state kept on /data: k3s's configuration and token, k3s's, containerd's \
 and docker's runtime state."
+HOMEPAGE = "https://github.com/smarter-project/smarter"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COREBASE}/meta/COPYING.MIT;md5=3da9cfbcb788c80a0384361b4de20420"
 
-inherit smarter-source allarch
+inherit smarter_source allarch
 
 INHIBIT_DEFAULT_DEPS = "1"
 do_configure[noexec] = "1"

@@ -3,13 +3,14 @@ DESCRIPTION = "The OCI archives of the smarter-*-container images, installed \
 read-only under /usr/share/smarter/airgap and linked into \
 /var/lib/rancher/k3s/agent/images/ at boot, so k3s imports them on first \
 start and the gateway pulls nothing."
+HOMEPAGE = "https://github.com/smarter-project/smarter"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COREBASE}/meta/COPYING.MIT;md5=3da9cfbcb788c80a0384361b4de20420"
 
-# The archives are built for this machine's architecture.
-PACKAGE_ARCH = "${MACHINE_ARCH}"
 INHIBIT_DEFAULT_DEPS = "1"
 DEPENDS = "jq-native"
+# The archives are built for this machine's architecture.
+PACKAGE_ARCH = "${MACHINE_ARCH}"
 
 SMARTER_AIRGAP_IMAGES ??= "device-manager cni dns debug-agent"
 SMARTER_IMAGE_REPO ??= "ghcr.io/smarter-project"
@@ -32,7 +33,7 @@ do_install() {
         # containerd names an imported image after the index's
         # io.containerd.image.name annotation: give it the full name the
         # DaemonSet asks for (the class only sets the bare tag).
-        rm -rf ${B}/$i && mkdir -p ${B}/$i && tar -xf "$src" -C ${B}/$i
+        rm -rf ${B}/$i && install -d ${B}/$i && tar -xf "$src" -C ${B}/$i
         jq --arg n "${SMARTER_IMAGE_REPO}/smarter-$i:${SMARTER_IMAGE_VERSION}" \
             '.manifests |= map(.annotations["io.containerd.image.name"] = $n)' \
             ${B}/$i/index.json > ${B}/$i/index.json.new

@@ -1,4 +1,5 @@
 SUMMARY = "Container image of smarter-cni (cni DaemonSet)"
+DESCRIPTION = "The smarter-cni package and the libraries it links, as an OCI image for k3s's air-gap directory."
+HOMEPAGE = "https://github.com/smarter-project/smarter"
 SMARTER_CONTAINER_PACKAGE = "smarter-cni"
-SMARTER_CONTAINER_ENTRYPOINT = "/opt/cni/bin/smarter-cni"
 require smarter-container.inc

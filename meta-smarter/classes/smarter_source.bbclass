@@ -1,4 +1,4 @@
-# smarter-source: fetch this repository (the one the layer is in) at a pinned
+# smarter_source: fetch this repository (the one the layer is in) at a pinned
 # commit. The layer lives in the same repository as the sources it builds, so
 # by default recipes fetch, with git over the file protocol, the commit that
 # the layer's own checkout is at: pinning the layer pins the sources, no
@@ -8,7 +8,6 @@
 #   SMARTER_SRCREV = "<40-hex commit>"
 # AUTOREV is refused: a build names its commit. Uncommitted changes in the
 # checkout are not built (commit first).
-SMARTER_SRC_DIR ??= "${@os.path.normpath(os.path.join(d.getVar('SMARTER_LAYERDIR'), '..'))}"
 SMARTER_GIT_URI ??= "git://${SMARTER_SRC_DIR};protocol=file;nobranch=1"
 SMARTER_SRCREV ??= "${@smarter_checkout_rev(d)}"
 

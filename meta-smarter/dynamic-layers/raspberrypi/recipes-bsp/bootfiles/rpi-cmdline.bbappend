@@ -1,0 +1,3 @@
+# k3s needs the memory cgroup, which the Raspberry Pi kernel disables by
+# default: the most common reason a k3s agent fails on a Pi.
+CMDLINE:append = " cgroup_enable=cpuset cgroup_enable=memory cgroup_memory=1"
