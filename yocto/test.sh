@@ -44,7 +44,7 @@ fi
 grep -q "stale: crate://" "$tmp/err"
 # The committed .inc without its first crate: one is missing.
 awk 'BEGIN{d=0} /crate:\/\// && !d {d=1; next} {print}' \
-    meta-smarter/recipes-smarter/smarter/smarter-crates.inc >"$tmp/crates.inc"
+    meta-smarter/recipes-smarter/smarter-workspace/smarter-workspace-crates.inc >"$tmp/crates.inc"
 if $py meta-smarter/scripts/crates-inc.py --check --output "$tmp/crates.inc" 2>"$tmp/err"; then
     echo "crates-inc.py --check passed with a crate missing from the .inc" >&2; exit 1
 fi

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Generate or check meta-smarter's smarter-crates.inc from Cargo.lock.
+"""Generate or check meta-smarter's smarter-workspace-crates.inc from Cargo.lock.
 
 The output is byte for byte what oe-core's cargo-update-recipe-crates class
-(`bitbake -c update_crates smarter`) writes for a source tree whose only
+(`bitbake -c update_crates smarter-workspace`) writes for a source tree whose only
 Cargo.lock is the workspace's: a `crate://crates.io/<name>/<version>` entry in
 SRC_URI for every locked package from crates.io, in Cargo.lock order, and its
 sha256 checksum. It runs without bitbake, so whoever changes Cargo.lock can
@@ -19,8 +19,8 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-INC = ROOT / "meta-smarter/recipes-smarter/smarter/smarter-crates.inc"
-PN = "smarter"
+INC = ROOT / "meta-smarter/recipes-smarter/smarter-workspace/smarter-workspace-crates.inc"
+PN = "smarter-workspace"
 
 
 def crates_block(lock: Path, lock_src_dir: Path) -> str | None:

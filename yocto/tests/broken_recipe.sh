@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 machine=${1:-qemuarm64}
-append=meta-smarter/recipes-smarter/smarter/smarter_%.bbappend
+append=meta-smarter/recipes-smarter/smarter-workspace/smarter-workspace_%.bbappend
 if [ -e "$append" ]; then
     echo "broken_recipe.sh: $append exists already; refusing to overwrite it" >&2
     exit 1

@@ -10,5 +10,5 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7ca
 
 require smarter-source.inc
 require smarter-rust.inc
-require smarter-crates.inc
+require smarter-workspace-crates.inc
 require smarter-packages.inc
