@@ -15,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-APT_PACKAGES=(gawk wget git diffstat unzip texinfo gcc build-essential chrpath socat cpio
+APT_PACKAGES=(gawk wget git rsync diffstat unzip texinfo gcc build-essential chrpath socat cpio
     python3 python3-pip python3-venv python3-pexpect xz-utils debianutils iputils-ping
     python3-git python3-jinja2 python3-subunit zstd lz4 file locales libacl1)
 missing=()
