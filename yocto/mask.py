@@ -93,7 +93,7 @@ def main() -> int:
         for d, files in by_dir.items():
             entries = []
             for f in files:
-                if repo.name in args.keep_repo:
+                if repo.name in args.keep_repo and f.suffix == ".bb":
                     keep = True
                 elif f.suffix == ".bb":
                     keep = f.name.removesuffix(".bb") in kept_names

@@ -1,7 +1,9 @@
-# The gateway runs k3s as an agent only. Its configuration
-# (/etc/rancher/k3s/config.yaml and the token file, both on /data) is written
-# by first-boot provisioning (smarter-provision), which then enables and
-# starts the unit; until then the agent has nothing to join.
+# The gateway runs k3s as an agent only. The unit is enabled in the image
+# (the root filesystem is read-only); a drop-in from images/systemd/
+# (installed by smarter-data) starts it only once first-boot provisioning
+# has written /data/etc/rancher/k3s/config.yaml and the token and recorded
+# that it did.
+SYSTEMD_AUTO_ENABLE:${PN}-agent = "enable"
 # CNI: the server runs with flannel-backend=none, so k3s's containerd uses
 # /opt/cni/bin and /etc/cni/net.d, where smarter-cni is installed.
-RRECOMMENDS:${PN}-agent += "smarter-cni"
+RRECOMMENDS:${PN}-agent += "smarter-cni smarter-data"

@@ -1,6 +1,6 @@
 SUMMARY = "Persistent /data partition layout of the SMARTER gateway"
-DESCRIPTION = "Mount units for the data partition (from images/systemd/ of \
-this repository) and the links from the read-only root filesystem to the \
+DESCRIPTION = "Mount units for the data partition and drop-ins for k3s's \
+agent unit (from images/systemd/ of this repository), and the links from the read-only root filesystem to the \
 state kept on /data: k3s's configuration and token, k3s's, containerd's \
 and docker's runtime state."
 HOMEPAGE = "https://github.com/smarter-project/smarter"
@@ -27,6 +27,12 @@ do_install() {
         [ -e "$unit" ] || continue
         install -m 0644 "$unit" ${D}${systemd_system_unitdir}/
         ln -sf ../$(basename "$unit") ${D}${systemd_system_unitdir}/local-fs.target.wants/$(basename "$unit")
+    done
+    # Drop-ins for k3s's agent unit (e.g. wait for /data and provisioning).
+    for dropin in ${SMARTER_TREE}/images/systemd/k3s-agent.service.d/*.conf; do
+        [ -e "$dropin" ] || continue
+        install -d ${D}${systemd_system_unitdir}/k3s-agent.service.d
+        install -m 0644 "$dropin" ${D}${systemd_system_unitdir}/k3s-agent.service.d/
     done
     for link in ${SMARTER_DATA_LINKS}; do
         path=${link%%:*}
