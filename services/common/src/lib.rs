@@ -14,6 +14,8 @@
 //!   `--log-level`).
 //! * `generated` (feature `test-util`, tests only): checks that committed
 //!   gRPC code is what `tonic-prost-build` makes from its `.proto` today.
+//! * `testing` (feature `test-util`, tests only): skip a test whose peer or
+//!   privilege is missing, or fail it when CI requires every peer.
 //!
 //! Nothing else belongs here: a module moves in only when a second service
 //! needs it.
@@ -27,3 +29,5 @@ pub mod generated;
 pub mod logging;
 pub mod records;
 pub mod signals;
+#[cfg(feature = "test-util")]
+pub mod testing;

@@ -217,7 +217,9 @@ fn api_speaks_https_when_given_a_certificate() {
             .is_ok()
     };
     if !have("openssl") || !have("curl") {
-        eprintln!("SKIP: openssl and curl are needed to make and check a certificate");
+        smarter_common::testing::skip(
+            "openssl and curl are needed to make and check a certificate",
+        );
         return;
     }
     let certs = tempfile::tempdir().unwrap();

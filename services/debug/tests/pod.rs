@@ -105,7 +105,7 @@ fn child_of(parent: u32) -> Option<u32> {
 #[test]
 fn pod_session_lands_in_the_pods_namespaces() {
     if !is_root() {
-        eprintln!("SKIP: pod sessions need root (setns)");
+        smarter_common::testing::skip("pod sessions need root (setns)");
         return;
     }
     if !have_openssh() {
@@ -126,7 +126,7 @@ fn pod_session_lands_in_the_pods_namespaces() {
 #[test]
 fn pod_found_in_containerd_task_state() {
     if !is_root() {
-        eprintln!("SKIP: pod sessions need root (setns)");
+        smarter_common::testing::skip("pod sessions need root (setns)");
         return;
     }
     if !have_openssh() {
@@ -239,7 +239,7 @@ fn check_pod_sessions(w: &mut World, extra: &str) {
 #[test]
 fn host_sessions_enter_the_configured_host_namespaces() {
     if !is_root() {
-        eprintln!("SKIP: entering namespaces needs root (setns)");
+        smarter_common::testing::skip("entering namespaces needs root (setns)");
         return;
     }
     if !have_openssh() {

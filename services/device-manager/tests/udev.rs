@@ -16,17 +16,17 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// udevd with `rules`, or print why the test skips.
 fn udevd(test: &str, rules: &str) -> Option<Udevd> {
     if !cfg!(feature = "udev") {
-        println!("SKIP {test}: built without the udev feature");
+        smarter_common::testing::skip(format!("{test}: built without the udev feature"));
         return None;
     }
     if !std::path::Path::new("/dev/loop-control").exists() {
-        println!("SKIP {test}: no /dev/loop-control (loop driver)");
+        smarter_common::testing::skip(format!("{test}: no /dev/loop-control (loop driver)"));
         return None;
     }
     match Udevd::ensure(rules) {
         Ok(u) => Some(u),
         Err(why) => {
-            println!("SKIP {test}: {why}");
+            smarter_common::testing::skip(format!("{test}: {why}"));
             None
         }
     }

@@ -329,16 +329,16 @@ fn poll(
 #[test]
 fn pods_find_each_other_by_name_through_cni_records() -> TestResult {
     if !is_root() {
-        eprintln!("SKIP: needs root (network namespaces, bridge, nftables, port 53)");
+        smarter_common::testing::skip("needs root (network namespaces, bridge, nftables, port 53)");
         return Ok(());
     }
     let Some(cni) = cni_bin() else {
-        eprintln!("SKIP: smarter-cni not built (run cargo test --workspace)");
+        smarter_common::testing::skip("smarter-cni not built (run cargo test --workspace)");
         return Ok(());
     };
     for tool in ["ip", "nft", "ping", "dig", "getent", "dnsmasq"] {
         if !have(tool) {
-            eprintln!("SKIP: needs {tool}");
+            smarter_common::testing::skip(format!("needs {tool}"));
             return Ok(());
         }
     }

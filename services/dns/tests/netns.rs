@@ -71,7 +71,7 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 #[test]
 fn binary_serves_cluster_dns_address_and_bridge_only() -> TestResult {
     if !is_root() || !have("ip") || !have("dig") || !have("dnsmasq") {
-        eprintln!("SKIP: needs root, ip, dig and dnsmasq");
+        smarter_common::testing::skip("needs root, ip, dig and dnsmasq");
         return Ok(());
     }
     let ns = Netns::new("bin")?;

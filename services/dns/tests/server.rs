@@ -289,7 +289,7 @@ fn free_port() -> Result<u16, std::io::Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_caches_and_fails_over_to_dnsmasq() -> TestResult {
     if !have("dnsmasq") {
-        eprintln!("SKIP: dnsmasq not installed");
+        smarter_common::testing::skip("dnsmasq not installed");
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -350,7 +350,7 @@ async fn forwards_caches_and_fails_over_to_dnsmasq() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolv_conf_change_switches_upstream() -> TestResult {
     if !have("dnsmasq") {
-        eprintln!("SKIP: dnsmasq not installed");
+        smarter_common::testing::skip("dnsmasq not installed");
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -494,7 +494,7 @@ fn ttls(answer: &[u8]) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_questions_replay_exact_answers() -> TestResult {
     if !have("dnsmasq") {
-        eprintln!("SKIP: dnsmasq not installed");
+        smarter_common::testing::skip("dnsmasq not installed");
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

@@ -23,7 +23,7 @@ pub fn can_run() -> bool {
         })
         .unwrap_or(false);
     if !root {
-        eprintln!("SKIP: needs root (network namespaces, bridges, nftables)");
+        smarter_common::testing::skip("needs root (network namespaces, bridges, nftables)");
         return false;
     }
     for tool in ["ip", "nft", "ping"] {

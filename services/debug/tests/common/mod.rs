@@ -14,14 +14,16 @@ pub const TOKEN: &str = "test-admin-token";
 pub fn have_openssh() -> bool {
     for tool in ["ssh", "ssh-keygen", "scp"] {
         if Command::new(tool).arg("-V").output().is_err() && which(tool).is_none() {
-            eprintln!("SKIP: {tool} not installed (apt-get install openssh-client)");
+            smarter_common::testing::skip(format!(
+                "{tool} not installed (apt-get install openssh-client)"
+            ));
             return false;
         }
     }
     if !Path::new("/usr/lib/openssh/sftp-server").exists() {
-        eprintln!(
-            "SKIP: /usr/lib/openssh/sftp-server missing (apt-get install openssh-sftp-server)"
-        );
+        smarter_common::testing::skip(format!(
+            "/usr/lib/openssh/sftp-server missing (apt-get install openssh-sftp-server)"
+        ));
         return false;
     }
     true

@@ -141,7 +141,7 @@ pub fn binary(test: &str) -> Result<Option<PathBuf>, String> {
                     "{test}: the grpc-go kubelet is required (CI or SMARTER_REQUIRE_PEERS set) but {why}"
                 ));
             }
-            println!("SKIP {test}: {why}");
+            smarter_common::testing::skip(format!("{test}: {why}"));
             Ok(None)
         }
     }

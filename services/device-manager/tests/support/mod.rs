@@ -80,7 +80,9 @@ pub fn can_mknod(test: &str) -> bool {
     match mknod(&t.path().join("probe"), 1, 3) {
         Ok(()) => true,
         Err(e) => {
-            println!("SKIP {test}: cannot mknod ({e}); run as root (CI does)");
+            smarter_common::testing::skip(format!(
+                "{test}: cannot mknod ({e}); run as root (CI does)"
+            ));
             false
         }
     }
