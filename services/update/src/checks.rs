@@ -31,6 +31,14 @@ pub enum Failure {
         /// The status it gave, or the connection error.
         detail: String,
     },
+    /// Every check passed, but not for `stable_s` without a break before the
+    /// deadline (the failures that broke the run are reported beside it).
+    Unstable {
+        /// How long the checks had been passing without a break.
+        passing_ms: u64,
+        /// How long they must.
+        required_s: u64,
+    },
     /// The container runtime did not answer.
     Runtime {
         /// `docker` or `containerd`.
@@ -47,6 +55,15 @@ impl fmt::Display for Failure {
         match self {
             Failure::Unit { name, state } => write!(f, "unit {name} is {state}, not active"),
             Failure::Http { url, detail } => write!(f, "endpoint {url}: {detail}, not 200"),
+            Failure::Unstable {
+                passing_ms,
+                required_s,
+            } => write!(
+                f,
+                "checks passing for only {:.1} s without a break, {required_s} s required \
+                 (a unit restarting?)",
+                *passing_ms as f64 / 1000.0
+            ),
             Failure::Runtime {
                 kind,
                 socket,

@@ -60,6 +60,10 @@ pub struct Config {
     pub deadline_s: u64,
     /// Milliseconds between two rounds of checks.
     pub interval_ms: u64,
+    /// Seconds every check must keep passing, round after round, before the
+    /// slot counts as healthy: a crash-looping unit is `active` for a moment
+    /// between restarts, and must not be taken for a healthy one.
+    pub stable_s: u64,
     /// Timeout of one HTTP or runtime check, milliseconds.
     pub check_timeout_ms: u64,
     /// systemd units that must be `active`.
@@ -97,6 +101,7 @@ impl Default for Config {
         Self {
             deadline_s: 300,
             interval_ms: 2000,
+            stable_s: 30,
             check_timeout_ms: 2000,
             units: argv(&["k3s-agent.service"]),
             http: Vec::new(),
@@ -128,6 +133,13 @@ impl Validate for Config {
                 "interval_ms",
                 self.interval_ms,
                 "must be 10 to 60000 milliseconds",
+            ));
+        }
+        if self.stable_s >= self.deadline_s {
+            return Err(Invalid::new(
+                "stable_s",
+                self.stable_s,
+                "must be less than deadline_s (0 = one passing round is enough)",
             ));
         }
         if !(10..=60_000).contains(&self.check_timeout_ms) {

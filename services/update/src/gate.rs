@@ -77,17 +77,42 @@ pub trait Report {
     fn line(&mut self, error: bool, text: &str);
 }
 
-/// Poll the checks until all pass or the deadline passes. Returns the
-/// failures of the last round (empty = healthy) and the time taken.
+/// Poll the checks until all have passed, round after round, for
+/// `stable_s`, or the deadline passes. Returns what was unhealthy (empty =
+/// healthy) and the time taken. At the deadline that is the last round's
+/// failures or, when the last round passed but not for long enough, the
+/// failures of the last round that did not, and [`Failure::Unstable`].
 pub fn wait_healthy(config: &Config) -> (Vec<Failure>, Duration) {
     let start = Instant::now();
     let deadline = Duration::from_secs(config.deadline_s);
+    let stable = Duration::from_secs(config.stable_s);
     let interval = Duration::from_millis(config.interval_ms);
+    let mut passing_since: Option<Instant> = None;
+    let mut last_broken: Vec<Failure> = Vec::new();
     loop {
         let failures = checks::run_all(config);
-        let elapsed = start.elapsed();
-        if failures.is_empty() || elapsed >= deadline {
-            return (failures, elapsed);
+        let now = Instant::now();
+        let elapsed = now.duration_since(start);
+        if failures.is_empty() {
+            let since = *passing_since.get_or_insert(now);
+            if now.duration_since(since) >= stable {
+                return (failures, elapsed);
+            }
+            if elapsed >= deadline {
+                let mut unhealthy = last_broken;
+                unhealthy.push(Failure::Unstable {
+                    passing_ms: u64::try_from(now.duration_since(since).as_millis())
+                        .unwrap_or(u64::MAX),
+                    required_s: config.stable_s,
+                });
+                return (unhealthy, elapsed);
+            }
+        } else {
+            passing_since = None;
+            if elapsed >= deadline {
+                return (failures, elapsed);
+            }
+            last_broken = failures.clone();
         }
         tracing::debug!(
             failing = failures.len(),

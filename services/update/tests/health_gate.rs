@@ -84,6 +84,7 @@ impl Gateway {
         let mut keys: Vec<(String, String)> = [
             ("deadline_s", "1".to_string()),
             ("interval_ms", "100".to_string()),
+            ("stable_s", "0".to_string()),
             ("check_timeout_ms", "500".to_string()),
             (
                 "units",
@@ -288,6 +289,48 @@ fn waits_for_a_unit_that_becomes_active_before_the_deadline() {
     );
     assert_eq!(g.calls(), ["mark-good"]);
     assert!(g.state().contains("last_good_slot = \"B\""));
+}
+
+/// A unit that crash-loops is `active` for moments between restarts; checks
+/// that pass only now and then are not a healthy slot.
+#[test]
+fn a_crash_looping_unit_is_not_healthy() {
+    let g = Gateway::new("B");
+    g.last_good("A");
+    g.unit("smarter-dns.service", "active");
+    g.unit("smarter-device-manager.service", "active");
+    let config = g.config("deadline_s = 3\nstable_s = 1");
+    let units = g.path("units/smarter-dns.service");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = std::sync::Arc::clone(&stop);
+    let restarts = std::thread::spawn(move || {
+        let mut n = 0u32;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let state = if n % 4 == 3 {
+                "activating\n"
+            } else {
+                "active\n"
+            };
+            std::fs::write(&units, state)?;
+            std::thread::sleep(Duration::from_millis(150));
+            n += 1;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let out = g.run(&config);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(restarts.join().is_ok_and(|r| r.is_ok()));
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a crash-looping unit passed the gate"
+    );
+    assert_eq!(g.calls(), ["mark-bad", "reboot"]);
+    let console = g.console();
+    assert!(
+        console.contains("without a break"),
+        "the console does not say the checks were unstable: {console}"
+    );
 }
 
 #[test]
