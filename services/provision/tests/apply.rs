@@ -241,13 +241,8 @@ fn a_stale_staging_dir_from_a_power_cut_is_discarded() {
 /// namespace (`unshare --uts`) so the host keeps its name. Needs root.
 #[test]
 fn sets_the_hostname_in_a_uts_namespace() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("CI").is_none() && std::env::var_os("SMARTER_REQUIRE_PEERS").is_none(),
-            "hostname test needs root under CI"
-        );
-        eprintln!("SKIP: sets_the_hostname_in_a_uts_namespace needs root");
+    if !smarter_common::testing::is_root() {
+        smarter_common::testing::skip("sets_the_hostname_in_a_uts_namespace needs root");
         return;
     }
     let g = Gateway::new();
