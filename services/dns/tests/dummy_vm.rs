@@ -215,10 +215,10 @@ fn dummy_interface_carries_the_cluster_dns_address_in_a_vm() -> TestResult {
     let (Some((kernel, dummy)), true, true, true) =
         (kernel, root, tools, cfg!(target_arch = "x86_64"))
     else {
-        smarter_common::testing::skip(format!(
+        smarter_common::testing::skip(
             "needs root, x86_64, qemu-system-x86_64, cpio and a /boot kernel with dummy.ko \
-             (apt-get install qemu-system-x86 cpio linux-image-amd64)"
-        ));
+             (apt-get install qemu-system-x86 cpio linux-image-amd64)",
+        );
         return Ok(());
     };
     let dir = tempfile::tempdir()?;

@@ -21,9 +21,9 @@ pub fn have_openssh() -> bool {
         }
     }
     if !Path::new("/usr/lib/openssh/sftp-server").exists() {
-        smarter_common::testing::skip(format!(
-            "/usr/lib/openssh/sftp-server missing (apt-get install openssh-sftp-server)"
-        ));
+        smarter_common::testing::skip(
+            "/usr/lib/openssh/sftp-server missing (apt-get install openssh-sftp-server)",
+        );
         return false;
     }
     true
