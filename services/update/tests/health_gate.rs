@@ -326,10 +326,13 @@ fn a_crash_looping_unit_is_not_healthy() {
         "a crash-looping unit passed the gate"
     );
     assert_eq!(g.calls(), ["mark-bad", "reboot"]);
+    // At the deadline the last round either failed (that failure is shown)
+    // or passed too briefly (shown as such, with the failure that broke the
+    // run): either way the console names the restarting unit.
     let console = g.console();
     assert!(
-        console.contains("without a break"),
-        "the console does not say the checks were unstable: {console}"
+        console.contains("unit smarter-dns.service is activating"),
+        "the console does not name the restarting unit: {console}"
     );
 }
 
