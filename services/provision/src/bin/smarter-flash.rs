@@ -18,7 +18,7 @@ const PROGRAM: &str = "smarter-flash";
 /// Exit status: 0 written and verified, 2 refused (nothing written),
 /// 1 failed while writing or verifying.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(name = "smarter-flash", version, about, long_about)]
 struct Cli {
     /// The image file (raw, or compressed with its bmap).
     #[arg(long, short = 'i', value_name = "IMAGE")]
