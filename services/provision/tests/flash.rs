@@ -55,6 +55,16 @@ fn can_run() -> bool {
     false
 }
 
+/// One test's hold on the loop devices and its fixture; `None` when the
+/// flasher tests cannot run here (`can_run` skipped, or failed under CI).
+fn start() -> Option<(std::sync::MutexGuard<'static, ()>, Fixture)> {
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !can_run() {
+        return None;
+    }
+    Some((serial, Fixture::new()))
+}
+
 fn sh(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -255,11 +265,9 @@ fn assert_refused(f: &Fixture, device: &Path, extra: &[&str], expected: &[&str])
 
 #[test]
 fn writes_verifies_and_provisions_a_loop_device() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !can_run() {
+    let Some((_serial, f)) = start() else {
         return;
-    }
-    let f = Fixture::new();
+    };
     let (_file, lo) = f.target("sd.img", 64);
     let prov = f.path("smarter-provision.toml");
     let out = f.flash(lo.path(), &["--provision", &prov.display().to_string()]);
@@ -310,11 +318,9 @@ fn writes_verifies_and_provisions_a_loop_device() {
 
 #[test]
 fn refuses_an_invalid_provisioning_file_without_writing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !can_run() {
+    let Some((_serial, f)) = start() else {
         return;
-    }
-    let f = Fixture::new();
+    };
     let (_file, lo) = f.target("sd.img", 64);
     let bad = f.path("bad-provision.toml");
     assert_refused(
@@ -330,11 +336,9 @@ fn refuses_an_invalid_provisioning_file_without_writing() {
 
 #[test]
 fn refuses_a_device_smaller_than_the_image_without_writing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !can_run() {
+    let Some((_serial, f)) = start() else {
         return;
-    }
-    let f = Fixture::new();
+    };
     let (_file, lo) = f.target("small.img", 32);
     assert_refused(
         &f,
@@ -349,11 +353,9 @@ fn refuses_a_device_smaller_than_the_image_without_writing() {
 
 #[test]
 fn refuses_a_device_with_a_mounted_partition_without_writing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !can_run() {
+    let Some((_serial, f)) = start() else {
         return;
-    }
-    let f = Fixture::new();
+    };
     let (file, lo) = f.target("sd.img", 64);
     // An earlier card: the image is already on it.
     sh(Command::new("dd")
@@ -493,11 +495,9 @@ fn refuses_the_disk_the_host_runs_from() {
 
 #[test]
 fn refuses_non_fat_boot_partition_and_non_devices_without_writing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !can_run() {
+    let Some((_serial, f)) = start() else {
         return;
-    }
-    let f = Fixture::new();
+    };
     let (file, lo) = f.target("sd.img", 64);
     let prov = f.path("smarter-provision.toml").display().to_string();
     assert_refused(
@@ -526,11 +526,9 @@ fn refuses_non_fat_boot_partition_and_non_devices_without_writing() {
 
 #[test]
 fn image_only_puts_the_file_into_an_image_for_uuu_or_tegraflash() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !can_run() {
+    let Some((_serial, f)) = start() else {
         return;
-    }
-    let f = Fixture::new();
+    };
     let img = f.path("gateway.img");
     let run = |prov: &str| {
         let out = Command::new(BIN)
@@ -596,11 +594,9 @@ fn image_only_puts_the_file_into_an_image_for_uuu_or_tegraflash() {
 /// change, and a bad provisioning file stops it before uuu runs.
 #[test]
 fn uuu_wrapper_provisions_a_copy_and_calls_uuu_emmc_all() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !can_run() {
+    let Some((_serial, f)) = start() else {
         return;
-    }
-    let f = Fixture::new();
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/flash/uuu.sh");
     let fake = f.path("uuu");
     std::fs::write(
