@@ -6,8 +6,9 @@
 #   - the kas lock files pin every layer (to the snapshot manifest's commits
 #     when SMARTER_YOCTO_LAYERS has one);
 #   - oelint-adv with meta-smarter/oelint.cfg;
-#   - the kernel fragment against check-config.sh, and that the comparison
-#     notices a missing option;
+#   - the kernel fragment against the options k3s's check-config.sh lists as
+#     generally necessary (yocto/tests/k3s-check-config.txt), and that the
+#     comparison notices a missing option;
 #   - yocto/check for all six machines, then a misspelt RDEPENDS makes it fail
 #     with bitbake's message.
 # SMARTER_YOCTO_LAYERS: directory with the pinned layer snapshots
@@ -70,7 +71,7 @@ OELINT_CONFIG=meta-smarter/oelint.cfg "$SMARTER_YOCTO_CACHE/venv/bin/oelint-adv"
     --jobs 1 $(find meta-smarter \( -name '*.bb' -o -name '*.bbappend' -o -name '*.bbclass' \) | sort)
 echo "oelint-adv: no findings"
 
-step "kernel fragment against check-config.sh"
+step "kernel fragment against k3s's check-config.sh list"
 $py yocto/tests/kernel_config.py
 grep -v '^CONFIG_MEMCG=' meta-smarter/recipes-kernel/linux/files/smarter-k3s.cfg >"$tmp/k3s.cfg"
 if $py yocto/tests/kernel_config.py --fragment "$tmp/k3s.cfg" 2>/dev/null; then
