@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI checks of meta-smarter and yocto/ (run as root by ./dev test):
 #   - the crates list in meta-smarter matches Cargo.lock exactly (and the
-#     check notices a missing and a stale crate), every locked crate's
+#     check notices a missing and a stale crate), the recipe's cargo features
+#     (the image's SQLite, every other default feature), every locked crate's
 #     declared rust-version is within Rust 1.94;
 #   - the kas lock files pin every layer (to the snapshot manifest's commits
 #     when SMARTER_YOCTO_LAYERS has one);
@@ -51,6 +52,7 @@ if $py meta-smarter/scripts/crates-inc.py --check --output "$tmp/crates.inc" 2>"
 fi
 grep -q "missing: crate://" "$tmp/err"
 echo "crates.inc: ok (and a missing and a stale crate are both reported)"
+$py yocto/tests/cargo_features.py
 
 step "rust-version of every locked crate"
 $py yocto/tests/msrv.py --rust 1.94.0
