@@ -1,18 +1,26 @@
 #!/usr/bin/env python3
 """Write yocto/include/mask-<line>.yml: BBMASK for every upstream recipe the
-images of a release line do not use, so that yocto/check parses a few hundred
-recipe files per machine instead of several thousand.
+images of a release line do not need, so that yocto/check parses a few
+hundred recipe files per machine instead of several thousand.
 
-    yocto/check --unmasked --machines M1,M2 --write-graph DIR   # unmasked graphs
-    yocto/mask.py --line wrynose --graphs DIR                   # write the mask
+    yocto/check --write-closure DIR               # what bitbake needs, per machine
+    yocto/mask.py --line wrynose --closures DIR   # write the mask of one line
 
-A recipe file (.bb) is kept when any machine's unmasked task graph of
-smarter-gateway-image and smarter-gateway-bundle (task-depends.dot) names it;
-a .bbappend is kept when it applies to a kept recipe, so no append that
-changes a used recipe is lost. Everything else in the upstream layers is
-masked. The mask cannot hide a missing dependency: a recipe that becomes
-needed but is masked makes `bitbake -g` fail with "Nothing PROVIDES" (then
-re-run the two commands above). meta-smarter itself is never masked.
+yocto/closure.py (run by yocto/check --write-closure) lists, per machine,
+every recipe file in bitbake's task data for smarter-gateway-image and
+smarter-gateway-bundle: the providers of every task of every recipe pulled
+in (incl. the image's SDK tasks, which `bitbake -g` resolves but prunes from
+task-depends.dot), not only the task graph. A recipe file (.bb) is kept when
+any machine of the line (the kas files including include/<line>.yml) needs
+it; a .bbappend is kept when it applies to a
+kept recipe, so no append that changes a used recipe is lost. Everything else
+in the upstream layers (oe-core and the board layers included) is masked;
+meta-smarter is never masked.
+
+The closure of a parse is only as complete as the parse: generate it with
+the current mask while that still passes, or with --unmasked (slow: every
+recipe of every layer) when a new dependency needs a masked recipe, which
+yocto/check reports as bitbake's "Nothing PROVIDES" / "Nothing RPROVIDES".
 """
 import argparse
 import re
@@ -20,22 +28,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-LABEL = re.compile(r'^"[^"]+\.do_[a-z_]+" \[label="[^"]*\\n([^"\\]+\.bb)"')
 
 
-def needed_files(graphs: list[Path]) -> set[str]:
+def needed_files(closures: list[Path]) -> set[str]:
     files = set()
-    for g in graphs:
-        with g.open() as f:
-            for line in f:
-                m = LABEL.match(line)
-                if m:
-                    files.add(str(Path(m.group(1)).resolve()))
+    for c in closures:
+        files |= {str(Path(l).resolve()) for l in c.read_text().split()}
     return files
-
-
-def recipe_name(f: Path) -> str:
-    return f.name.removesuffix(".bbappend").removesuffix(".bb").split("_")[0]
 
 
 def append_matches(append: Path, recipe_names: set[str]) -> bool:
@@ -47,28 +46,25 @@ def append_matches(append: Path, recipe_names: set[str]) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--line", required=True, choices=["wrynose", "scarthgap"])
-    ap.add_argument("--graphs", type=Path, required=True, help="directory of <machine>.task-depends.dot")
+    ap.add_argument("--closures", type=Path, required=True,
+                    help="directory with <machine>.files of every machine of the line (yocto/check --write-closure)")
     ap.add_argument("--cache", type=Path, default=Path("/var/cache/smarter/yocto"))
-    ap.add_argument("--keep-name", action="append", default=[],
-                    help="also keep recipe files of this name (the part before '_'); repeatable")
-    ap.add_argument("--names-from", type=Path, action="append", default=[],
-                    help="also keep recipe files whose name is used in these graphs (another release line)")
-    ap.add_argument("--keep-repo", action="append", default=[],
-                    help="do not mask this repository at all (while deriving a mask for a board layer)")
     args = ap.parse_args()
 
-    graphs = sorted(args.graphs.glob("*.task-depends.dot"))
-    if not graphs:
-        print(f"mask.py: no *.task-depends.dot in {args.graphs}", file=sys.stderr)
+    # The line's machines: the kas files that include include/<line>.yml.
+    machines = sorted(p.name.removesuffix(".yml") for p in HERE.glob("*.yml")
+                      if not p.name.endswith(".lock.yml") and f"include/{args.line}.yml" in p.read_text())
+    closures = [args.closures / f"{m}.files" for m in machines]
+    missing = [c.name for c in closures if not c.is_file()]
+    if not machines or missing:
+        print(f"mask.py: {args.closures} lacks {', '.join(missing) or 'closures'} "
+              f"(yocto/check --write-closure DIR)", file=sys.stderr)
         return 2
-    need = needed_files(graphs)
+    need = needed_files(closures)
     work = (args.cache / f"work-{args.line}").resolve()
     if not work.is_dir():
         print(f"mask.py: {work} does not exist (run yocto/check first)", file=sys.stderr)
         return 2
-    seed = set(args.keep_name)
-    for g in args.names_from:
-        seed |= {recipe_name(Path(f)) for f in needed_files(sorted(g.glob("*.task-depends.dot")))}
     kept_names = set()
 
     dir_masks: dict[str, list[str]] = {}
@@ -86,16 +82,13 @@ def main() -> int:
     for repo, by_dir in repos.items():
         for files in by_dir.values():
             for f in files:
-                if f.suffix == ".bb" and (repo.name in args.keep_repo or str(f.resolve()) in need
-                                          or recipe_name(f) in seed):
+                if f.suffix == ".bb" and str(f.resolve()) in need:
                     kept_names.add(f.name.removesuffix(".bb"))
     for repo, by_dir in repos.items():
         for d, files in by_dir.items():
             entries = []
             for f in files:
-                if repo.name in args.keep_repo and f.suffix == ".bb":
-                    keep = True
-                elif f.suffix == ".bb":
+                if f.suffix == ".bb":
                     keep = f.name.removesuffix(".bb") in kept_names
                 else:
                     keep = append_matches(f, kept_names)
@@ -111,11 +104,13 @@ def main() -> int:
                         file_masks.setdefault(repo.name, []).append(re.escape(f.relative_to(repo).as_posix()))
 
     out = [
-        "# Generated by: yocto/mask.py " + " ".join(a if a.startswith("--") else a for a in sys.argv[1:]),
-        f"# Do not edit. Masks every upstream",
-        f"# recipe file that no {args.line} machine's smarter-gateway-image or",
-        "# smarter-gateway-bundle graph uses (kept: %d recipe and append files; masked: %d)." % (kept, masked),
+        f"# Generated by yocto/mask.py --line {args.line} from the closures of "
+        + ", ".join(c.name.removesuffix(".files") for c in closures) + ". Do not edit.",
+        f"# Masks every upstream recipe file that bitbake's task data for",
+        "# smarter-gateway-image and smarter-gateway-bundle does not need on any",
+        f"# {args.line} machine (kept: %d recipe and append files; masked: %d)." % (kept, masked),
         "# Used by yocto/check only; builds with the machine kas files parse everything.",
+        "# Regenerate: see yocto/mask.py --help.",
         "header:",
         "  version: 14",
         "local_conf_header:",
