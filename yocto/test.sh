@@ -6,6 +6,7 @@
 #     declared rust-version is within Rust 1.94;
 #   - the kas lock files pin every layer (to the snapshot manifest's commits
 #     when SMARTER_YOCTO_LAYERS has one);
+#   - yocto-check-layer's rules that need no world build (check_layer.py);
 #   - oelint-adv with meta-smarter/oelint.cfg;
 #   - the kernel fragment against the options k3s's check-config.sh lists as
 #     generally necessary (yocto/tests/k3s-check-config.txt), and that the
@@ -66,6 +67,9 @@ else
     "$SMARTER_YOCTO_CACHE/venv/bin/python" yocto/lock.py --check
     echo "lock files: ok (every layer pinned; no manifest given to compare with)"
 fi
+
+step "yocto-check-layer rules that need no world build"
+$py yocto/tests/check_layer.py
 
 step "oelint-adv"
 # shellcheck disable=SC2046
