@@ -6,7 +6,13 @@ instead of failing, and the results name the board.
 
 Features: `usb-hotplug` (a USB serial adapter can be switched on and off,
 or plugged by hand), `usb-hotplug-monitor` (QEMU: `device_add` through the
-monitor), `ab-update` (RAUC A/B slots), `k3s` (a k3s agent joins a master).
+monitor), `ab-update` (RAUC A/B slots), `k3s` (a k3s agent joins a master;
+without it, apps run under Docker as on the emulated gateway).
+
+`test_host` is the address at which the gateway reaches the machine running
+the suite (QEMU's user network: 10.0.2.2; a rig: the test host's address on
+the rig's network). Tests that serve something to the gateway from the test
+host (a DNS upstream, smarter-comms) skip with that reason when it is unset.
 """
 
 import attr
@@ -35,6 +41,7 @@ class SmarterBoard(Resource):
     # under a minute; QEMU's software emulation of the emulated gateway needs
     # minutes on a busy 2-core CI machine.
     boot_deadline_s = attr.ib(default=300, validator=attr.validators.instance_of(int))
+    test_host = attr.ib(default=None, validator=attr.validators.optional(attr.validators.instance_of(str)))
 
     def has(self, feature):
         return feature in self.features

@@ -87,7 +87,8 @@ def test_environment_loads_with_its_resources_and_drivers(name):
 
     for kind in want["images"]:
         assert env.config.get_image_path(kind), f"{name}: images.{kind}"
-    assert os.path.basename(env.config.get_tool("smarter-flash")) == "smarter-flash"
+    for tool in ("smarter-flash", "smarter-comms"):
+        assert os.path.basename(env.config.get_tool(tool)) == tool, f"{name}: tools.{tool}"
 
 
 def test_unknown_board_feature_is_refused(tmp_path):
