@@ -127,6 +127,15 @@ done
 # Only the health gate may mark a slot good (a distribution's mark-good-on-boot unit would
 # defeat it).
 for u in rauc-mark-good.service; do ln -sf /dev/null "$tree/etc/systemd/system/$u"; done
+# The uplink by DHCP (systemd-networkd; Debian ships it disabled).
+install_file 0644 "$HERE/files/80-smarter-wired.network" /etc/systemd/network/80-smarter-wired.network
+mkdir -p "$tree/etc/systemd/system/sockets.target.wants"
+ln -sf /lib/systemd/system/systemd-networkd.service "$tree/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+ln -sf /lib/systemd/system/systemd-networkd.socket "$tree/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"
+ln -sf /lib/systemd/system/systemd-networkd.service "$tree/etc/systemd/system/dbus-org.freedesktop.network1.service"
+# The name server of QEMU's user network (mmdebstrap left the build host's here). Apps do not
+# use it directly: smarter-dns forwards to it.
+printf 'nameserver 10.0.2.3\n' > "$tree/etc/resolv.conf"
 install_file 0644 "$HERE/files/autologin.conf" /etc/systemd/system/serial-getty@hvc0.service.d/autologin.conf
 # systemd's getty generator runs before udev loads virtio_console, so it never sees hvc0: udev
 # starts the getty when the console appears (run.sh and the tests always give QEMU one).

@@ -7,10 +7,21 @@ set -euo pipefail
 tree=${1:?usage: rootfs-customize.sh TREE}
 
 # Module directories (under /usr/lib/modules/<version>/) kept; everything else under kernel/ is
-# removed: file systems, networking (Docker needs bridge, veth, netfilter, overlay),
-# device-mapper (RAUC's verity bundles), virtio, char (virtio console), crypto and libraries.
-KEEP_MODULES=(kernel/fs kernel/net kernel/crypto kernel/lib kernel/arch
+# removed: the file systems the gateway mounts (ext4 slots and data, the boot FAT, Docker's
+# overlay, RAUC's squashfs bundles, 9p for the test harness, FUSE), the networking Docker and the
+# CNI use (netfilter, bridge, veth, VXLAN, IPVS, traffic control), device-mapper (RAUC's verity
+# bundles), virtio, char (virtio console), USB host and serial adapters (hotplugged devices the
+# device manager turns into resources), crypto and libraries. Wireless, Bluetooth, NFS and the
+# other file systems are what a gateway image does not carry.
+KEEP_MODULES=(kernel/fs/ext4 kernel/fs/jbd2 kernel/fs/mbcache.ko kernel/fs/overlayfs kernel/fs/fat
+    kernel/fs/nls kernel/fs/squashfs kernel/fs/9p kernel/fs/fuse kernel/fs/autofs kernel/fs/binfmt_misc.ko
+    kernel/fs/efivarfs
+    kernel/net/netfilter kernel/net/bridge kernel/net/ipv4 kernel/net/ipv6 kernel/net/sched
+    kernel/net/802 kernel/net/8021q kernel/net/llc kernel/net/core kernel/net/xfrm kernel/net/key
+    kernel/net/packet kernel/net/unix kernel/net/9p kernel/net/vmw_vsock
+    kernel/crypto kernel/lib kernel/arch
     kernel/drivers/block kernel/drivers/md kernel/drivers/virtio kernel/drivers/char
+    kernel/drivers/usb/core kernel/drivers/usb/common kernel/drivers/usb/host kernel/drivers/usb/serial
     kernel/drivers/net/veth.ko kernel/drivers/net/tun.ko kernel/drivers/net/dummy.ko
     kernel/drivers/net/macvlan.ko kernel/drivers/net/ipvlan kernel/drivers/net/vxlan
     kernel/drivers/net/virtio_net.ko kernel/drivers/net/net_failover.ko)
@@ -54,5 +65,12 @@ chroot "$tree" update-initramfs -c -k all
 # Files the gateway never uses, removed to keep the slot (and every update bundle) small:
 # device trees (QEMU and U-Boot pass their own), Docker's libnetwork test tools, containerd's
 # debugging client and its v1 shims (Docker uses runc v2).
+# mmdebstrap merges /usr with the usrmerge package, which needs perl (50 MB); the tree is merged
+# now, so both go (dpkg's own purge, so its database stays true).
+# (dpkg refuses to purge a package that something else still needs).
+chroot "$tree" dpkg --purge usrmerge libfile-find-rule-perl libnumber-compare-perl libtext-glob-perl \
+    perl perl-modules-5.36 libperl5.36 libgdbm-compat4
+# udev's hardware database (names of vendors and models) is not read by anything here.
+rm -rf "$tree"/usr/lib/udev/hwdb.bin "$tree"/usr/lib/udev/hwdb.d
 rm -rf "$tree"/usr/lib/linux-image-* "$tree"/usr/bin/dnet "$tree"/usr/sbin/ovrouter "$tree"/usr/bin/ctr \
     "$tree"/usr/bin/containerd-shim "$tree"/usr/bin/containerd-shim-runc-v1

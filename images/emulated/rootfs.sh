@@ -22,11 +22,16 @@ MIRROR=${SMARTER_DEBIAN_MIRROR:-$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 # Fixed so that the tarball does not depend on when it was built (see images/README.md).
 export SOURCE_DATE_EPOCH=${SMARTER_ROOTFS_EPOCH:-1764547200}
+# usr-is-merged: satisfies init-system-helpers' "usrmerge | usr-is-merged" once
+# rootfs-customize.sh purges usrmerge (and the perl it pulls in).
+# netcat-openbsd: a TCP/UDP probe for field debugging (and the HIL suite's app-to-app test).
 PACKAGES=(
     systemd-sysv udev dbus kmod util-linux login passwd procps iproute2 e2fsprogs
     linux-image-arm64 initramfs-tools
     rauc rauc-service
     docker.io
+    netcat-openbsd
+    usr-is-merged
 )
 # Two cached tarballs: the packages as mmdebstrap installed them (slow: minutes under
 # qemu-user), and that tree after rootfs-customize.sh (module pruning, one initramfs).
@@ -58,6 +63,7 @@ if [ ! -s "$base" ]; then
 
 echo "rootfs.sh: building $base (mmdebstrap, $SUITE arm64, several minutes)" >&2
 nice mmdebstrap --arch=arm64 --variant=minbase --mode=root --format=tar \
+    --aptopt='APT::Install-Recommends "false"' \
     --include="$(IFS=,; echo "${PACKAGES[*]}")" \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
