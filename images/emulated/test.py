@@ -422,7 +422,7 @@ def run(g: Guest, kills: int) -> None:
 
     # ---- power cuts during installs
     points = kill_points(phases, kills)
-    for i, (label, pattern, delay) in enumerate(points, 1):
+    for i, (label, pattern, delay, expect) in enumerate(points, 1):
         g.ok("mkdir -p /mnt && mount -t 9p -o trans=virtio,ro host /mnt")
         before = g.booted_slot()
         t0 = time.monotonic()
@@ -448,20 +448,27 @@ def run(g: Guest, kills: int) -> None:
         g.start()
         slot, secs = g.wait_healthy(600)
         check(slot in ("A", "B"), f"power cut {i} ({label}): a good slot boots (was {before}, now {slot})")
+        # Where the cut falls decides which slot that must be: before RAUC switched the boot
+        # order, the old one; once it reported success, the new one (the switch is on disk).
+        other = {"A": "B", "B": "A"}.get(before, "?")
+        want = {"old": before, "new": other}.get(expect)
+        if want:
+            check(slot == want, f"power cut {i} ({label}): the {expect} slot boots", f"{slot}, expected {want}")
         rc, out = g.sh("cat /data/test-marker")
         check(out.strip() == marker, f"power cut {i} ({label}): /data intact")
 
 
-def kill_points(phases: dict[str, float], n: int) -> list[tuple[str, str, float]]:
-    """(label, pattern in rauc's output, seconds to wait after it) for each power cut."""
+def kill_points(phases: dict[str, float], n: int) -> list[tuple[str, str, float, str]]:
+    """(label, pattern in rauc's output, seconds to wait after it, which slot must boot after the
+    cut: "old", "new", or "any" where the cut may fall either side of the switch) per power cut."""
     copy = max(phases.get("copied", 0) - phases.get("copy", 0), 1.0)
     points = [
-        ("while verifying the bundle", r"Checking bundle", 0.0),
-        ("half-way through the slot write", r"Copying image", copy * 0.5),
-        ("at the end of the slot write", r"Copying image", copy * 0.9),
-        ("right after the install, before the reboot", r"succeeded", 0.0),
-        ("during the first boot of the new slot", "reboot", 20.0),
-        ("as the slot write starts", r"Copying image", 0.0),
+        ("while verifying the bundle", r"Checking bundle", 0.0, "old"),
+        ("half-way through the slot write", r"Copying image", copy * 0.5, "old"),
+        ("at the end of the slot write", r"Copying image", copy * 0.9, "any"),
+        ("right after the install, before the reboot", r"succeeded", 0.0, "new"),
+        ("during the first boot of the new slot", "reboot", 20.0, "new"),
+        ("as the slot write starts", r"Copying image", 0.0, "old"),
     ]
     return points[: max(n, 0)] if n <= len(points) else points
 
