@@ -67,7 +67,10 @@ def test_usb_serial_adapter_appears_and_goes(gateway, target, board, figure):
     start = time.monotonic()
     plug()
     appeared = _wait(lambda: _usb_serial_devices(gateway), 30)
-    assert appeared, "the USB serial adapter did not appear as a device resource within 30 s"
+    if not appeared:
+        kernel, _, _ = gateway.run("dmesg | grep -i -E 'usb|tty' | tail -15; ls -l /dev/ttyUSB* 2>&1")
+        pytest.fail("the USB serial adapter did not appear as a device resource within 30 s; "
+                    "the gateway's kernel said:\n" + "\n".join(kernel))
     figure("plug to resource", time.monotonic() - start, "s")
 
     start = time.monotonic()
