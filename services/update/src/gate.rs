@@ -8,6 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::Error;
 use crate::checks::{self, Failure};
 use crate::config::Config;
 use crate::slot::{self, State};
@@ -40,13 +41,13 @@ pub enum Action {
 }
 
 /// The decision, without I/O.
-pub fn decide(healthy: bool, booted: &Result<String, String>, last_good: Option<&str>) -> Action {
+pub fn decide(healthy: bool, booted: &Result<String, Error>, last_good: Option<&str>) -> Action {
     if healthy {
         return Action::MarkGood;
     }
     let booted = match booted {
         Ok(b) => b,
-        Err(e) => return Action::Stay(Stay::SlotUnknown(e.clone())),
+        Err(e) => return Action::Stay(Stay::SlotUnknown(e.to_string())),
     };
     match last_good {
         None => Action::Stay(Stay::NoKnownGood),
@@ -124,21 +125,25 @@ pub fn wait_healthy(config: &Config) -> (Vec<Failure>, Duration) {
 }
 
 /// Run a configured command; the error names it and says how it failed.
-pub fn run_command(argv: &[String]) -> Result<(), String> {
-    let (program, args) = argv.split_first().ok_or("empty command")?;
+pub fn run_command(argv: &[String]) -> Result<(), Error> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or(Error::EmptyCommand("empty command"))?;
     let out = Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run `{}`: {e}", argv.join(" ")))?;
+        .map_err(|source| Error::Spawn {
+            command: format!("`{}`", argv.join(" ")),
+            source,
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "`{}` failed ({}): {}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(Error::Failed {
+            command: format!("`{}`", argv.join(" ")),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -239,7 +244,7 @@ fn now_unix() -> String {
 mod tests {
     use super::*;
 
-    fn ok(s: &str) -> Result<String, String> {
+    fn ok(s: &str) -> Result<String, Error> {
         Ok(s.to_string())
     }
 
@@ -248,7 +253,10 @@ mod tests {
         for last in [None, Some("A"), Some("B")] {
             assert_eq!(decide(true, &ok("A"), last), Action::MarkGood);
         }
-        assert_eq!(decide(true, &Err("x".into()), None), Action::MarkGood);
+        assert_eq!(
+            decide(true, &Err(Error::EmptyCommand("x")), None),
+            Action::MarkGood
+        );
     }
 
     #[test]
@@ -277,8 +285,12 @@ mod tests {
             Action::Stay(Stay::NoKnownGood)
         );
         assert_eq!(
-            decide(false, &Err("no rauc.slot".into()), Some("A")),
-            Action::Stay(Stay::SlotUnknown("no rauc.slot".into()))
+            decide(
+                false,
+                &Err(Error::NoSlotOnCmdline("/proc/cmdline".into())),
+                Some("A")
+            ),
+            Action::Stay(Stay::SlotUnknown("no rauc.slot= in /proc/cmdline".into()))
         );
     }
 

@@ -13,6 +13,7 @@
 //! * [`checks`]: the checks (systemctl, HTTP, container runtime socket).
 //! * [`slot`]: which slot is booted (kernel command line or `rauc status`) and
 //!   the gate's own state on /data (the slot it last marked good).
+//! * [`error`]: the typed errors of [`slot`] and [`gate::run_command`].
 //! * [`gate`]: the decision ([`gate::decide`], pure) and the run loop.
 //!
 //! The OS update agent (a DaemonSet driving RAUC) will join this crate as a
@@ -20,5 +21,8 @@
 
 pub mod checks;
 pub mod config;
+pub mod error;
 pub mod gate;
 pub mod slot;
+
+pub use error::Error;
