@@ -6,7 +6,9 @@ toleration, system-node-critical, host network), least privilege (no privileged 
 capability dropped except a per-service allowlist, host PID only for the debug agent, read-only root, no
 privilege escalation, no service-account token since no service talks to the API), resource
 requests and limits on every container, our images pinned to the workspace version, hostPath
-mounts limited to what each service needs, and device rules in the original conf.yaml format.
+mounts limited to what each service needs, device rules in the original conf.yaml format, the
+recommended app.kubernetes.io/* labels on every object and pod template, no obsolete
+bootstrap-checkpoint annotation, and selectors exactly as released (they are immutable).
 
     policy.py [--self-test] [MANIFEST_DIR]
 
@@ -76,6 +78,27 @@ RBAC_KINDS = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "Servi
 WORKLOAD_KINDS = {"DaemonSet", "Deployment", "StatefulSet", "Pod", "Job", "CronJob"}
 DEVICE_RULE_KEYS = {"devicematch", "nummaxdevices"}
 
+# Kubernetes' recommended labels; every object and every pod template carries all of them.
+LABEL_KEYS = ("name", "instance", "version", "component", "part-of", "managed-by")
+# Removed from the kubelet long ago (static-pod checkpointing); it must not come back.
+OBSOLETE_ANNOTATIONS = ("node.kubernetes.io/bootstrap-checkpoint",)
+# Selectors as released before the recommended labels were added. A DaemonSet's or Deployment's
+# spec.selector is immutable: changing it makes `kubectl apply` (and k3s's auto-deploy) fail on
+# every existing cluster. So these values are written down here, not derived from the manifests.
+SELECTORS = {
+    ("DaemonSet", "smarter-device-manager"): {"matchLabels": {"name": "smarter-device-manager"}},
+    ("DaemonSet", "smarter-device-manager-rpi4"): {"matchLabels": {"name": "smarter-device-manager-rpi4"}},
+    ("DaemonSet", "smarter-device-manager-coral"): {"matchLabels": {"name": "smarter-device-manager-coral"}},
+    ("DaemonSet", "smarter-device-manager-xavier"): {"matchLabels": {"name": "smarter-device-manager-xavier"}},
+    ("DaemonSet", "smarter-cni"): {"matchLabels": {"name": "smarter-cni"}},
+    ("DaemonSet", "smarter-dns"): {"matchLabels": {"name": "smarter-dns"}},
+    ("DaemonSet", "smarter-debug-agent"): {"matchLabels": {"name": "smarter-debug-agent"}},
+    ("Deployment", "smarter-comms"): {"matchLabels": {"name": "smarter-comms"}},
+    ("Service", "smarter-comms"): {"name": "smarter-comms"},
+    ("DaemonSet", "camera"): {"matchLabels": {"name": "camera"}},
+    ("DaemonSet", "viewer"): {"matchLabels": {"name": "viewer"}},
+}
+
 
 def load(manifest_dir: Path) -> list[tuple[str, dict]]:
     docs = []
@@ -107,6 +130,7 @@ def check(docs: list[tuple[str, dict]]) -> list[str]:
         kind, meta = doc.get("kind"), doc.get("metadata", {})
         name = meta.get("name")
         where = f"{path} {kind}/{name}"
+        errors.extend(f"{where}: {e}" for e in check_labels(path, doc))
         if kind in RBAC_KINDS:
             # No SMARTER service talks to the Kubernetes API; RBAC would be dead weight.
             err(where, "RBAC object present but no service needs the API")
@@ -202,6 +226,50 @@ def check(docs: list[tuple[str, dict]]) -> list[str]:
         if required not in names_seen:
             errors.append(f"missing workload {required}")
     errors.extend(check_board_variants(docs))
+    return errors
+
+
+def check_labels(path: str, doc: dict) -> list[str]:
+    """Recommended labels on the object and its pod template, no obsolete annotation, selectors
+    as released."""
+    errors = []
+    kind, meta = doc.get("kind"), doc.get("metadata", {})
+    part_of = "smarter-demo" if path.startswith("examples/") else "smarter"
+    metas = [("metadata", meta)]
+    template = doc.get("spec", {}).get("template") if kind in WORKLOAD_KINDS else None
+    if template is not None:
+        metas.append(("pod template", template.get("metadata", {})))
+    for what, m in metas:
+        labels = m.get("labels") or {}
+        for key in LABEL_KEYS:
+            value = labels.get(f"app.kubernetes.io/{key}")
+            if not isinstance(value, str) or not value:
+                errors.append(f"{what}: label app.kubernetes.io/{key} missing")
+        if labels.get("app.kubernetes.io/part-of", part_of) != part_of:
+            errors.append(f"{what}: label app.kubernetes.io/part-of must be {part_of}")
+        if labels.get("app.kubernetes.io/version", VERSION) != VERSION:
+            errors.append(f"{what}: label app.kubernetes.io/version must be {VERSION} (the workspace version)")
+        for a in OBSOLETE_ANNOTATIONS:
+            if a in (m.get("annotations") or {}):
+                errors.append(f"{what}: obsolete annotation {a}")
+    if template is not None:
+        top = meta.get("labels") or {}
+        pod = template.get("metadata", {}).get("labels") or {}
+        for key in ("name", "instance", "component", "version"):
+            k = f"app.kubernetes.io/{key}"
+            if k in top and k in pod and top[k] != pod[k]:
+                errors.append(f"pod template label {k}={pod[k]} differs from the object's {top[k]}")
+    if kind in ("DaemonSet", "Deployment", "Service"):
+        want = SELECTORS.get((kind, meta.get("name")))
+        have = doc.get("spec", {}).get("selector")
+        if want is None:
+            errors.append("no released selector recorded in policy.py SELECTORS (add it; it is immutable)")
+        elif have != want:
+            errors.append(f"selector {have} differs from the released {want} (immutable)")
+        elif template is not None:
+            pod = template.get("metadata", {}).get("labels") or {}
+            if any(pod.get(k) != v for k, v in want["matchLabels"].items()):
+                errors.append("pod template labels do not match the selector")
     return errors
 
 
@@ -302,12 +370,28 @@ MUTATIONS = {
         image=f"{IMAGE_REPO}/smarter-dns:latest"),
     "extra hostPath": lambda d: _workload(d, "smarter-dns")["spec"]["template"]["spec"]["volumes"].append(
         {"name": "root", "hostPath": {"path": "/"}}),
-    "RBAC without need": lambda d: d.append(("x.yaml", {"kind": "ClusterRole", "metadata": {"name": "x"}})),
+    "RBAC without need": lambda d: d.append(("x.yaml", {"kind": "ClusterRole", "metadata": {
+        "name": "x", "labels": copy.deepcopy(_workload(d, "smarter-dns")["metadata"]["labels"])}})),
     "bad device rule": lambda d: next(doc for _, doc in d if doc.get("kind") == "ConfigMap"
                                       and doc["metadata"]["name"] == "smarter-device-manager-rpi4")[
         "data"].update({"conf.yaml": "- devicematch: '^video[0-9*$'\n  nummaxdevices: 0\n"}),
     "board variant drifts": lambda d: _container(d, "smarter-device-manager-coral")["resources"][
         "limits"].update(memory="64Mi"),
+    "ConfigMap without a recommended label": lambda d: next(
+        doc for _, doc in d if doc.get("kind") == "ConfigMap" and doc["metadata"]["name"] == "smarter-dns")[
+        "metadata"]["labels"].pop("app.kubernetes.io/component"),
+    "pod template without a recommended label": lambda d: _workload(d, "smarter-cni")["spec"]["template"][
+        "metadata"]["labels"].pop("app.kubernetes.io/instance"),
+    "namespace without labels": lambda d: next(doc for _, doc in d if doc.get("kind") == "Namespace")[
+        "metadata"].pop("labels"),
+    "stale version label": lambda d: _workload(d, "smarter-dns")["metadata"]["labels"].update(
+        {"app.kubernetes.io/version": "0.0.9"}),
+    "bootstrap-checkpoint annotation": lambda d: _workload(d, "smarter-device-manager-xavier")["spec"][
+        "template"]["metadata"].update(annotations={"node.kubernetes.io/bootstrap-checkpoint": "true"}),
+    "selector widened": lambda d: _workload(d, "smarter-dns")["spec"]["selector"]["matchLabels"].update(
+        {"app.kubernetes.io/name": "smarter-dns"}),
+    "service selector changed": lambda d: next(doc for _, doc in d if doc.get("kind") == "Service")[
+        "spec"].update(selector={"app.kubernetes.io/name": "smarter-comms"}),
     "missing workload": lambda d: d.remove(next(x for x in d if x[1].get("kind") == "DaemonSet"
                                                 and x[1]["metadata"]["name"] == "smarter-debug-agent")),
 }
