@@ -263,6 +263,116 @@ fn revoking_a_grant_ends_a_live_session_within_a_second() {
     w.wait_audit("session.end", "ended by comms: developer account expired");
 }
 
+/// Deleting a developer's key ends every session authenticated with it
+/// within a second, and the audit log names the key and the session.
+#[test]
+fn deleting_a_key_ends_its_live_sessions_within_a_second() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::new();
+    w.standard_setup();
+    let (_, keys) = json(w.api_port, "GET", "/v1/developers/alice/keys", None);
+    let key_id = keys[0]["id"].as_i64().unwrap();
+    let fingerprint = keys[0]["fingerprint"].as_str().unwrap().to_string();
+    let alice = w.path("alice");
+    let mut c = w.ssh_cmd(&alice, &["gateway-17", "echo started; exec sleep 30"]);
+    c.stdout(std::process::Stdio::piped());
+    let mut child = Proc(c.spawn().unwrap());
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "started\n");
+    }
+    let (_, live) = json(w.api_port, "GET", "/v1/sessions?live=true", None);
+    let session = live[0]["id"].as_i64().unwrap();
+    let t = Instant::now();
+    let (st, _) = json(
+        w.api_port,
+        "DELETE",
+        &format!("/v1/developers/alice/keys/{key_id}"),
+        None,
+    );
+    assert_eq!(st, 204);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "session still alive 5 s after its key was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = t.elapsed();
+    eprintln!("session ended {took:?} after its key was deleted");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(!status.success());
+    let entry = w.wait_audit("session.end", &format!("key {fingerprint} deleted"));
+    assert_eq!(entry["session"].as_i64(), Some(session), "{entry}");
+    assert_eq!(entry["developer"], "alice", "{entry}");
+    w.wait_audit("admin.key.delete", &fingerprint);
+    let (_, live) = json(w.api_port, "GET", "/v1/sessions?live=true", None);
+    assert_eq!(live.as_array().unwrap().len(), 0);
+    // And the key opens nothing any more.
+    let o = w.ssh(&alice, &["gateway-17", "true"]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+}
+
+/// A developer comms refuses is told why in a line ssh prints, without
+/// learning whether a gateway they hold no grant for exists.
+#[test]
+fn refusals_tell_the_developer_why() {
+    if !have_openssh() {
+        return;
+    }
+    let mut w = World::new();
+    w.standard_setup();
+    w.ssh_log_level = "INFO";
+    let past = now() - 10;
+    let refused = |o: &std::process::Output| {
+        assert_eq!(o.status.code(), Some(255), "{}", stderr(o));
+        let e = stderr(o);
+        eprintln!("ssh said: {e}");
+        e
+    };
+
+    let bob = w.add_developer("bob", None);
+    let no_grant = refused(&w.ssh(&bob, &["gateway-17", "true"]));
+    assert!(
+        no_grant.contains(
+            "open failed: administratively prohibited: smarter-comms: you have no grant for \
+             gateway \"gateway-17\"; ask a comms administrator for one"
+        ),
+        "{no_grant}"
+    );
+    // An unknown gateway reads the same, name for name.
+    let unknown = refused(&w.ssh(&bob, &["gateway-99", "true"]));
+    assert!(!unknown.contains("gateway-17"), "{unknown}");
+    assert_eq!(unknown.replace("gateway-99", "gateway-17"), no_grant);
+    // Even for a developer who holds a grant for another gateway.
+    let alice = w.path("alice");
+    let other = refused(&w.ssh(&alice, &["gateway-99", "true"]));
+    assert!(
+        other.contains("you have no grant for gateway \"gateway-99\""),
+        "{other}"
+    );
+
+    let dave = w.add_developer("dave", None);
+    w.grant("dave", "gateway-17", None, None, Some(past));
+    let expired = refused(&w.ssh(&dave, &["gateway-17", "true"]));
+    assert!(
+        expired.contains(
+            "smarter-comms: your grant for gateway \"gateway-17\" has expired; ask a comms \
+             administrator to renew it"
+        ),
+        "{expired}"
+    );
+}
+
 #[test]
 fn grant_expiry_ends_a_live_session() {
     if !have_openssh() {

@@ -339,8 +339,21 @@ impl Api {
                 let id: i64 = id
                     .parse()
                     .map_err(|_| bad(format!("invalid key id {id:?}")))?;
+                let fingerprint = store
+                    .keys(name)?
+                    .into_iter()
+                    .find(|k| k.id == id)
+                    .map(|k| k.fingerprint)
+                    .unwrap_or_default();
                 store.delete_key(name, id)?;
-                self.admin_audit("key.delete", Some(name), None, &format!("key {id}"));
+                self.admin_audit(
+                    "key.delete",
+                    Some(name),
+                    None,
+                    &format!("key {id} {fingerprint}"),
+                );
+                // Sessions authenticated with this key end now.
+                self.hub.state_changed();
                 Ok(no_content())
             }
             (&Method::GET, ["v1", "gateways"]) => {

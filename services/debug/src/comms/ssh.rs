@@ -35,7 +35,18 @@ struct LiveSession {
     developer: String,
     gateway: String,
     target: Option<Target>,
+    /// Fingerprints of the developer keys this session was authenticated
+    /// with: the one that logged in to comms, and the one the agent checked.
+    keys: Vec<String>,
     cancel: Option<oneshot::Sender<String>>,
+}
+
+/// A developer's SSH connection to comms, to end it when its key goes.
+#[derive(Debug)]
+struct DeveloperConn {
+    developer: String,
+    key: String,
+    handle: server::Handle,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +64,7 @@ pub struct Hub {
     pub store: Arc<Store>,
     gateways: Mutex<HashMap<String, GatewayConn>>,
     live: Mutex<HashMap<i64, LiveSession>>,
+    developers: Mutex<HashMap<u64, DeveloperConn>>,
     changed: Notify,
     recordings_dir: PathBuf,
     next_conn: AtomicU64,
@@ -82,6 +94,7 @@ impl Hub {
             store,
             gateways: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            developers: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             recordings_dir,
             next_conn: AtomicU64::new(1),
@@ -127,6 +140,10 @@ impl Hub {
         {
             let live = lock(&self.live);
             for (id, s) in live.iter() {
+                if let Some(key) = self.deleted_key(&s.developer, &s.keys) {
+                    ended.push((*id, format!("key {key} deleted")));
+                    continue;
+                }
                 let verdict = self.check(&s.developer, &s.gateway, s.target.as_ref(), t);
                 match verdict {
                     Ok(allowed) => {
@@ -146,7 +163,51 @@ impl Hub {
                 let _ = c.send(reason);
             }
         }
+        drop(live);
+        self.drop_developers_with_deleted_keys();
         next
+    }
+
+    /// The first of `keys` that is no longer one of `developer`'s keys. A
+    /// store that cannot be read ends nothing (the grant check reports it).
+    fn deleted_key<'a>(&self, developer: &str, keys: &'a [String]) -> Option<&'a String> {
+        keys.iter()
+            .find(|k| matches!(self.store.developer_has_key(developer, k), Ok(false)))
+    }
+
+    /// Disconnects developers logged in to comms with a key since deleted, so
+    /// the connection cannot open new sessions. Their sessions were ended
+    /// (and audited with the key) just before.
+    fn drop_developers_with_deleted_keys(&self) {
+        let gone: Vec<(u64, String, String, server::Handle)> = lock(&self.developers)
+            .iter()
+            .filter(|(_, d)| {
+                matches!(
+                    self.store.developer_has_key(&d.developer, &d.key),
+                    Ok(false)
+                )
+            })
+            .map(|(id, d)| (*id, d.developer.clone(), d.key.clone(), d.handle.clone()))
+            .collect();
+        for (id, developer, key, handle) in gone {
+            lock(&self.developers).remove(&id);
+            self.audit(
+                "developer.disconnected",
+                Some(&developer),
+                None,
+                None,
+                &format!("key {key} deleted"),
+            );
+            tokio::spawn(async move {
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "your key was deleted from smarter-comms".into(),
+                        String::new(),
+                    )
+                    .await;
+            });
+        }
     }
 
     fn check(
@@ -252,6 +313,9 @@ impl Hub {
                     Ok(a) => {
                         if let Some(s) = lock(&self.live).get_mut(session) {
                             s.target = Some(target.clone());
+                            if !s.keys.contains(fingerprint) {
+                                s.keys.push(fingerprint.clone());
+                            }
                         }
                         let _ = self.store.set_session_target(*session, &target.to_string());
                         self.audit(
@@ -370,6 +434,7 @@ impl server::Server for Factory {
             id: self.hub.next_conn.fetch_add(1, Ordering::Relaxed),
             peer,
             role: Role::None,
+            key: String::new(),
             uploads: HashMap::new(),
         }
     }
@@ -394,6 +459,8 @@ pub struct Conn {
     id: u64,
     peer: Option<SocketAddr>,
     role: Role,
+    /// Fingerprint of the key this connection authenticated with.
+    key: String,
     uploads: HashMap<ChannelId, Upload>,
 }
 
@@ -408,6 +475,9 @@ impl std::fmt::Debug for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if let Role::Developer(_) = &self.role {
+            lock(&self.hub.developers).remove(&self.id);
+        }
         if let Role::Gateway(name) = &self.role {
             let mut gws = lock(&self.hub.gateways);
             if gws.get(name).is_some_and(|g| g.conn_id == self.id) {
@@ -484,6 +554,7 @@ impl server::Handler for Conn {
                 Ok(true) => match policy::developer_active(&dev, now()) {
                     Ok(()) => {
                         self.role = Role::Developer(user.to_string());
+                        self.key = fp;
                         return Ok(Auth::Accept);
                     }
                     Err(d) => d,
@@ -503,14 +574,22 @@ impl server::Handler for Conn {
         Ok(Auth::reject())
     }
 
-    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         match &self.role {
             Role::Gateway(name) => {
                 self.hub
                     .audit("gateway.connected", None, Some(name), None, &self.peer())
             }
             Role::Developer(name) => {
-                tracing::info!(developer = %name, peer = %self.peer(), "developer logged in")
+                lock(&self.hub.developers).insert(
+                    self.id,
+                    DeveloperConn {
+                        developer: name.clone(),
+                        key: self.key.clone(),
+                        handle: session.handle(),
+                    },
+                );
+                tracing::info!(developer = %name, key = %self.key, peer = %self.peer(), "developer logged in")
             }
             Role::None => {}
         }
@@ -641,6 +720,26 @@ impl server::Handler for Conn {
         };
         let hub = self.hub.clone();
         let gateway = host_to_connect.to_string();
+        // The key this connection logged in with may have been deleted since.
+        if hub
+            .deleted_key(&developer, std::slice::from_ref(&self.key))
+            .is_some()
+        {
+            hub.audit(
+                "session.denied",
+                Some(&developer),
+                None,
+                None,
+                &format!(
+                    "at comms: key {} deleted (requested host {gateway:?})",
+                    self.key
+                ),
+            );
+            reply
+                .reject(refusal("your key was deleted from smarter-comms"))
+                .await;
+            return Ok(());
+        }
         let verdict = match hub.store.gateway(&gateway) {
             Ok(Some(_)) => hub.check(&developer, &gateway, None, now()).and_then(|a| {
                 lock(&hub.gateways)
@@ -674,12 +773,7 @@ impl server::Handler for Conn {
                     None,
                     &format!("at comms: {d} (requested host {gateway:?})"),
                 );
-                let reason = if matches!(d, Denial::GatewayOffline) {
-                    ChannelOpenFailure::ConnectFailed
-                } else {
-                    ChannelOpenFailure::AdministrativelyProhibited
-                };
-                reply.reject(reason).await;
+                reply.reject(refusal_for(&d, &gateway)).await;
                 return Ok(());
             }
         };
@@ -698,6 +792,7 @@ impl server::Handler for Conn {
                 developer: developer.clone(),
                 gateway: gateway.clone(),
                 target: None,
+                keys: vec![self.key.clone()],
                 cancel: Some(cancel_tx),
             },
         );
@@ -707,6 +802,52 @@ impl server::Handler for Conn {
             hub, id, developer, gateway, channel, dev_handle, gw, reply, cancel_rx,
         ));
         Ok(())
+    }
+}
+
+/// A refused channel open whose description the developer's ssh prints
+/// (`channel 0: open failed: administratively prohibited: TEXT`).
+fn refusal(text: &str) -> ChannelOpenFailure {
+    ChannelOpenFailure::Other {
+        code: ChannelOpenFailure::AdministrativelyProhibited.code(),
+        reason: format!("smarter-comms: {text}"),
+    }
+}
+
+/// What the developer is told when comms refuses to route them to
+/// `gateway`: a short reason they can act on. An unknown gateway reads
+/// exactly like a known one they hold no grant for, so the message tells
+/// nobody which gateways exist; it names only the host they typed (when it
+/// is a valid gateway name) and never another gateway.
+pub fn refusal_for(denial: &Denial, gateway: &str) -> ChannelOpenFailure {
+    let shown = if crate::comms::api::valid_name(gateway) {
+        format!("gateway {gateway:?}")
+    } else {
+        "that gateway".to_string()
+    };
+    match denial {
+        Denial::NoGrant | Denial::UnknownGateway => refusal(&format!(
+            "you have no grant for {shown}; ask a comms administrator for one"
+        )),
+        Denial::GrantExpired => refusal(&format!(
+            "your grant for {shown} has expired; ask a comms administrator to renew it"
+        )),
+        Denial::GatewayOffline => ChannelOpenFailure::Other {
+            code: ChannelOpenFailure::ConnectFailed.code(),
+            reason: format!(
+                "smarter-comms: {shown} is not connected (its agent is offline); try again later"
+            ),
+        },
+        Denial::TooManySessions(max) => refusal(&format!(
+            "you already have {max} live sessions, the most allowed; end one and retry"
+        )),
+        Denial::DeveloperExpired => {
+            refusal("your developer account has expired; ask a comms administrator")
+        }
+        Denial::WrongKey => refusal("your key is not registered with smarter-comms"),
+        Denial::UnknownDeveloper | Denial::TargetNotGranted(_) | Denial::NoSession => {
+            refusal("access denied")
+        }
     }
 }
 

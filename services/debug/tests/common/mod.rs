@@ -157,6 +157,9 @@ pub struct World {
     pub comms: Option<Proc>,
     pub agents: Vec<Proc>,
     pub comms_extra: String,
+    /// `LogLevel` of the developer's ssh client: ERROR keeps test output
+    /// quiet; OpenSSH's default INFO shows why comms refused a channel.
+    pub ssh_log_level: &'static str,
 }
 
 impl World {
@@ -175,6 +178,7 @@ impl World {
             comms: None,
             agents: Vec::new(),
             comms_extra,
+            ssh_log_level: "ERROR",
         };
         w.start_comms();
         w
@@ -355,10 +359,11 @@ impl World {
         std::fs::write(
             &cfg,
             format!(
-                "Host comms\n  HostName 127.0.0.1\n  Port {}\n  User {user}\nHost *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n  LogLevel ERROR\n",
+                "Host comms\n  HostName 127.0.0.1\n  Port {}\n  User {user}\nHost *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n  LogLevel {}\n",
                 self.ssh_port,
                 identity.display(),
-                self.path("known_hosts").display()
+                self.path("known_hosts").display(),
+                self.ssh_log_level
             ),
         )
         .unwrap();
