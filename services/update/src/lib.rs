@@ -16,11 +16,21 @@
 //! * [`error`]: the typed errors of [`slot`] and [`gate::run_command`].
 //! * [`gate`]: the decision ([`gate::decide`], pure) and the run loop.
 //!
-//! The OS update agent (a DaemonSet driving RAUC) will join this crate as a
-//! further subcommand.
+//! The OS update agent (a DaemonSet driving RAUC; `smarter-update agent`)
+//! is being built from these parts:
+//!
+//! * [`agent_config`]: its settings, `/etc/smarter/update-agent.toml`.
+//! * [`desired`]: the desired-bundle file (version, URL, size, SHA-256), a
+//!   ConfigMap mounted into the pod.
+//! * [`download`]: the resumable, verified, bandwidth-limited download of a
+//!   bundle onto the data partition; [`bandwidth`] is its token bucket.
 
+pub mod agent_config;
+pub mod bandwidth;
 pub mod checks;
 pub mod config;
+pub mod desired;
+pub mod download;
 pub mod error;
 pub mod gate;
 pub mod slot;

@@ -1,0 +1,571 @@
+//! The resumable downloader against a real HTTP/1.1 server on 127.0.0.1
+//! (written here with std's TcpListener, so every misbehaviour a bundle
+//! server or the link can show is one flag away): ranges, cut connections,
+//! throttling, wrong bytes, ignored ranges, error statuses, stalls; and a
+//! full data partition (a small tmpfs in a private mount namespace, as root).
+#![allow(clippy::expect_used, clippy::panic)] // test harness: a failed setup step fails the test
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use smarter_update::desired::Sha256Digest;
+use smarter_update::download::{
+    DownloadError, Downloader, Options, PART_FILE, Progress, STATE_FILE, Target,
+};
+
+/// How the server misbehaves; changed by the test between requests.
+#[derive(Debug, Clone, Default)]
+struct Behaviour {
+    /// Close the connection after this many body bytes of a response.
+    cut_after: Option<u64>,
+    /// Send at most this many bytes per second.
+    throttle: Option<u64>,
+    /// Pause this long after half the body.
+    stall: Option<Duration>,
+    /// Answer every request with 200 and the whole file.
+    ignore_range: bool,
+    /// Answer with this status and no body.
+    status: Option<u16>,
+    /// Serve these bytes instead of the bundle.
+    body_override: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// Range and If-Range headers of each request.
+    requests: Vec<(Option<String>, Option<String>)>,
+}
+
+struct Server {
+    addr: SocketAddr,
+    behaviour: Arc<Mutex<Behaviour>>,
+    seen: Arc<Mutex<Seen>>,
+    body_bytes_sent: Arc<AtomicU64>,
+}
+
+const ETAG: &str = "\"bundle-v1\"";
+
+impl Server {
+    fn start(bundle: Vec<u8>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let behaviour = Arc::new(Mutex::new(Behaviour::default()));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let sent = Arc::new(AtomicU64::new(0));
+        let bundle = Arc::new(bundle);
+        let (b, s, n) = (behaviour.clone(), seen.clone(), sent.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (b, s, n, bundle) = (b.clone(), s.clone(), n.clone(), bundle.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &bundle, &b, &s, &n);
+                });
+            }
+        });
+        Server {
+            addr,
+            behaviour,
+            seen,
+            body_bytes_sent: sent,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/bundles/smarter-2026.12.1.raucb", self.addr)
+    }
+
+    fn set(&self, f: impl FnOnce(&mut Behaviour)) {
+        f(&mut self.behaviour.lock().expect("lock"));
+    }
+
+    fn sent(&self) -> u64 {
+        self.body_bytes_sent.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> Vec<(Option<String>, Option<String>)> {
+        self.seen.lock().expect("lock").requests.clone()
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    bundle: &[u8],
+    behaviour: &Mutex<Behaviour>,
+    seen: &Mutex<Seen>,
+    sent: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut range = None;
+    let mut if_range = None;
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // request line
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            let value = value.trim().to_string();
+            match name.to_ascii_lowercase().as_str() {
+                "range" => range = Some(value),
+                "if-range" => if_range = Some(value),
+                _ => {}
+            }
+        }
+    }
+    seen.lock()
+        .expect("lock")
+        .requests
+        .push((range.clone(), if_range.clone()));
+    let b = behaviour.lock().expect("lock").clone();
+    let mut out = stream;
+    if let Some(status) = b.status {
+        write!(
+            out,
+            "HTTP/1.1 {status} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return Ok(());
+    }
+    let body = b.body_override.as_deref().unwrap_or(bundle);
+    let start = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|r| r.parse::<usize>().ok())
+        .filter(|_| !b.ignore_range && if_range.as_deref().is_none_or(|v| v == ETAG));
+    let (head, part) = match start {
+        Some(s) if s >= body.len() => {
+            write!(
+                out,
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            return Ok(());
+        }
+        Some(s) => (
+            format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {s}-{}/{}\r\n",
+                body.len() - 1,
+                body.len()
+            ),
+            &body[s..],
+        ),
+        None => ("HTTP/1.1 200 OK\r\n".to_string(), body),
+    };
+    write!(
+        out,
+        "{head}Content-Length: {}\r\nETag: {ETAG}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+        part.len()
+    )?;
+    let limit = b
+        .cut_after
+        .map_or(part.len(), |c| part.len().min(c as usize));
+    let chunk = b.throttle.map_or(16 * 1024, |t| (t as usize / 10).max(1));
+    let mut off = 0;
+    let mut stalled = false;
+    while off < limit {
+        let end = limit.min(off + chunk);
+        out.write_all(&part[off..end])?;
+        sent.fetch_add((end - off) as u64, Ordering::SeqCst);
+        off = end;
+        if b.throttle.is_some() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(pause) = b.stall.filter(|_| !stalled && off >= limit / 2) {
+            stalled = true;
+            std::thread::sleep(pause);
+        }
+    }
+    out.flush()?;
+    // Dropping the stream closes the connection (early when cut_after is set).
+    Ok(())
+}
+
+fn bundle(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn target(server: &Server, bytes: &[u8]) -> Target {
+    let mut sha = [0u8; 32];
+    sha.copy_from_slice(&Sha256::digest(bytes));
+    Target {
+        url: server.url(),
+        size: bytes.len() as u64,
+        sha256: Sha256Digest(sha),
+    }
+}
+
+fn options() -> Options {
+    Options {
+        connect_timeout: Duration::from_secs(10),
+        read_timeout: Duration::from_secs(20),
+        bytes_per_second: 0,
+    }
+}
+
+fn no_progress(_: Progress) {}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+const SIZE: usize = 1 << 20;
+
+#[test]
+fn fresh_download_is_verified_counted_and_kept() {
+    let bytes = bundle(SIZE);
+    let server = Server::start(bytes.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = target(&server, &bytes);
+    let mut d = Downloader::new(dir.path(), options());
+    let mut reports = Vec::new();
+    let done = d.fetch(&t, &mut |p| reports.push(p)).expect("download");
+    assert_eq!(done.transferred, SIZE as u64);
+    assert_eq!(done.resumed_from, 0);
+    assert_eq!(done.path, d.bundle_path(&t));
+    assert_eq!(std::fs::read(&done.path).expect("read bundle"), bytes);
+    assert!(!dir.path().join(PART_FILE).exists());
+    assert!(!dir.path().join(STATE_FILE).exists());
+    assert_eq!(
+        reports.last(),
+        Some(&Progress {
+            have: SIZE as u64,
+            size: SIZE as u64
+        })
+    );
+    assert!(reports.windows(2).all(|w| w[0].have < w[1].have));
+    let counters = d.counters();
+    assert_eq!(
+        counters.bytes_transferred.load(Ordering::Relaxed),
+        SIZE as u64
+    );
+    assert_eq!(counters.completed.load(Ordering::Relaxed), 1);
+
+    // Asked again: verified from disk, nothing fetched.
+    let again = d.fetch(&t, &mut no_progress).expect("second fetch");
+    assert_eq!(again.transferred, 0);
+    assert_eq!(server.requests().len(), 1);
+    assert_eq!(server.requests()[0], (None, None));
+}
+
+#[test]
+fn cut_download_resumes_after_a_restart_and_transfers_only_the_rest() {
+    let bytes = bundle(SIZE);
+    let server = Server::start(bytes.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = target(&server, &bytes);
+    let cut = 400 * 1024;
+    server.set(|b| b.cut_after = Some(cut));
+    {
+        let mut first = Downloader::new(dir.path(), options());
+        let e = first.fetch(&t, &mut no_progress).expect_err("cut download");
+        assert!(matches!(e, DownloadError::Interrupted { .. }), "{e}");
+        assert!(e.resumable(), "{e}");
+        assert!(e.to_string().contains("will resume"), "{e}");
+        assert_eq!(first.counters().failed.load(Ordering::Relaxed), 1);
+    } // the "restart": the first downloader is gone
+    let kept = file_len(&dir.path().join(PART_FILE));
+    assert!(kept > 0 && kept <= cut, "partial file kept: {kept} bytes");
+    assert!(dir.path().join(STATE_FILE).exists());
+
+    server.set(|b| b.cut_after = None);
+    let before = server.sent();
+    let mut second = Downloader::new(dir.path(), options());
+    let done = second
+        .fetch(&t, &mut no_progress)
+        .expect("resumed download");
+    let resumed_bytes = server.sent() - before;
+    assert_eq!(done.resumed_from, kept);
+    assert_eq!(done.transferred, SIZE as u64 - kept);
+    assert_eq!(resumed_bytes, SIZE as u64 - kept);
+    assert!(resumed_bytes < SIZE as u64);
+    assert_eq!(std::fs::read(&done.path).expect("read bundle"), bytes);
+    let last = server.requests().pop().expect("a request");
+    assert_eq!(last.0.as_deref(), Some(format!("bytes={kept}-").as_str()));
+    assert_eq!(last.1.as_deref(), Some(ETAG));
+    eprintln!(
+        "figure: fresh download {SIZE} bytes; cut at {kept}, resumed download transferred {resumed_bytes} bytes"
+    );
+}
+
+#[test]
+fn a_server_ignoring_range_restarts_the_download_cleanly() {
+    let bytes = bundle(SIZE);
+    let server = Server::start(bytes.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = target(&server, &bytes);
+    server.set(|b| b.cut_after = Some(300 * 1024));
+    let mut d = Downloader::new(dir.path(), options());
+    assert!(d.fetch(&t, &mut no_progress).is_err());
+    server.set(|b| {
+        b.cut_after = None;
+        b.ignore_range = true;
+    });
+    let done = d.fetch(&t, &mut no_progress).expect("restarted download");
+    assert_eq!(done.transferred, SIZE as u64, "the whole file again");
+    assert_eq!(std::fs::read(&done.path).expect("read bundle"), bytes);
+    assert!(
+        server.requests().last().is_some_and(|r| r.0.is_some()),
+        "a range was asked for"
+    );
+}
+
+#[test]
+fn wrong_bytes_are_refused_and_removed() {
+    let bytes = bundle(SIZE);
+    let server = Server::start(bytes.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = target(&server, &bytes);
+    let mut evil = bytes.clone();
+    evil[SIZE / 2] ^= 0xff;
+    server.set(|b| b.body_override = Some(evil));
+    let mut d = Downloader::new(dir.path(), options());
+    let e = d.fetch(&t, &mut no_progress).expect_err("wrong hash");
+    assert!(matches!(e, DownloadError::WrongHash { .. }), "{e}");
+    assert!(!e.resumable());
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&t.sha256.to_string()) && msg.contains("removed"),
+        "{msg}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing left behind: {left:?}");
+
+    // A file of the wrong size is refused from its Content-Length, before
+    // a byte is stored.
+    server.set(|b| b.body_override = Some(bundle(SIZE / 2)));
+    let e = d.fetch(&t, &mut no_progress).expect_err("wrong size");
+    assert!(
+        matches!(e, DownloadError::WrongSize { actual, .. } if actual == SIZE as u64 / 2),
+        "{e}"
+    );
+    assert!(!dir.path().join(PART_FILE).exists());
+}
+
+#[test]
+fn error_statuses_and_unreachable_servers_are_reported_and_keep_the_partial_file() {
+    let bytes = bundle(SIZE);
+    let server = Server::start(bytes.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = target(&server, &bytes);
+    server.set(|b| b.status = Some(404));
+    let mut d = Downloader::new(dir.path(), options());
+    let e = d.fetch(&t, &mut no_progress).expect_err("404");
+    assert!(
+        matches!(e, DownloadError::Status { status: 404, .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains(&t.url) && e.to_string().contains("404"),
+        "{e}"
+    );
+
+    server.set(|b| {
+        b.status = None;
+        b.cut_after = Some(200 * 1024);
+    });
+    assert!(d.fetch(&t, &mut no_progress).is_err());
+    let kept = file_len(&dir.path().join(PART_FILE));
+    assert!(kept > 0);
+    server.set(|b| b.status = Some(500));
+    let e = d.fetch(&t, &mut no_progress).expect_err("500");
+    assert!(
+        matches!(e, DownloadError::Status { status: 500, .. }),
+        "{e}"
+    );
+    assert_eq!(
+        file_len(&dir.path().join(PART_FILE)),
+        kept,
+        "partial file kept"
+    );
+
+    // Nobody listens on a port just released.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let gone = Target {
+        url: format!("http://127.0.0.1:{port}/b.raucb"),
+        ..t.clone()
+    };
+    let e = d.fetch(&gone, &mut no_progress).expect_err("unreachable");
+    assert!(matches!(e, DownloadError::Request { .. }), "{e}");
+    assert!(e.to_string().contains(&gone.url), "{e}");
+
+    // The kept partial file belonged to the other URL: discarded, then the
+    // original URL downloads whole.
+    server.set(|b| {
+        b.status = None;
+        b.cut_after = None;
+    });
+    let done = d.fetch(&t, &mut no_progress).expect("download");
+    assert_eq!(done.transferred, SIZE as u64);
+}
+
+#[test]
+fn a_stalled_server_times_out_and_the_download_resumes() {
+    let bytes = bundle(256 * 1024);
+    let server = Server::start(bytes.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = target(&server, &bytes);
+    server.set(|b| b.stall = Some(Duration::from_secs(4)));
+    let mut d = Downloader::new(
+        dir.path(),
+        Options {
+            read_timeout: Duration::from_secs(1),
+            ..options()
+        },
+    );
+    let e = d.fetch(&t, &mut no_progress).expect_err("stall");
+    assert!(matches!(e, DownloadError::Interrupted { .. }), "{e}");
+    server.set(|b| b.stall = None);
+    let done = d.fetch(&t, &mut no_progress).expect("resumed");
+    assert!(done.resumed_from > 0 && done.transferred < bytes.len() as u64);
+}
+
+#[test]
+fn bandwidth_limit_holds() {
+    // 512 KiB at 256 KiB/s: ideally 2 s. Only a loose lower bound is
+    // asserted (sleeps never end early; a busy machine only makes it slower).
+    let bytes = bundle(512 * 1024);
+    let server = Server::start(bytes.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = target(&server, &bytes);
+    let rate = 256 * 1024;
+    let mut d = Downloader::new(
+        dir.path(),
+        Options {
+            bytes_per_second: rate,
+            ..options()
+        },
+    );
+    let start = Instant::now();
+    d.fetch(&t, &mut no_progress).expect("download");
+    let took = start.elapsed();
+    let ideal = Duration::from_secs_f64(bytes.len() as f64 / rate as f64);
+    assert!(took >= ideal.mul_f64(0.7), "took {took:?}, ideal {ideal:?}");
+    eprintln!(
+        "figure: 512 KiB at a limit of 256 KiB/s took {took:?} (ideal {ideal:?}), {:.0} KiB/s",
+        bytes.len() as f64 / 1024.0 / took.as_secs_f64()
+    );
+}
+
+#[test]
+fn another_desired_bundle_discards_the_old_partial_file() {
+    let bytes = bundle(SIZE);
+    let server = Server::start(bytes.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = target(&server, &bytes);
+    server.set(|b| b.cut_after = Some(100 * 1024));
+    let mut d = Downloader::new(dir.path(), options());
+    assert!(d.fetch(&old, &mut no_progress).is_err());
+    let newer = bundle(SIZE - 1);
+    server.set(|b| {
+        b.cut_after = None;
+        b.body_override = Some(newer.clone());
+    });
+    let t = target(&server, &newer);
+    let done = d.fetch(&t, &mut no_progress).expect("download");
+    assert_eq!(done.resumed_from, 0);
+    assert_eq!(done.transferred, newer.len() as u64);
+    assert_eq!(std::fs::read(&done.path).expect("read"), newer);
+}
+
+/// Runs `f` on a thread in a private mount namespace with a tmpfs of
+/// `size_kib` mounted on a fresh temp dir; the mount dies with the thread.
+fn with_small_tmpfs(size_kib: u64, f: impl FnOnce(&Path) + Send + 'static) {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let outcome = std::thread::spawn(move || {
+        // Mount namespaces are per thread once CLONE_FS is unshared, which
+        // CLONE_NEWNS implies; this thread's mounts are invisible elsewhere.
+        unshare(CloneFlags::CLONE_NEWNS).expect("unshare mount namespace");
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("make / private");
+        mount(
+            Some("smarter-test"),
+            &path,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(format!("size={size_kib}k").as_str()),
+        )
+        .expect("mount tmpfs");
+        f(&path);
+    })
+    .join();
+    drop(dir);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn a_full_data_partition_is_reported_and_given_back() {
+    if !smarter_common::testing::is_root() {
+        smarter_common::testing::skip("mounting a small tmpfs needs root");
+        return;
+    }
+    let bytes = bundle(SIZE);
+    let server = Server::start(bytes.clone());
+    let t = target(&server, &bytes);
+    // Too small from the start: refused before a byte is fetched.
+    let url_server = Arc::new(server);
+    let s = url_server.clone();
+    let tt = t.clone();
+    with_small_tmpfs(512, move |dir| {
+        let mut d = Downloader::new(dir.join("update"), options());
+        let e = d.fetch(&tt, &mut no_progress).expect_err("disk full");
+        assert!(matches!(e, DownloadError::DiskFull { .. }), "{e}");
+        assert!(e.to_string().contains("data partition full"), "{e}");
+        assert_eq!(s.sent(), 0, "nothing fetched");
+    });
+
+    // Fills up while downloading (something else writes to /data): the
+    // write fails, the partial file is removed and the space given back.
+    let s = url_server.clone();
+    s.set(|b| b.throttle = Some(512 * 1024));
+    with_small_tmpfs(1536, move |dir| {
+        let down = dir.join("update");
+        let d_dir = down.clone();
+        let tt = t.clone();
+        let worker = std::thread::spawn(move || {
+            let mut d = Downloader::new(d_dir, options());
+            d.fetch(&tt, &mut no_progress)
+        });
+        let part = down.join(PART_FILE);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while file_len(&part) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(file_len(&part) > 0, "download started");
+        // Fill the file system.
+        let mut filler = std::fs::File::create(dir.join("filler")).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+        let e = worker.join().expect("worker").expect_err("disk full");
+        assert!(
+            matches!(e, DownloadError::DiskFull { removed: true, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("partial download removed"), "{e}");
+        assert!(!part.exists());
+        assert!(!down.join(STATE_FILE).exists());
+    });
+}
