@@ -555,10 +555,11 @@ fn hangup(child: &std::process::Child) {
 }
 
 /// SIGHUP: the agent reconnects with a changed config (here a new gateway
-/// name) and keeps the old one when the new file is broken; comms validates
-/// and reports (it applies its config on restart only).
+/// name) and keeps the old one when the new file is broken; comms applies
+/// what can change live (session cap, admin token), names what needs a
+/// restart (API address) and keeps everything on a broken file.
 #[test]
-fn sighup_reloads_the_agent_and_comms_reports() {
+fn sighup_reloads_the_agent_and_comms() {
     if !have_openssh() {
         return;
     }
@@ -591,30 +592,95 @@ fn sighup_reloads_the_agent_and_comms_reports() {
     let o = w.ssh(&alice, &["gateway-18", "echo still"]);
     assert_eq!(stdout(&o), "still\n", "{}", stderr(&o));
 
+    // Comms: the session cap and the admin token change live; a new API
+    // address needs a restart, so the running one stays and the log says so.
     let comms_cfg = w.path("comms.toml");
     let text = std::fs::read_to_string(&comms_cfg).unwrap();
+    let other_api = free_port();
     std::fs::write(
         &comms_cfg,
-        text.replace("auth_rejection_ms = 50", "auth_rejection_ms = 60"),
+        text.replace(&sha256_hex(TOKEN), &sha256_hex("rotated-token"))
+            .replace(
+                &format!("api_listen = \"127.0.0.1:{}\"", w.api_port),
+                &format!("api_listen = \"127.0.0.1:{other_api}\""),
+            )
+            + "max_sessions_per_developer = 1\n",
     )
     .unwrap();
     hangup(&w.comms.as_ref().unwrap().0);
     let comms_log = w.path("comms.log");
-    wait_for(
-        "comms reports a changed config",
-        Duration::from_secs(10),
-        || {
-            std::fs::read_to_string(&comms_log)
-                .is_ok_and(|l| l.contains("applies it on restart only"))
-        },
+    wait_for("comms applies the config", Duration::from_secs(10), || {
+        std::fs::read_to_string(&comms_log).is_ok_and(|l| l.contains("SIGHUP: config applied"))
+    });
+    let log = std::fs::read_to_string(&comms_log).unwrap();
+    assert!(
+        log.contains("change on restart only") && log.contains("api_listen"),
+        "{log}"
     );
+    let (st, _) = http(w.api_port, "GET", "/v1/developers", Some(TOKEN), None);
+    assert_eq!(st, 401, "the old admin token still works");
+    let (st, _) = http(
+        w.api_port,
+        "GET",
+        "/v1/developers",
+        Some("rotated-token"),
+        None,
+    );
+    assert_eq!(st, 200, "the rotated admin token is refused");
+    // One session is now the most a developer may have.
+    let mut c = w.ssh_cmd(&alice, &["gateway-18", "echo started; exec sleep 30"]);
+    c.stdout(std::process::Stdio::piped());
+    let mut first = Proc(c.spawn().unwrap());
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(first.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "started\n");
+    }
+    w.ssh_log_level = "INFO";
+    let o = w.ssh(&alice, &["gateway-18", "echo second"]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("you already have 1 live sessions"),
+        "{}",
+        stderr(&o)
+    );
+    w.ssh_log_level = "ERROR";
+    drop(first);
+
+    // A broken file is rejected with its reason; comms goes on as before.
     std::fs::write(&comms_cfg, "ssh_listen = 1\n").unwrap();
     hangup(&w.comms.as_ref().unwrap().0);
     wait_for(
         "comms rejects a bad config",
         Duration::from_secs(10),
-        || std::fs::read_to_string(&comms_log).is_ok_and(|l| l.contains("new config rejected")),
+        || {
+            std::fs::read_to_string(&comms_log)
+                .is_ok_and(|l| l.contains("new config rejected") && l.contains("ssh_listen"))
+        },
     );
+    let (st, _) = http(
+        w.api_port,
+        "GET",
+        "/v1/developers",
+        Some("rotated-token"),
+        None,
+    );
+    assert_eq!(st, 200);
+    // The session cap of the first reload still holds: wait for the
+    // dropped session to be gone before the next one.
+    wait_for("no live session", Duration::from_secs(10), || {
+        let (_, v) = http(
+            w.api_port,
+            "GET",
+            "/v1/sessions?live=true",
+            Some("rotated-token"),
+            None,
+        );
+        v.trim() == "[]"
+    });
     let o = w.ssh(&alice, &["gateway-18", "echo served"]);
     assert_eq!(stdout(&o), "served\n", "{}", stderr(&o));
 }

@@ -27,7 +27,7 @@ const MAX_BODY: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Api {
     hub: Arc<Hub>,
-    token_sha256: Option<[u8; 32]>,
+    token_sha256: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 fn hex_decode(s: &str) -> Option<[u8; 32]> {
@@ -193,12 +193,18 @@ impl Api {
     pub fn new(hub: Arc<Hub>, token_sha256_hex: Option<&str>) -> Arc<Api> {
         Arc::new(Api {
             hub,
-            token_sha256: token_sha256_hex.and_then(hex_decode),
+            token_sha256: std::sync::Mutex::new(token_sha256_hex.and_then(hex_decode)),
         })
     }
 
+    /// Replaces the admin token's hash (SIGHUP); the next request is checked
+    /// against the new one.
+    pub fn set_token(&self, token_sha256_hex: Option<&str>) {
+        *locked(&self.token_sha256) = token_sha256_hex.and_then(hex_decode);
+    }
+
     fn authorised(&self, req: &Request<Incoming>) -> bool {
-        let Some(want) = &self.token_sha256 else {
+        let Some(want) = *locked(&self.token_sha256) else {
             return false;
         };
         let Some(token) = req
@@ -527,17 +533,25 @@ impl Api {
     }
 }
 
-/// Serves the API on `listener`, with TLS when `tls` is given.
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The TLS acceptor new API connections get (none: plain HTTP); SIGHUP may
+/// replace it with one for a renewed certificate.
+pub type SharedTls = Arc<std::sync::Mutex<Option<tokio_rustls::TlsAcceptor>>>;
+
+/// Serves the API on `listener`, with TLS when `tls` holds an acceptor.
 pub async fn serve(
     api: Arc<Api>,
     listener: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: SharedTls,
 ) -> std::io::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let api = api.clone();
-        let tls = tls.clone();
+        let tls = locked(&tls).clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| api.clone().handle(req));
             let builder = hyper::server::conn::http1::Builder::new();

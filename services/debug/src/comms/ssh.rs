@@ -68,7 +68,7 @@ pub struct Hub {
     changed: Notify,
     recordings_dir: PathBuf,
     next_conn: AtomicU64,
-    limits: Limits,
+    limits: Mutex<Limits>,
 }
 
 /// Per-session limits.
@@ -98,13 +98,24 @@ impl Hub {
             changed: Notify::new(),
             recordings_dir,
             next_conn: AtomicU64::new(1),
-            limits,
+            limits: Mutex::new(limits),
         })
     }
 
     /// Whether an agent for `gateway` is connected.
     pub fn gateway_connected(&self, gateway: &str) -> bool {
         lock(&self.gateways).contains_key(gateway)
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        *lock(&self.limits)
+    }
+
+    /// Replaces the limits (SIGHUP): new sessions get the new idle timeout,
+    /// and the session cap applies from the next session opened.
+    pub fn set_limits(&self, limits: Limits) {
+        *lock(&self.limits) = limits;
     }
 
     /// Where recordings are stored.
@@ -411,15 +422,38 @@ pub fn server_config(host_key: PrivateKey, auth_rejection: Duration) -> Arc<serv
     })
 }
 
+/// The SSH server configuration new connections get; SIGHUP may replace it
+/// (connections already open keep the one they started with).
+pub type SharedConfig = Arc<Mutex<Arc<server::Config>>>;
+
 /// Accepts SSH connections on `listener` until it fails.
 pub async fn serve(
     hub: Arc<Hub>,
-    config: Arc<server::Config>,
+    config: SharedConfig,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
     use russh::server::Server as _;
     let mut factory = Factory { hub };
-    factory.run_on_socket(config, &listener).await
+    loop {
+        let (socket, peer) = listener.accept().await?;
+        let config = lock(&config).clone();
+        let handler = factory.new_client(Some(peer));
+        tokio::spawn(async move {
+            if config.nodelay
+                && let Err(error) = socket.set_nodelay(true)
+            {
+                tracing::debug!(%peer, %error, "set_nodelay failed");
+            }
+            match server::run_stream(config, socket, handler).await {
+                Ok(session) => {
+                    if let Err(error) = session.await {
+                        tracing::debug!(%peer, %error, "ssh connection ended with an error");
+                    }
+                }
+                Err(error) => tracing::debug!(%peer, %error, "ssh connection setup failed"),
+            }
+        });
+    }
 }
 
 struct Factory {
@@ -751,7 +785,7 @@ impl server::Handler for Conn {
             _ => Err(Denial::UnknownGateway),
         };
         let verdict = verdict.and_then(|ok| {
-            let max = hub.limits.max_sessions_per_developer;
+            let max = hub.limits().max_sessions_per_developer;
             let live = lock(&hub.live)
                 .values()
                 .filter(|s| s.developer == developer)
@@ -892,8 +926,9 @@ async fn bridge(
                     pump(gw_r, dev_w, &down, &last, start)
                 )
             };
+            let idle_timeout = hub.limits().idle_timeout;
             let idle = async {
-                match hub.limits.idle_timeout {
+                match idle_timeout {
                     None => std::future::pending::<()>().await,
                     Some(limit) => loop {
                         let quiet = start
@@ -922,7 +957,7 @@ async fn bridge(
                     Ok(why) => format!("ended by comms: {why} ({})", bytes()),
                     Err(_) => format!("ended by comms ({})", bytes()),
                 },
-                () = idle => format!("ended by comms: idle for {:?} ({})", hub.limits.idle_timeout.unwrap_or_default(), bytes()),
+                () = idle => format!("ended by comms: idle for {:?} ({})", idle_timeout.unwrap_or_default(), bytes()),
             };
             let _ = dev_handle.close(dev_id).await;
             let _ = gw.handle.close(gw_id).await;
