@@ -8,7 +8,8 @@
 #      SMARTER_VENV      venv for the pinned Python tools (default out/deploy-venv)
 #      K8S_VERSIONS      Kubernetes versions the manifests must validate against
 #
-# Needs: python3 (3.11+), dockerd running, skopeo, jq, qemu-user-static, containerd's ctr.
+# Needs: python3 (3.11+), dockerd running, skopeo, jq, qemu-user-static, containerd's ctr,
+#        cargo with the workspace's crates fetched and dpkg (the SBOMs list crates and Debian packages).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,8 +61,10 @@ fi
 step "images, built twice: digests must be identical"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 "$py" deploy/images/build.py --bin-dir "$bin_dir" --out "$images"
-# The second build differs in everything that must not matter: time zone, umask, cwd.
-(cd /tmp && umask 077 && TZ=Pacific/Kiritimati "$py" "$repo/deploy/images/build.py" --bin-dir "$bin_dir" --out "$rebuild" >/dev/null)
+# The second build differs in everything that must not matter: time zone, umask, cwd, locale and
+# cargo's terminal settings (the SBOM reads dpkg-query's and cargo tree's output).
+(cd /tmp && umask 077 && TZ=Pacific/Kiritimati LC_ALL=C CARGO_TERM_COLOR=always \
+    "$py" "$repo/deploy/images/build.py" --bin-dir "$bin_dir" --out "$rebuild" >/dev/null)
 (cd "$images" && find . -type f ! -name images.json -print0 | sort -z | xargs -0 sha256sum) > "$repo/out/images.sha256"
 (cd "$rebuild" && find . -type f ! -name images.json -print0 | sort -z | xargs -0 sha256sum) > "$repo/out/images-rebuild.sha256"
 if ! diff -u "$repo/out/images.sha256" "$repo/out/images-rebuild.sha256"; then
@@ -82,6 +85,9 @@ for svc in $(jq -r '.images | keys[]' "$images/images.json"); do
     done
     echo "ok: $svc:$version ($n platforms)"
 done
+
+step "SBOMs: one SPDX 2.3 document per image, checked against the image, dpkg and Cargo.lock"
+"$py" deploy/tests/sbom.py --images "$images" --self-test
 
 step "dockerd"
 docker info > /dev/null 2>&1 || { echo "dockerd is not running"; exit 1; }

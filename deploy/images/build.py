@@ -10,7 +10,10 @@ Two layers per image:
   1. base:    glibc and the libraries every binary of this architecture links, plus passwd/group
               and empty mount points. Byte-identical across the services of one architecture, so
               a gateway stores and downloads it once.
-  2. service: the binary and any library only it links (e.g. libudev for the device manager).
+  2. service: the binary, any library only it links (e.g. libudev for the device manager) and
+              the image's SPDX 2.3 software bill of materials at /usr/share/doc/smarter/sbom.spdx.json
+              (every file, the Debian packages the libraries came from, the crates in the binary;
+              see sbom.py).
 
 Outputs (under --out, default out/images):
   oci/                          one OCI image layout; index.json holds one multi-arch image index
@@ -23,9 +26,10 @@ Outputs (under --out, default out/images):
 
 Determinism: entries sorted, mtime = SOURCE_DATE_EPOCH, uid/gid 0 with empty user/group names,
 fixed modes, gzip without name or timestamp, JSON with sorted keys. Nothing from the build host
-(paths, times, users) enters an image.
+(paths, times, users) enters an image; the SBOM names the Debian packages (from dpkg's database)
+and crates (from Cargo.lock and `cargo tree`) the files came from.
 
-Only the Python standard library is used.
+Only the Python standard library is used (plus sbom.py beside this file).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ import sys
 import tarfile
 import tomllib
 from pathlib import Path
+
+import sbom
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,6 +92,7 @@ ARCHES = {
 @dataclasses.dataclass(frozen=True)
 class Service:
     binary: str
+    package: str  # the workspace package the binary is built from
     description: str
     user: str  # numeric uid:gid the image runs as by default
     gateway: bool  # shipped in the gateway air-gap bundle
@@ -96,11 +103,12 @@ class Service:
 # /opt/cni/bin). smarter-comms runs in the cloud as an unprivileged user. See
 # docs/decisions/0051-image-users-and-capabilities.md.
 SERVICES = [
-    Service("smarter-device-manager", "Kubelet device plugin exposing host devices", "0:0", True),
-    Service("smarter-cni", "CNI plugin and its installer", "0:0", True),
-    Service("smarter-dns", "Local event-driven DNS for a gateway's apps", "0:0", True),
-    Service("smarter-debug-agent", "Remote debug agent (gateway side)", "0:0", True),
-    Service("smarter-comms", "Remote debug rendezvous (cloud side)", "65532:65532", False),
+    Service("smarter-device-manager", "smarter-device-manager", "Kubelet device plugin exposing host devices",
+            "0:0", True),
+    Service("smarter-cni", "smarter-cni", "CNI plugin and its installer", "0:0", True),
+    Service("smarter-dns", "smarter-dns", "Local event-driven DNS for a gateway's apps", "0:0", True),
+    Service("smarter-debug-agent", "smarter-debug", "Remote debug agent (gateway side)", "0:0", True),
+    Service("smarter-comms", "smarter-debug", "Remote debug rendezvous (cloud side)", "65532:65532", False),
 ]
 
 NONROOT_UID = 65532
@@ -343,7 +351,7 @@ def interp_host_path(arch: Arch, interp: str) -> Path:
 
 
 def build_arch(
-    arch: Arch, bin_dir: Path, services: list[Service], meta: dict, epoch: int
+    arch: Arch, bin_dir: Path, services: list[Service], meta: dict, epoch: int, repo: str, distro: str
 ) -> list[Image]:
     resolved = {}
     for svc in services:
@@ -364,16 +372,37 @@ def build_arch(
     (interp,) = interps
     any_libs = next(iter(resolved.values()))[2]
     base_libs = {s: any_libs[s] for s in common}
-    base_tar = layer_tar(passwd_entries() + lib_entries(arch, interp, base_libs), epoch)
+    base_entries = passwd_entries() + lib_entries(arch, interp, base_libs)
+    base_tar = layer_tar(base_entries, epoch)
     base_gz = Blob("application/vnd.oci.image.layer.v1.tar+gzip", gzip_bytes(base_tar))
 
     created = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Where each library in an image came from: its Debian package (for the SBOM).
+    libdir = f"/lib/{arch.multiarch}"
+    host_of = {f"{libdir}/{s}": p for _, _, libs in resolved.values() for s, p in libs.items()}
+    debs = sbom.debian_packages(sorted(set(host_of.values())))
+    crates = sbom.crate_graph(REPO_ROOT, arch.triple)
     images = []
     for svc in services:
         binary, _, libs = resolved[svc.binary]
         own_libs = {s: p for s, p in libs.items() if s not in common}
         entries = [Entry(f"/usr/bin/{svc.binary}", "file", 0o755, binary.read_bytes())]
         entries += lib_entries(arch, None, own_libs)
+        if svc.package not in crates:
+            raise SystemExit(f"sbom: cargo tree shows no workspace package {svc.package}")
+        files = [
+            sbom.ImageFile(e.path, e.data, debs[host_of[e.path]] if e.path in host_of else None)
+            for e in base_entries + entries
+            if e.kind == "file"
+        ]
+        platform = {"architecture": arch.oci_arch, "os": "linux"}
+        if arch.variant:
+            platform["variant"] = arch.variant
+        doc = sbom.document(
+            image=f"{repo}/{svc.binary}", binary=svc.binary, package=svc.package, arch_name=arch.name,
+            platform=platform, files=files, crates=crates[svc.package], meta=meta, distro_qualifier=distro,
+        )
+        entries.append(Entry(sbom.SBOM_PATH, "file", 0o644, doc))
         svc_tar = layer_tar(entries, epoch)
         svc_gz = Blob("application/vnd.oci.image.layer.v1.tar+gzip", gzip_bytes(svc_tar))
         labels = {
@@ -385,9 +414,6 @@ def build_arch(
             "org.opencontainers.image.created": created,
             "org.opencontainers.image.licenses": meta["license"],
         }
-        platform = {"architecture": arch.oci_arch, "os": "linux"}
-        if arch.variant:
-            platform["variant"] = arch.variant
         config = {
             **platform,
             "created": created,
@@ -530,7 +556,7 @@ def main() -> int:
 
     images: list[Image] = []
     for arch in arches:
-        images += build_arch(arch, bin_dir, SERVICES, meta, meta["epoch"])
+        images += build_arch(arch, bin_dir, SERVICES, meta, meta["epoch"], args.repo, sbom.distro())
 
     out.mkdir(parents=True, exist_ok=True)
     index_digests = write_oci_layout(out / "oci", images, meta)
