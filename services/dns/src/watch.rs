@@ -101,13 +101,111 @@ const RECORDS_MASK: WatchMask = WatchMask::MOVED_TO
     .union(WatchMask::MOVED_FROM)
     .union(WatchMask::MOVE_SELF);
 
-const PARENT_MASK: WatchMask = WatchMask::CREATE
+/// On every directory above the records directory: the next directory on
+/// the way down appearing (created, or moved into place), or this one being
+/// moved away. Its deletion ends the watch with IGNORED. MASK_ADD because the
+/// same directory may also be watched for resolv.conf.
+const ANCESTOR_MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MOVE_SELF)
     .union(WatchMask::ONLYDIR)
     .union(WatchMask::MASK_ADD);
 
-fn config_dir_name(dir: &Path) -> std::ffi::OsString {
-    dir.file_name().map(OsStr::to_os_string).unwrap_or_default()
+/// Every directory above `dir`, from the root down, each with the name of
+/// the next component on the way to `dir`.
+fn ancestors(dir: &Path) -> Vec<(PathBuf, std::ffi::OsString)> {
+    let mut out: Vec<(PathBuf, std::ffi::OsString)> = dir
+        .ancestors()
+        .zip(dir.ancestors().skip(1))
+        .filter(|(_, parent)| !parent.as_os_str().is_empty())
+        .filter_map(|(child, parent)| {
+            child
+                .file_name()
+                .map(|name| (parent.to_path_buf(), name.to_os_string()))
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+/// The watches that find the records directory again: one on each directory
+/// above it and one on the directory itself (when it exists).
+///
+/// A records directory deleted and made again (a node cleanup, an operator's
+/// `rm -rf`, of it or of a directory above it; smarter-cni re-creates the
+/// whole path with the next record) is a new inode the old watch no longer
+/// sees, and a directory above it moved away takes the watched inode along.
+/// So any change on the way down re-runs [`Tree::establish`], which watches
+/// whatever is at each path now, top down so nothing created in between is
+/// missed.
+#[derive(Debug)]
+struct Tree {
+    records: Option<WatchDescriptor>,
+    /// Watched directories above the records directory, with the name of the
+    /// next component on the way down.
+    ancestors: Vec<(WatchDescriptor, std::ffi::OsString)>,
+}
+
+impl Tree {
+    /// Watch every directory on the way to `dir`, then `dir`. Returns
+    /// whether the records directory's watch changed (it appeared, went
+    /// away, or is a new directory), i.e. whether to read it again.
+    fn establish(&mut self, watches: &mut inotify::Watches, dir: &Path) -> bool {
+        for (parent, child) in ancestors(dir) {
+            match watches.add(&parent, ANCESTOR_MASK) {
+                Ok(wd) => {
+                    if !self.ancestors.iter().any(|(w, c)| *w == wd && *c == child) {
+                        self.ancestors.push((wd, child));
+                    }
+                }
+                // Not there: its creation in the directory above brings us
+                // back, and nothing below it can be there either.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
+                // Not ours to watch (permissions): the ones below still help.
+                Err(error) => {
+                    tracing::debug!(dir = %parent.display(), %error, "cannot watch");
+                }
+            }
+        }
+        let now = watches.add(dir, RECORDS_MASK).ok();
+        if now == self.records {
+            return false;
+        }
+        // The old directory was deleted (its watch is gone already) or moved
+        // away (its watch would still report changes that are no longer ours).
+        if let Some(old) = self.records.take() {
+            let _ = watches.remove(old);
+        }
+        match &now {
+            Some(_) => {
+                tracing::info!(dir = %dir.display(), "watching the records directory")
+            }
+            None => {
+                tracing::warn!(dir = %dir.display(), "records directory went away; waiting for it to come back")
+            }
+        }
+        self.records = now;
+        true
+    }
+
+    /// Whether `ev` means the records directory may be somewhere else now.
+    fn moved(&mut self, ev: &inotify::Event<std::ffi::OsString>) -> bool {
+        if Some(&ev.wd) == self.records.as_ref() {
+            return ev
+                .mask
+                .intersects(EventMask::IGNORED | EventMask::MOVE_SELF);
+        }
+        if ev.mask.contains(EventMask::IGNORED) {
+            let before = self.ancestors.len();
+            self.ancestors.retain(|(w, _)| *w != ev.wd);
+            return self.ancestors.len() != before;
+        }
+        self.ancestors.iter().any(|(w, child)| {
+            *w == ev.wd
+                && (ev.mask.contains(EventMask::MOVE_SELF)
+                    || (ev.mask.contains(EventMask::ISDIR) && ev.name.as_ref() == Some(child)))
+        })
+    }
 }
 
 /// What to watch.
@@ -130,8 +228,7 @@ pub struct WatchConfig {
 #[derive(Debug)]
 pub struct Watcher {
     inotify: Inotify,
-    records_wd: WatchDescriptor,
-    parent_wd: Option<WatchDescriptor>,
+    tree: Tree,
     resolv_wds: Vec<(WatchDescriptor, Vec<std::ffi::OsString>)>,
     ctx: Ctx,
 }
@@ -151,22 +248,18 @@ impl Watcher {
         };
         std::fs::create_dir_all(dir).map_err(err(dir, "create directory"))?;
         let inotify = Inotify::init().map_err(err(dir, "initialise inotify"))?;
-        let records_wd = inotify
-            .watches()
-            .add(dir, RECORDS_MASK)
-            .map_err(err(dir, "watch"))?;
-        // The parent too: a records directory deleted and made again (a node
-        // cleanup, an operator's `rm -rf`) is a new inode that the watch above
-        // no longer sees, so its creation is what tells us to watch it anew.
-        let parent_wd = match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            Some(parent) => Some(
-                inotify
-                    .watches()
-                    .add(parent, PARENT_MASK)
-                    .map_err(err(parent, "watch"))?,
-            ),
-            None => None,
+        let mut tree = Tree {
+            records: None,
+            ancestors: Vec::new(),
         };
+        tree.establish(&mut inotify.watches(), dir);
+        if tree.records.is_none() {
+            // Just created, so this is a real failure (permissions, limits).
+            inotify
+                .watches()
+                .add(dir, RECORDS_MASK)
+                .map_err(err(dir, "watch"))?;
+        }
         let mut resolv_wds: Vec<(WatchDescriptor, Vec<std::ffi::OsString>)> = Vec::new();
         if let Some(rc) = &config.resolv_conf {
             // Watch the directory (resolv.conf is usually replaced, not
@@ -207,8 +300,7 @@ impl Watcher {
         ctx.reload_upstreams();
         Ok(Self {
             inotify,
-            records_wd,
-            parent_wd,
+            tree,
             resolv_wds,
             ctx,
         })
@@ -218,12 +310,10 @@ impl Watcher {
     pub async fn run(self) -> Result<(), WatchError> {
         let Self {
             inotify,
-            mut records_wd,
-            parent_wd,
+            mut tree,
             resolv_wds,
             ctx: me,
         } = self;
-        let dir_name = config_dir_name(&me.config.records_dir);
         let config = &me.config;
         let mut stream = inotify
             .into_event_stream(vec![0u8; 16 * 1024])
@@ -239,10 +329,9 @@ impl Watcher {
             }
             let mut rescan = false;
             let mut resolv = false;
-            // The records directory went away (deleted or moved), or one of
-            // its name appeared in the parent: watch whatever is there now.
+            // The records directory, or a directory above it, went away or
+            // appeared: watch whatever is there now.
             let mut rewatch = false;
-            let mut moved = false;
             let mut changes: Vec<(EventMask, std::ffi::OsString)> = Vec::new();
             for ev in batch {
                 let ev = match ev {
@@ -255,26 +344,16 @@ impl Watcher {
                 };
                 if ev.mask.contains(EventMask::Q_OVERFLOW) {
                     rescan = true;
+                    rewatch = true;
                     resolv = true;
                     continue;
                 }
-                if ev.wd == records_wd {
-                    if ev
-                        .mask
-                        .intersects(EventMask::IGNORED | EventMask::MOVE_SELF)
-                    {
-                        tracing::warn!(dir = %config.records_dir.display(), "records directory went away; waiting for it to come back");
-                        rewatch = true;
-                        moved |= ev.mask.contains(EventMask::MOVE_SELF);
-                    } else if let Some(name) = &ev.name {
-                        changes.push((ev.mask, name.clone()));
-                    }
-                }
-                if Some(&ev.wd) == parent_wd.as_ref()
-                    && ev.mask.contains(EventMask::ISDIR)
-                    && ev.name.as_deref() == Some(dir_name.as_os_str())
-                {
+                if tree.moved(&ev) {
                     rewatch = true;
+                } else if Some(&ev.wd) == tree.records.as_ref()
+                    && let Some(name) = &ev.name
+                {
+                    changes.push((ev.mask, name.clone()));
                 }
                 if let Some((_, files)) = resolv_wds.iter().find(|(w, _)| *w == ev.wd)
                     && ev.name.as_ref().is_some_and(|n| files.contains(n))
@@ -282,24 +361,9 @@ impl Watcher {
                     resolv = true;
                 }
             }
-            if rewatch {
-                // A moved directory keeps its old watch: drop it (its IGNORED
-                // event then names a descriptor we no longer use).
-                if moved {
-                    let _ = stream.watches().remove(records_wd.clone());
-                }
-                match stream.watches().add(&config.records_dir, RECORDS_MASK) {
-                    Ok(wd) => {
-                        tracing::info!(dir = %config.records_dir.display(), "watching the records directory again");
-                        records_wd = wd;
-                    }
-                    // Not there (yet): its creation in the parent brings us back.
-                    Err(error) => {
-                        tracing::debug!(dir = %config.records_dir.display(), %error, "records directory not there");
-                    }
-                }
-                // Whatever the directory holds now (nothing, if it is gone)
-                // replaces what we served, read after the watch is in place.
+            // Whatever the directory holds now (nothing, if it is gone)
+            // replaces what we served, read after the watch is in place.
+            if rewatch && tree.establish(&mut stream.watches(), &config.records_dir) {
                 rescan = true;
             }
             if rescan {
