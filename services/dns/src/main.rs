@@ -142,7 +142,7 @@ fn reload(args: &CommonArgs, running: &Config) -> Option<Config> {
         new.worker_threads = running.worker_threads;
     }
     if let Err(e) = set_up_dummy(&new) {
-        tracing::error!(error = %format!("{e:#}"), "SIGHUP: new config rejected; still running the old one");
+        tracing::error!(error = %smarter_common::cli::error_line(e.as_ref()), "SIGHUP: new config rejected; still running the old one");
         return None;
     }
     tracing::info!("SIGHUP: config reloaded; restarting the server with it");
@@ -158,7 +158,7 @@ async fn serve(mut config: Config, args: &CommonArgs) -> anyhow::Result<()> {
         let (sockets, metrics) = match (bind_all(&config).await, previous.take()) {
             (Ok(bound), _) => bound,
             (Err(e), Some(old)) => {
-                tracing::error!(error = %format!("{e:#}"), "SIGHUP: new config rejected; still running the old one");
+                tracing::error!(error = %smarter_common::cli::error_line(e.as_ref()), "SIGHUP: new config rejected; still running the old one");
                 config = old;
                 bind_all(&config).await?
             }

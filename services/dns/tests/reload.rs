@@ -109,6 +109,19 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
         "a bad config stopped the server"
     );
 
+    // A config whose port is taken: rejected with the OS reason (once),
+    // and the old sockets are bound again.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    write_config(dir.path(), taken.local_addr()?.port(), 88)?;
+    signal(&server.0, libc::SIGHUP)?;
+    assert!(
+        wait_until(limit, || async { ttl(at(second)).await == Some(77) })
+            .await
+            .is_some(),
+        "a config with a taken port stopped the server"
+    );
+    drop(taken);
+
     signal(&server.0, libc::SIGTERM)?;
     let status = server.0.wait()?;
     let mut log = String::new();
@@ -119,6 +132,12 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
     assert!(
         log.contains("new config rejected") && log.contains("ttl"),
         "the rejection and its reason are not in the log:\n{log}"
+    );
+    let in_use = std::io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
+    assert_eq!(
+        log.matches(&in_use).count(),
+        1,
+        "the taken port's OS reason is not in the log exactly once:\n{log}"
     );
     Ok(())
 }
