@@ -24,6 +24,8 @@
 //!   ConfigMap mounted into the pod.
 //! * [`download`]: the resumable, verified, bandwidth-limited download of a
 //!   bundle onto the data partition; [`bandwidth`] is its token bucket.
+//! * [`rauc`]: the host's RAUC over D-Bus (install, progress, slot status).
+//! * [`logind`]: rebooting the host through systemd-logind over D-Bus.
 
 pub mod agent_config;
 pub mod bandwidth;
@@ -33,6 +35,8 @@ pub mod desired;
 pub mod download;
 pub mod error;
 pub mod gate;
+pub mod logind;
+pub mod rauc;
 pub mod slot;
 
 pub use error::Error;

@@ -1,0 +1,599 @@
+//! The RAUC and logind clients against a private `dbus-daemon` (started here
+//! with its own config and socket in a temp dir), with stand-ins for RAUC's
+//! `de.pengutronix.rauc.Installer` and logind's Manager written in the test
+//! with zbus, speaking the same names, paths, methods, signals and
+//! properties as the real services.
+#![allow(clippy::expect_used, clippy::panic)] // test harness: a failed setup step fails the test
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smarter_update::rauc::{Progress, Rauc, RaucError};
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{OwnedValue, Value};
+
+/// A private bus; the daemon is killed when this is dropped.
+struct Bus {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `dbus-daemon`, or `None` (skipped, or failed in CI) without one.
+fn private_bus() -> Option<Bus> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bus.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+            dir.path().join("bus").display()
+        ),
+    )
+    .expect("write bus config");
+    let child = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", config.display()))
+        .args(["--nofork", "--nopidfile", "--print-address"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            smarter_common::testing::skip(format!(
+                "dbus-daemon cannot run ({e}); install Debian's dbus package"
+            ));
+            return None;
+        }
+    };
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("dbus-daemon stdout");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the bus address");
+    let address = line.trim().to_string();
+    assert!(
+        address.starts_with("unix:"),
+        "dbus-daemon printed {address:?}"
+    );
+    Some(Bus {
+        child,
+        address,
+        _dir: dir,
+    })
+}
+
+/// What the stand-in RAUC does with the next InstallBundle.
+#[derive(Debug, Clone)]
+enum Plan {
+    /// Install into rootfs.1 as this version, then Completed(0).
+    Succeed(String),
+    /// LastError = this, then Completed(1).
+    Fail(String),
+    /// Answer the method call with this D-Bus error.
+    Refuse(String),
+    /// Never complete.
+    Hang,
+}
+
+type Slots = Vec<(String, Vec<(&'static str, String)>)>;
+
+struct FakeRauc {
+    plan: Plan,
+    operation: String,
+    last_error: String,
+    progress: (i32, String, i32),
+    boot_slot: String,
+    slots: Slots,
+    installs: Arc<Mutex<Vec<(String, usize)>>>,
+}
+
+fn slots(booted: &str, version_a: &str, status_b: &str) -> Slots {
+    let state = |name: &str| if name == booted { "booted" } else { "inactive" };
+    vec![
+        (
+            "rootfs.0".to_string(),
+            vec![
+                ("bootname", "A".to_string()),
+                ("class", "rootfs".to_string()),
+                ("state", state("A").to_string()),
+                ("boot-status", "good".to_string()),
+                ("bundle.version", version_a.to_string()),
+                ("bundle.compatible", "smarter-qemuarm64".to_string()),
+            ],
+        ),
+        (
+            "rootfs.1".to_string(),
+            vec![
+                ("bootname", "B".to_string()),
+                ("class", "rootfs".to_string()),
+                ("state", state("B").to_string()),
+                ("boot-status", status_b.to_string()),
+            ],
+        ),
+    ]
+}
+
+#[zbus::interface(name = "de.pengutronix.rauc.Installer")]
+impl FakeRauc {
+    async fn install_bundle(
+        &mut self,
+        source: String,
+        args: HashMap<String, OwnedValue>,
+        #[zbus(connection)] connection: &zbus::Connection,
+    ) -> zbus::fdo::Result<()> {
+        self.installs
+            .lock()
+            .expect("lock")
+            .push((source.clone(), args.len()));
+        if let Plan::Refuse(message) = &self.plan {
+            return Err(zbus::fdo::Error::Failed(message.clone()));
+        }
+        self.operation = "installing".into();
+        let plan = self.plan.clone();
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            let iface = connection
+                .object_server()
+                .interface::<_, FakeRauc>("/")
+                .await
+                .expect("own interface");
+            let emitter = iface.signal_emitter().clone();
+            if matches!(plan, Plan::Hang) {
+                return;
+            }
+            for (percent, message) in [
+                (0, "Installing"),
+                (40, "Checking bundle"),
+                (100, "Installing done."),
+            ] {
+                iface.get_mut().await.progress = (percent, message.to_string(), 1);
+                iface
+                    .get()
+                    .await
+                    .progress_changed(&emitter)
+                    .await
+                    .expect("emit Progress");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let result = {
+                let mut me = iface.get_mut().await;
+                me.operation = "idle".into();
+                match &plan {
+                    Plan::Succeed(version) => {
+                        if let Some((_, fields)) =
+                            me.slots.iter_mut().find(|(n, _)| n == "rootfs.1")
+                        {
+                            fields.push(("bundle.version", version.clone()));
+                        }
+                        me.last_error = String::new();
+                        0
+                    }
+                    Plan::Fail(message) => {
+                        me.last_error = message.clone();
+                        1
+                    }
+                    Plan::Refuse(_) | Plan::Hang => 1,
+                }
+            };
+            FakeRauc::completed(&emitter, result)
+                .await
+                .expect("emit Completed");
+        });
+        Ok(())
+    }
+
+    async fn get_slot_status(&self) -> Vec<(String, HashMap<String, Value<'static>>)> {
+        self.slots
+            .iter()
+            .map(|(name, fields)| {
+                let dict = fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Value::from(v.clone())))
+                    .collect();
+                (name.clone(), dict)
+            })
+            .collect()
+    }
+
+    async fn get_primary(&self) -> String {
+        "rootfs.0".into()
+    }
+
+    #[zbus(signal)]
+    async fn completed(emitter: &SignalEmitter<'_>, result: i32) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    async fn operation(&self) -> String {
+        self.operation.clone()
+    }
+
+    #[zbus(property)]
+    async fn last_error(&self) -> String {
+        self.last_error.clone()
+    }
+
+    #[zbus(property)]
+    async fn progress(&self) -> (i32, String, i32) {
+        self.progress.clone()
+    }
+
+    #[zbus(property)]
+    async fn compatible(&self) -> String {
+        "smarter-qemuarm64".into()
+    }
+
+    #[zbus(property)]
+    async fn boot_slot(&self) -> String {
+        self.boot_slot.clone()
+    }
+}
+
+/// Stand-in RAUC on `bus`; returns the calls it receives and its connection
+/// (dropping that takes the name off the bus).
+async fn serve_rauc(
+    bus: &Bus,
+    plan: Plan,
+    slots: Slots,
+    boot_slot: &str,
+) -> (Arc<Mutex<Vec<(String, usize)>>>, zbus::Connection) {
+    let installs = Arc::new(Mutex::new(Vec::new()));
+    let fake = FakeRauc {
+        plan,
+        operation: "idle".into(),
+        last_error: String::new(),
+        progress: (0, String::new(), 0),
+        boot_slot: boot_slot.into(),
+        slots,
+        installs: installs.clone(),
+    };
+    let connection = zbus::connection::Builder::address(bus.address.as_str())
+        .expect("bus address")
+        .name("de.pengutronix.rauc")
+        .expect("name")
+        .serve_at("/", fake)
+        .expect("serve")
+        .build()
+        .await
+        .expect("stand-in RAUC on the bus");
+    (installs, connection)
+}
+
+async fn client(bus: &Bus) -> zbus::Connection {
+    zbus::connection::Builder::address(bus.address.as_str())
+        .expect("bus address")
+        .build()
+        .await
+        .expect("client connection")
+}
+
+const BUNDLE: &str = "/data/smarter/update/9f86d081.raucb";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_reports_progress_then_completion_and_the_slot_carries_the_version() {
+    let Some(bus) = private_bus() else { return };
+    let (installs, _rauc) = serve_rauc(
+        &bus,
+        Plan::Succeed("2026.12.1".into()),
+        slots("A", "2026.11.0", "good"),
+        "A",
+    )
+    .await;
+    let conn = client(&bus).await;
+    let rauc = Rauc::new(&conn).await.expect("client");
+    let booted = rauc.booted().await.expect("booted slot");
+    assert_eq!(booted.name, "rootfs.0");
+    assert_eq!(booted.bundle_version.as_deref(), Some("2026.11.0"));
+    assert!(booted.is_good());
+    assert_eq!(rauc.operation().await.expect("Operation"), "idle");
+
+    let mut seen = Vec::new();
+    rauc.install(Path::new(BUNDLE), Duration::from_secs(30), &mut |p| {
+        seen.push(p)
+    })
+    .await
+    .expect("install");
+    assert_eq!(
+        installs.lock().expect("lock").as_slice(),
+        &[(BUNDLE.to_string(), 0)]
+    );
+    assert!(
+        seen.iter().any(|p| p.percent == 100),
+        "progress reported: {seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0].percent <= w[1].percent));
+    assert_eq!(
+        rauc.progress().await.expect("Progress"),
+        Progress {
+            percent: 100,
+            message: "Installing done.".into(),
+            depth: 1
+        }
+    );
+    let status = rauc.slot_status().await.expect("slot status");
+    assert_eq!(status.compatible, "smarter-qemuarm64");
+    let other = status
+        .slots
+        .iter()
+        .find(|s| s.name == "rootfs.1")
+        .expect("rootfs.1");
+    assert_eq!(other.bundle_version.as_deref(), Some("2026.12.1"));
+    assert_eq!(rauc.primary().await.expect("GetPrimary"), "rootfs.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_install_reports_last_error_and_changes_no_slot() {
+    let Some(bus) = private_bus() else { return };
+    let why = "signature verification failed: certificate has expired";
+    let (_, _rauc) = serve_rauc(
+        &bus,
+        Plan::Fail(why.into()),
+        slots("A", "2026.11.0", "good"),
+        "A",
+    )
+    .await;
+    let conn = client(&bus).await;
+    let rauc = Rauc::new(&conn).await.expect("client");
+    let before = rauc.slot_status().await.expect("status");
+    let e = rauc
+        .install(Path::new(BUNDLE), Duration::from_secs(30), &mut |_| {})
+        .await
+        .expect_err("install fails");
+    assert!(
+        matches!(e, RaucError::InstallFailed { result: 1, .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains(why) && e.to_string().contains(BUNDLE),
+        "{e}"
+    );
+    assert_eq!(rauc.slot_status().await.expect("status"), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_install_and_a_hung_one_are_reported() {
+    let Some(bus) = private_bus() else { return };
+    let (_, rauc_conn) = serve_rauc(
+        &bus,
+        Plan::Refuse("Already processing a different method".into()),
+        slots("A", "2026.11.0", "good"),
+        "A",
+    )
+    .await;
+    let conn = client(&bus).await;
+    let rauc = Rauc::new(&conn).await.expect("client");
+    let e = rauc
+        .install(Path::new(BUNDLE), Duration::from_secs(30), &mut |_| {})
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, RaucError::Refused { .. }), "{e}");
+    assert!(e.to_string().contains("Already processing"), "{e}");
+    drop(rauc_conn);
+
+    let (_, _hung) = serve_rauc(&bus, Plan::Hang, slots("A", "1", "good"), "A").await;
+    let rauc = Rauc::new(&conn).await.expect("client");
+    let e = rauc
+        .install(Path::new(BUNDLE), Duration::from_secs(1), &mut |_| {})
+        .await
+        .expect_err("timeout");
+    assert!(matches!(e, RaucError::Timeout { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_booted_slot_after_a_switch_and_without_state_fields() {
+    let Some(bus) = private_bus() else { return };
+    // Booted B, not yet marked good by anyone.
+    let mut s = slots("B", "2026.11.0", "bad");
+    if let Some((_, fields)) = s.iter_mut().find(|(n, _)| n == "rootfs.1") {
+        fields.push(("bundle.version", "2026.12.1".into()));
+    }
+    let (_, rauc_conn) = serve_rauc(&bus, Plan::Hang, s.clone(), "B").await;
+    let conn = client(&bus).await;
+    let rauc = Rauc::new(&conn).await.expect("client");
+    let booted = rauc.booted().await.expect("booted");
+    assert_eq!(booted.name, "rootfs.1");
+    assert_eq!(booted.bundle_version.as_deref(), Some("2026.12.1"));
+    assert!(!booted.is_good());
+    drop(rauc_conn);
+
+    // No `state` fields: BootSlot (the bootname) decides.
+    for (_, fields) in &mut s {
+        fields.retain(|(k, _)| *k != "state");
+    }
+    let (_, _rauc) = serve_rauc(&bus, Plan::Hang, s, "B").await;
+    let rauc = Rauc::new(&conn).await.expect("client");
+    assert_eq!(rauc.booted().await.expect("booted").name, "rootfs.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rauc_missing_from_the_bus_is_reported() {
+    let Some(bus) = private_bus() else { return };
+    let conn = client(&bus).await;
+    let result = match Rauc::new(&conn).await {
+        Ok(rauc) => rauc.booted().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let e = result.expect_err("no RAUC");
+    assert!(matches!(e, RaucError::Bus { .. }), "{e}");
+    assert!(e.to_string().contains("de.pengutronix.rauc"), "{e}");
+}
+
+struct FakeLogind {
+    reboots: Arc<Mutex<Vec<bool>>>,
+}
+
+#[zbus::interface(name = "org.freedesktop.login1.Manager")]
+impl FakeLogind {
+    async fn reboot(&self, interactive: bool) {
+        self.reboots.lock().expect("lock").push(interactive);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_goes_through_logind_without_asking() {
+    let Some(bus) = private_bus() else { return };
+    let conn = client(&bus).await;
+    let e = smarter_update::logind::reboot(&conn)
+        .await
+        .expect_err("no logind yet");
+    assert!(e.to_string().contains("org.freedesktop.login1"), "{e}");
+
+    let reboots = Arc::new(Mutex::new(Vec::new()));
+    let _logind = zbus::connection::Builder::address(bus.address.as_str())
+        .expect("address")
+        .name("org.freedesktop.login1")
+        .expect("name")
+        .serve_at(
+            "/org/freedesktop/login1",
+            FakeLogind {
+                reboots: reboots.clone(),
+            },
+        )
+        .expect("serve")
+        .build()
+        .await
+        .expect("stand-in logind");
+    smarter_update::logind::reboot(&conn)
+        .await
+        .expect("reboot asked");
+    assert_eq!(reboots.lock().expect("lock").as_slice(), &[false]);
+}
+
+/// Debian's real `rauc service` on the private bus (as its system bus), with
+/// a custom bootloader backend script and two raw slots in plain files.
+struct RealRauc {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for RealRauc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn real_rauc(bus: &Bus) -> Option<RealRauc> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let backend = d.join("backend.sh");
+    std::fs::write(
+        &backend,
+        "#!/bin/sh\ncase \"$1\" in\n  get-primary|get-current) echo A ;;\n  get-state) echo good ;;\nesac\nexit 0\n",
+    )
+    .expect("backend");
+    let status = Command::new("chmod")
+        .arg("+x")
+        .arg(&backend)
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+    for slot in ["slot-a.img", "slot-b.img"] {
+        std::fs::write(d.join(slot), vec![0u8; 64 * 1024]).expect("slot file");
+    }
+    std::fs::create_dir(d.join("data")).expect("data dir");
+    // The keyring is only read when a bundle is checked; any PEM will do for
+    // the service to start, and the bundles here never get that far.
+    std::fs::write(d.join("keyring.pem"), "").expect("keyring");
+    std::fs::write(
+        d.join("system.conf"),
+        format!(
+            "[system]\ncompatible=smarter-test\nbootloader=custom\ndata-directory={d}/data\n\n\
+             [handlers]\nbootloader-custom-backend={d}/backend.sh\n\n\
+             [keyring]\npath={d}/keyring.pem\n\n\
+             [slot.rootfs.0]\ndevice={d}/slot-a.img\ntype=raw\nbootname=A\n\n\
+             [slot.rootfs.1]\ndevice={d}/slot-b.img\ntype=raw\nbootname=B\n",
+            d = d.display()
+        ),
+    )
+    .expect("system.conf");
+    let child = Command::new("rauc")
+        .arg(format!("--conf={}", d.join("system.conf").display()))
+        .args(["service", "--override-boot-slot=A"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match child {
+        Ok(child) => Some(RealRauc { child, dir }),
+        Err(e) => {
+            smarter_common::testing::skip(format!(
+                "rauc cannot run ({e}); install Debian's rauc package"
+            ));
+            None
+        }
+    }
+}
+
+/// Wait (up to a generous bound; not a timing assertion) until `name` is
+/// owned on the bus.
+async fn wait_for_name(conn: &zbus::Connection, name: &str) {
+    let dbus = zbus::fdo::DBusProxy::new(conn).await.expect("DBus proxy");
+    let name = zbus::names::BusName::try_from(name).expect("bus name");
+    for _ in 0..300 {
+        if dbus.name_has_owner(name.clone()).await.unwrap_or(false) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} did not appear on the bus within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_rauc_service_reports_its_slots_and_refuses_a_bad_bundle() {
+    let Some(bus) = private_bus() else { return };
+    let Some(real) = real_rauc(&bus) else { return };
+    let conn = client(&bus).await;
+    wait_for_name(&conn, "de.pengutronix.rauc").await;
+    let rauc = Rauc::new(&conn).await.expect("client");
+
+    let status = rauc.slot_status().await.expect("slot status");
+    assert_eq!(status.compatible, "smarter-test");
+    assert_eq!(status.boot_slot, "A");
+    let booted = status.booted().expect("a booted slot");
+    assert_eq!(booted.name, "rootfs.0");
+    assert_eq!(booted.bootname.as_deref(), Some("A"));
+    assert!(booted.is_good(), "{booted:?}");
+    assert_eq!(rauc.operation().await.expect("Operation"), "idle");
+
+    let bad = real.dir.path().join("bad.raucb");
+    std::fs::write(&bad, b"not a bundle\n").expect("bad bundle");
+    let e = rauc
+        .install(&bad, Duration::from_secs(60), &mut |_| {})
+        .await
+        .expect_err("RAUC refuses garbage");
+    assert!(
+        matches!(&e, RaucError::InstallFailed { last_error, .. } if !last_error.is_empty()),
+        "{e}"
+    );
+    eprintln!("real RAUC: {e}");
+    let slot_b = std::fs::read(real.dir.path().join("slot-b.img")).expect("slot b");
+    assert!(
+        slot_b.iter().all(|b| *b == 0),
+        "the other slot was not written"
+    );
+    assert_eq!(rauc.operation().await.expect("Operation"), "idle");
+}
