@@ -371,6 +371,24 @@ fn refusals_tell_the_developer_why() {
         ),
         "{expired}"
     );
+
+    // Only a developer with a grant learns that the gateway is offline.
+    w.agents.clear();
+    let port = w.api_port;
+    wait_for("gateway disconnected", Duration::from_secs(20), || {
+        let (_, v) = json(port, "GET", "/v1/gateways/gateway-17", None);
+        v["connected"] == false
+    });
+    let offline = refused(&w.ssh(&alice, &["gateway-17", "true"]));
+    assert!(
+        offline.contains(
+            "open failed: connect failed: smarter-comms: gateway \"gateway-17\" is not \
+             connected (its agent is offline); try again later"
+        ),
+        "{offline}"
+    );
+    let bob_offline = refused(&w.ssh(&bob, &["gateway-17", "true"]));
+    assert_eq!(bob_offline, no_grant);
 }
 
 #[test]
@@ -554,8 +572,9 @@ fn hangup(child: &std::process::Child) {
     assert!(st.success());
 }
 
-/// SIGHUP: the agent reconnects with a changed config (here a new gateway
-/// name) and keeps the old one when the new file is broken; comms applies
+/// SIGHUP: the agent reconnects with a changed tunnel setting (here a new
+/// gateway name), applies another change (a new shell) without ending the
+/// session open across it, and keeps the old config when the file is broken; comms applies
 /// what can change live (session cap, admin token), names what needs a
 /// restart (API address) and keeps everything on a broken file.
 #[test]
@@ -581,9 +600,53 @@ fn sighup_reloads_the_agent_and_comms() {
     let o = w.ssh(&alice, &["gateway-18", "echo renamed"]);
     assert_eq!(stdout(&o), "renamed\n", "{}", stderr(&o));
 
-    std::fs::write(&cfg, "gateway_name = 18\n").unwrap();
+    // A new shell applies to the next session without reconnecting: a
+    // session open across the reload goes on.
+    let mut c = w.ssh_cmd(&alice, &["gateway-18", "echo started; exec sleep 30"]);
+    c.stdout(std::process::Stdio::piped());
+    let mut open = Proc(c.spawn().unwrap());
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(open.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "started\n");
+    }
+    let shell = w.path("reloaded-shell");
+    std::fs::write(
+        &shell,
+        "#!/bin/sh\nexport SMARTER_TEST_SHELL=reloaded\nexec /bin/sh \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&shell, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let renamed = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{renamed}shell = \"{}\"\n", shell.display())).unwrap();
     hangup(&w.agents[0].0);
     let log = w.path("agent.log");
+    wait_for(
+        "agent applies the new shell",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains("config applied without reconnecting"))
+        },
+    );
+    let o = w.ssh(&alice, &["gateway-18", "echo $SMARTER_TEST_SHELL"]);
+    assert_eq!(stdout(&o), "reloaded\n", "{}", stderr(&o));
+    assert!(
+        open.0.try_wait().unwrap().is_none(),
+        "the session open across the reload ended"
+    );
+    drop(open);
+    let port = w.api_port;
+    wait_for("the held session ends", Duration::from_secs(10), || {
+        let (_, live) = json(port, "GET", "/v1/sessions?live=true", None);
+        live.as_array().is_some_and(|a| a.is_empty())
+    });
+
+    std::fs::write(&cfg, "gateway_name = 18\n").unwrap();
+    hangup(&w.agents[0].0);
     wait_for(
         "agent rejects the bad config",
         Duration::from_secs(10),

@@ -41,8 +41,12 @@ const COMMS_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every session of this agent shares.
 pub struct Agent {
-    /// Configuration.
+    /// Configuration the tunnel was made with (its `tunnel_settings_differ`
+    /// part changes only by reconnecting).
     pub config: Config,
+    /// The latest valid config: what sessions and retries use
+    /// ([`Agent::settings`]); SIGHUP replaces it without reconnecting.
+    live: std::sync::RwLock<Config>,
     key: PrivateKey,
     comms_key: PublicKey,
     tunnel: RwLock<Option<Arc<client::Handle<Tunnel>>>>,
@@ -56,7 +60,40 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+/// The settings that shape the tunnel to comms (its address and key, our
+/// name and key, keepalives) and that `a` and `b` set differently: changing
+/// any of them means reconnecting, which ends the sessions on the tunnel.
+/// Everything else applies to the next session or retry as it is.
+pub fn tunnel_settings_differ(a: &Config, b: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if a.comms_address != b.comms_address {
+        out.push("comms_address");
+    }
+    if a.comms_host_key != b.comms_host_key {
+        out.push("comms_host_key");
+    }
+    if a.gateway_name != b.gateway_name {
+        out.push("gateway_name");
+    }
+    if a.state_dir != b.state_dir {
+        out.push("state_dir");
+    }
+    if a.keepalive_secs != b.keepalive_secs {
+        out.push("keepalive_secs");
+    }
+    out
+}
+
 impl Agent {
+    /// The latest valid config (shell, sftp server, pod lookup, host
+    /// namespaces, backoff): read when a session starts or a retry waits.
+    pub fn settings(&self) -> Config {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Sends `req` (with `body`) to comms over the tunnel and returns its stdout.
     pub async fn ask_comms(&self, req: &AgentRequest, body: &[u8]) -> Result<Vec<u8>, AgentError> {
         tokio::time::timeout(COMMS_REQUEST_TIMEOUT, self.ask_comms_inner(req, body))
@@ -215,9 +252,11 @@ async fn connect_once(agent: &Arc<Agent>) -> Result<oneshot::Receiver<()>, Strin
 }
 
 /// Runs the agent until a stop signal. On SIGHUP `reload` is asked for the
-/// config again: a changed one replaces the running one (the tunnel is
-/// reconnected with it, which ends the sessions on it); `None` or an
-/// unchanged config keeps everything as it is.
+/// config again: `None` (a broken file, logged) keeps everything as it is; a
+/// config that changes a tunnel setting ([`tunnel_settings_differ`]) replaces
+/// the running one by reconnecting with it, which ends the sessions on the
+/// tunnel; any other change applies at once to new sessions and the next
+/// retry, and live sessions go on.
 pub async fn run(
     mut config: Config,
     mut signals: UnboundedReceiver<Event>,
@@ -225,10 +264,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     loop {
         match run_with(config, &mut signals, &reload).await? {
-            Some(new) => {
-                tracing::info!("SIGHUP: config changed; reconnecting with it");
-                config = new;
-            }
+            Some(new) => config = new,
             None => return Ok(()),
         }
     }
@@ -250,27 +286,43 @@ async fn run_with(
         "agent started"
     );
     let agent = Arc::new(Agent {
+        live: std::sync::RwLock::new(config.clone()),
         config,
         key,
         comms_key,
         tunnel: RwLock::new(None),
     });
-    let running = format!("{:?}", agent.config);
-    let stop = async {
+    let me = agent.clone();
+    let stop = async move {
         while let Some(ev) = signals.recv().await {
             match ev {
                 Event::Stop => break,
-                Event::Reload => match reload() {
-                    Some(new) if format!("{new:?}") != running => return Some(new),
-                    Some(_) => tracing::info!("SIGHUP: config unchanged"),
-                    None => {}
-                },
+                Event::Reload => {
+                    let Some(new) = reload() else { continue };
+                    let differ = tunnel_settings_differ(&me.config, &new);
+                    if !differ.is_empty() {
+                        tracing::info!(
+                            settings = %differ.join(", "),
+                            "SIGHUP: tunnel settings changed; reconnecting (ends the sessions on the tunnel)"
+                        );
+                        return Some(new);
+                    }
+                    if format!("{new:?}") == format!("{:?}", me.settings()) {
+                        tracing::info!("SIGHUP: config unchanged");
+                    } else {
+                        *me.live
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+                        tracing::info!(
+                            "SIGHUP: config applied without reconnecting (new sessions and retries use it)"
+                        );
+                    }
+                }
             }
         }
         None
     };
     tokio::pin!(stop);
-    let max = Duration::from_secs(agent.config.max_backoff_secs);
     let mut backoff = Duration::from_secs(1);
     loop {
         let attempt = connect_once(&agent);
@@ -301,6 +353,6 @@ async fn run_with(
             _ = tokio::time::sleep(backoff + jitter) => {}
             next = &mut stop => return Ok(next),
         }
-        backoff = (backoff * 2).min(max);
+        backoff = (backoff * 2).min(Duration::from_secs(agent.settings().max_backoff_secs));
     }
 }

@@ -163,7 +163,7 @@ impl DebugSession {
     /// (PID 1 by default: the real host when the agent runs in a pod with
     /// `hostPID`; `None` when 0, i.e. stay in the agent's own namespaces).
     async fn target_pid(&self, target: &Target) -> Result<Option<u32>, String> {
-        let config = &self.agent.config;
+        let config = self.agent.settings();
         let (namespace, pod) = match target {
             Target::Host => {
                 return Ok((config.host_namespaces_pid != 0).then_some(config.host_namespaces_pid));
@@ -216,15 +216,13 @@ impl DebugSession {
             return Err("channel already running a program".into());
         }
         chan.started = true;
+        let settings = agent.settings();
         let (program, args) = if sftp {
-            (agent.config.sftp_server.clone(), vec![])
+            (settings.sftp_server.clone(), vec![])
         } else {
             match &command {
-                Some(c) => (
-                    agent.config.shell.clone(),
-                    vec!["-c".to_string(), c.clone()],
-                ),
-                None => (agent.config.shell.clone(), vec!["-l".to_string()]),
+                Some(c) => (settings.shell.clone(), vec!["-c".to_string(), c.clone()]),
+                None => (settings.shell.clone(), vec!["-l".to_string()]),
             }
         };
         let mut env = chan.env.clone();
