@@ -372,6 +372,23 @@ fn refusals_tell_the_developer_why() {
         "{expired}"
     );
 
+    // The agent's own refusal (a grant scoped to a pod, used for the host)
+    // reaches the developer too, through keyboard-interactive.
+    // (BatchMode turns keyboard-interactive off; a developer at a terminal
+    // has it on, and no prompt is shown, so no terminal is needed here.)
+    let erin = w.add_developer("erin", None);
+    w.grant("erin", "gateway-17", Some("apps"), Some("web"), None);
+    w.ssh_options = "  BatchMode no\n";
+    let scoped = refused(&w.ssh(&erin, &["gateway-17", "true"]));
+    w.ssh_options = "";
+    assert!(
+        scoped.contains(
+            "smarter-debug agent refused the session: no grant covers target host; log in as \
+             NAMESPACE/POD"
+        ),
+        "{scoped}"
+    );
+
     // Only a developer with a grant learns that the gateway is offline.
     w.agents.clear();
     let port = w.api_port;

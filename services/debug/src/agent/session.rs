@@ -46,6 +46,7 @@ pub async fn serve(agent: Arc<Agent>, session_id: i64, channel: Channel<client::
         agent: agent.clone(),
         session_id,
         authorized: None,
+        refusal: None,
         namespaces: None,
         channels: HashMap::new(),
         tasks: Vec::new(),
@@ -79,6 +80,9 @@ struct DebugSession {
     agent: Arc<Agent>,
     session_id: i64,
     authorized: Option<AuthorizeReply>,
+    /// Why the last public key was refused, told to the developer once
+    /// through keyboard-interactive (see [`refusal_text`]).
+    refusal: Option<String>,
     namespaces: Option<Arc<Namespaces>>,
     channels: HashMap<ChannelId, Chan>,
     tasks: Vec<AbortHandle>,
@@ -111,6 +115,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     }
+}
+
+/// What the developer's ssh shows when the agent refuses them: one line,
+/// no control characters, with a hint for the usual case (a grant scoped to
+/// pods used for the host, or for another pod).
+fn refusal_text(reason: &str) -> String {
+    let clean: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    let hint = if clean.starts_with("no grant covers target") {
+        "; log in as NAMESPACE/POD (ssh NAMESPACE/POD@GATEWAY) for a pod your grant covers, or ask a \
+         comms administrator for a wider grant"
+    } else {
+        ""
+    };
+    format!("smarter-debug agent refused the session: {clean}{hint}")
 }
 
 impl DebugSession {
@@ -384,8 +406,39 @@ impl server::Handler for DebugSession {
             Ok(()) => Ok(Auth::Accept),
             Err(e) => {
                 tracing::warn!(session = self.session_id, user, error = %e, "developer refused");
-                Ok(Auth::reject())
+                // The key is proven and comms routed this developer here (they
+                // hold a grant for this gateway), so the reason is theirs to
+                // know: offer keyboard-interactive, whose instructions OpenSSH
+                // prints, to tell them.
+                self.refusal = Some(refusal_text(&e));
+                Ok(Auth::Reject {
+                    proceed_with_methods: Some(MethodSet::from(
+                        &[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..],
+                    )),
+                    partial_success: false,
+                })
             }
+        }
+    }
+
+    /// Never accepts: it only carries the reason the public key was refused
+    /// (an info request without prompts), then rejects.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        match (response, self.refusal.take()) {
+            (None, Some(reason)) => Ok(Auth::Partial {
+                name: "".into(),
+                instructions: reason.into(),
+                prompts: Vec::new().into(),
+            }),
+            _ => Ok(Auth::Reject {
+                proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+                partial_success: false,
+            }),
         }
     }
 

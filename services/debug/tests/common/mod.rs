@@ -160,6 +160,9 @@ pub struct World {
     /// `LogLevel` of the developer's ssh client: ERROR keeps test output
     /// quiet; OpenSSH's default INFO shows why comms refused a channel.
     pub ssh_log_level: &'static str,
+    /// Options put first in the developer's ssh config (so they win over
+    /// the defaults below them), e.g. `BatchMode no`.
+    pub ssh_options: &'static str,
 }
 
 impl World {
@@ -179,6 +182,7 @@ impl World {
             agents: Vec::new(),
             comms_extra,
             ssh_log_level: "ERROR",
+            ssh_options: "",
         };
         w.start_comms();
         w
@@ -359,8 +363,9 @@ impl World {
         std::fs::write(
             &cfg,
             format!(
-                "Host comms\n  HostName 127.0.0.1\n  Port {}\n  User {user}\nHost *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n  LogLevel {}\n",
+                "Host comms\n  HostName 127.0.0.1\n  Port {}\n  User {user}\nHost *\n{}  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n  LogLevel {}\n",
                 self.ssh_port,
+                self.ssh_options,
                 identity.display(),
                 self.path("known_hosts").display(),
                 self.ssh_log_level
