@@ -11,6 +11,10 @@ use smarter_common::config::{Invalid, Validate};
 /// Default config path.
 pub const DEFAULT_AGENT_CONFIG_PATH: &str = "/etc/smarter/update-agent.toml";
 
+/// Default address of the agent's HTTP endpoints: all addresses of the
+/// pod's own network namespace (the kubelet probes the pod IP).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9479";
+
 /// A daily time window in UTC, `"HH:MM-HH:MM"`; the end is exclusive and a
 /// window may wrap past midnight (`"22:00-04:00"`). `""` means any time.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
@@ -117,8 +121,20 @@ pub struct AgentConfig {
     /// Seconds without a byte from the server before a download counts as
     /// stalled (and is resumed later).
     pub read_timeout_s: u64,
-    /// Seconds between two tries after a failed download.
+    /// Seconds between two tries after a failed step.
     pub retry_interval_s: u64,
+    /// Seconds between two looks at the desired bundle and the booted slot.
+    pub poll_interval_s: u64,
+    /// Seconds RAUC may take to install a bundle.
+    pub install_timeout_s: u64,
+    /// The health gate's state directory: the booted slot counts as good
+    /// only when the gate recorded it as the slot it last marked good
+    /// (besides RAUC's boot status). Empty = RAUC's boot status alone.
+    pub health_gate_state_dir: PathBuf,
+    /// The kernel's boot id (tells a reboot from a restart of the pod).
+    pub boot_id_file: PathBuf,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub listen: String,
 }
 
 impl Default for AgentConfig {
@@ -132,6 +148,11 @@ impl Default for AgentConfig {
             connect_timeout_s: 30,
             read_timeout_s: 60,
             retry_interval_s: 300,
+            poll_interval_s: 60,
+            install_timeout_s: 3600,
+            health_gate_state_dir: PathBuf::from("/data/smarter/health-gate"),
+            boot_id_file: PathBuf::from("/proc/sys/kernel/random/boot_id"),
+            listen: DEFAULT_LISTEN.into(),
         }
     }
 }
@@ -170,6 +191,27 @@ impl Validate for AgentConfig {
                 "retry_interval_s",
                 self.retry_interval_s,
                 "must be 1 to 86400 seconds",
+            ));
+        }
+        if !(1..=86_400).contains(&self.poll_interval_s) {
+            return Err(Invalid::new(
+                "poll_interval_s",
+                self.poll_interval_s,
+                "must be 1 to 86400 seconds",
+            ));
+        }
+        if !(10..=86_400).contains(&self.install_timeout_s) {
+            return Err(Invalid::new(
+                "install_timeout_s",
+                self.install_timeout_s,
+                "must be 10 to 86400 seconds",
+            ));
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Invalid::new(
+                "listen",
+                &self.listen,
+                "must be an address and port such as 0.0.0.0:9479",
             ));
         }
         Ok(())

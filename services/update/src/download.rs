@@ -268,6 +268,15 @@ const CHUNK: usize = 64 * 1024;
 impl Downloader {
     /// A downloader keeping its files in `dir` (created when missing).
     pub fn new(dir: impl Into<PathBuf>, options: Options) -> Self {
+        Self::with_counters(dir, options, Arc::new(Counters::default()))
+    }
+
+    /// The same, adding to existing counters (a new config, same metrics).
+    pub fn with_counters(
+        dir: impl Into<PathBuf>,
+        options: Options,
+        counters: Arc<Counters>,
+    ) -> Self {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(options.connect_timeout))
@@ -280,7 +289,7 @@ impl Downloader {
             agent: config.into(),
             bucket: (options.bytes_per_second > 0)
                 .then(|| TokenBucket::new(options.bytes_per_second)),
-            counters: Arc::new(Counters::default()),
+            counters,
         }
     }
 

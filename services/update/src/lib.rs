@@ -1,6 +1,6 @@
 //! SMARTER gateway OS updates.
 //!
-//! Today this crate holds the boot **health gate** (`smarter-update
+//! This crate holds the boot **health gate** (`smarter-update
 //! health-gate`): after a boot, it waits up to a deadline for the configured
 //! systemd units, HTTP endpoints and the container runtime to be healthy, then
 //! marks the booted RAUC slot good. If they are not healthy in time it says
@@ -16,8 +16,8 @@
 //! * [`error`]: the typed errors of [`slot`] and [`gate::run_command`].
 //! * [`gate`]: the decision ([`gate::decide`], pure) and the run loop.
 //!
-//! The OS update agent (a DaemonSet driving RAUC; `smarter-update agent`)
-//! is being built from these parts:
+//! And the OS update agent (a DaemonSet pod driving RAUC and logind over
+//! D-Bus; `smarter-update agent`), made of:
 //!
 //! * [`agent_config`]: its settings, `/etc/smarter/update-agent.toml`.
 //! * [`desired`]: the desired-bundle file (version, URL, size, SHA-256), a
@@ -26,7 +26,10 @@
 //!   bundle onto the data partition; [`bandwidth`] is its token bucket.
 //! * [`rauc`]: the host's RAUC over D-Bus (install, progress, slot status).
 //! * [`logind`]: rebooting the host through systemd-logind over D-Bus.
+//! * [`agent`]: the state machine ([`agent::decide`], pure) and its rounds.
+//! * [`status`]: `/healthz`, `/readyz` and `/metrics`.
 
+pub mod agent;
 pub mod agent_config;
 pub mod bandwidth;
 pub mod checks;
@@ -38,5 +41,6 @@ pub mod gate;
 pub mod logind;
 pub mod rauc;
 pub mod slot;
+pub mod status;
 
 pub use error::Error;

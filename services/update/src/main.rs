@@ -1,12 +1,20 @@
-//! `smarter-update`: the boot health gate (`health-gate`).
+//! `smarter-update`: the boot health gate (`health-gate`) and the OS update
+//! agent (`agent`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use smarter_common::cli::{CommonArgs, Startup};
+use smarter_update::agent::{Agent, Pause, SharedStatus, Status};
+use smarter_update::agent_config::{AgentConfig, DEFAULT_AGENT_CONFIG_PATH};
 use smarter_update::config::{Config, DEFAULT_CONFIG_PATH};
 use smarter_update::gate::{self, Report, Verdict};
+use smarter_update::status;
 
 const PROGRAM: &str = "smarter-health-gate";
 
@@ -26,6 +34,16 @@ enum Command {
     /// reported), 2 healthy but marking good failed, or the config is unusable
     /// (with --check-config: 0 usable, 1 not).
     HealthGate {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// The OS update agent (a DaemonSet pod): download the desired bundle,
+    /// have RAUC install it, reboot in the reboot window, and be ready once
+    /// the desired version is booted and marked good. Serves /healthz,
+    /// /readyz and /metrics. SIGHUP reloads the config, SIGTERM stops.
+    /// Exit status: 0 stopped by a signal, 1 could not start (with
+    /// --check-config: 0 usable, 1 not).
+    Agent {
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -51,7 +69,114 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::HealthGate { common } => health_gate(&common),
+        Command::Agent { common } => agent(&common),
     }
+}
+
+fn agent(common: &CommonArgs) -> ExitCode {
+    const AGENT: &str = "smarter-update-agent";
+    if let Err(e) = smarter_common::logging::init(&common.log_level) {
+        eprintln!("{AGENT}: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let config: AgentConfig =
+        match smarter_common::cli::startup(common, Path::new(DEFAULT_AGENT_CONFIG_PATH)) {
+            Ok(Startup::Checked) => return ExitCode::SUCCESS,
+            Ok(Startup::Run(c)) => c,
+            Err(e) => {
+                eprintln!("{AGENT}: error: {}", smarter_common::cli::error_line(&e));
+                return ExitCode::FAILURE;
+            }
+        };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{AGENT}: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run_agent(config, common));
+    // A download in a blocking task must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    smarter_common::cli::exit_code(AGENT, result)
+}
+
+async fn run_agent(config: AgentConfig, common: &CommonArgs) -> anyhow::Result<()> {
+    use smarter_common::signals::Event;
+    let mut signals = smarter_common::signals::listen()?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listen = listener
+        .local_addr()
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(%listen, desired_file = %config.desired_file.display(),
+        data_dir = %config.data_dir.display(), "update agent starting: /healthz /readyz /metrics");
+    let status: SharedStatus = Arc::new(Mutex::new(Status::default()));
+
+    // The system bus (DBUS_SYSTEM_BUS_ADDRESS, else /run/dbus/system_bus_socket);
+    // not ready until it answers.
+    let counters = Arc::new(smarter_update::download::Counters::default());
+    let server = tokio::spawn(status::serve(
+        listener,
+        Arc::clone(&status),
+        Arc::clone(&counters),
+    ));
+    let bus = loop {
+        match zbus::Connection::system().await {
+            Ok(bus) => break bus,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot connect to the system bus; retrying");
+                if let Ok(mut s) = status.lock() {
+                    s.reason = format!("cannot connect to the system bus: {e}");
+                    s.last_error = Some(s.reason.clone());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(config.retry_interval_s.min(30))) => {}
+                    event = signals.recv() => if matches!(event, Some(Event::Stop) | None) {
+                        server.abort();
+                        return Ok(());
+                    },
+                }
+            }
+        }
+    };
+    let mut agent = Agent::with_counters(config, bus, Arc::clone(&status), counters);
+    loop {
+        let pause = tokio::select! {
+            pause = agent.round() => pause,
+            event = signals.recv() => match event {
+                Some(Event::Reload) => {
+                    if let Some(c) = smarter_common::cli::reload::<AgentConfig>(common, Path::new(DEFAULT_AGENT_CONFIG_PATH)) {
+                        tracing::info!("SIGHUP: config reloaded");
+                        agent.reconfigure(c);
+                    }
+                    Pause::None
+                }
+                Some(Event::Stop) | None => break,
+            },
+        };
+        let wait = agent.pause_duration(pause);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            event = signals.recv() => match event {
+                Some(Event::Reload) => {
+                    if let Some(c) = smarter_common::cli::reload::<AgentConfig>(common, Path::new(DEFAULT_AGENT_CONFIG_PATH)) {
+                        tracing::info!("SIGHUP: config reloaded");
+                        agent.reconfigure(c);
+                    }
+                }
+                Some(Event::Stop) | None => break,
+            },
+        }
+    }
+    tracing::info!("update agent stopping");
+    server.abort();
+    Ok(())
 }
 
 fn health_gate(common: &CommonArgs) -> ExitCode {
