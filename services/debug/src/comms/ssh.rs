@@ -948,14 +948,17 @@ async fn bridge(
                     down.load(Ordering::Relaxed)
                 )
             };
+            // Comms' own reason first: ending a session for a deleted key also
+            // disconnects the developer, which closes the copy too.
             let reason = tokio::select! {
-                (a, b) = copy => match (a, b) {
-                    (Ok(()), Ok(())) => format!("closed ({})", bytes()),
-                    (Err(e), _) | (_, Err(e)) => format!("closed: {e} ({})", bytes()),
-                },
+                biased;
                 r = cancel => match r {
                     Ok(why) => format!("ended by comms: {why} ({})", bytes()),
                     Err(_) => format!("ended by comms ({})", bytes()),
+                },
+                (a, b) = copy => match (a, b) {
+                    (Ok(()), Ok(())) => format!("closed ({})", bytes()),
+                    (Err(e), _) | (_, Err(e)) => format!("closed: {e} ({})", bytes()),
                 },
                 () = idle => format!("ended by comms: idle for {:?} ({})", idle_timeout.unwrap_or_default(), bytes()),
             };
