@@ -37,22 +37,16 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+# The :arm64/:armhf packages need their architectures (a no-op once added).
+for arch in arm64 armhf; do
+    dpkg --print-foreign-architectures | grep -qx "$arch" || dpkg --add-architecture "$arch"
 done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "setup: installing ${missing[*]}"
-    for arch in arm64 armhf; do
-        dpkg --print-foreign-architectures | grep -qx "$arch" || dpkg --add-architecture "$arch"
-    done
-    export DEBIAN_FRONTEND=noninteractive
-    # The kernel is only booted by qemu with the tests' own initramfs: skip
-    # building a host initramfs for it.
-    export INITRD=No
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+# The kernel is only booted by qemu with the tests' own initramfs: skip
+# building a host initramfs for it.
+export INITRD=No
+# shellcheck source=apt.sh
+. "$(dirname "$0")/apt.sh"
+smarter_apt_ensure setup "${APT_PACKAGES[@]}"
 
 if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then

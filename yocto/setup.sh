@@ -18,16 +18,10 @@ fi
 APT_PACKAGES=(gawk wget git rsync diffstat unzip texinfo gcc build-essential chrpath socat cpio
     python3 python3-pip python3-venv python3-pexpect xz-utils debianutils iputils-ping
     python3-git python3-jinja2 python3-subunit zstd lz4 file locales libacl1)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "yocto setup: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=900 update -q
-    apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "${missing[@]}"
-fi
+# If another apt holds dpkg's lock, wait for it (up to 15 minutes) rather than fail.
+# shellcheck source=../cross/apt.sh
+. ../cross/apt.sh
+SMARTER_APT_LOCK_TIMEOUT=900 smarter_apt_ensure "yocto setup" "${APT_PACKAGES[@]}"
 
 if ! locale -a | grep -qi '^en_US\.utf-\?8$'; then
     sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' /etc/locale.gen
