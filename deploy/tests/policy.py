@@ -68,7 +68,17 @@ GATEWAY = {
         "host_pid": True,
         "host_paths": {"/var/lib/smarter/debug-agent", "/run/k3s/containerd"},
     },
+    # The OS update agent: RAUC and logind over the system bus as root, no capability; its
+    # downloads, the health gate's state (read-only) and the D-Bus socket (services/update/README.md).
+    "smarter-update": {
+        "selector": ("smarter.update/ring", "stable"),
+        "image": "smarter-update",
+        "caps": set(),
+        "privileged": False,
+        "host_paths": {"/run/dbus/system_bus_socket", "/data/smarter/update", "/data/smarter/health-gate"},
+    },
 }
+GATEWAY["smarter-update-canary"] = dict(GATEWAY["smarter-update"], selector=("smarter.update/ring", "canary"))
 for board in BOARDS:
     GATEWAY[f"smarter-device-manager-{board}"] = dict(
         GATEWAY["smarter-device-manager"], selector=("smarter-device-manager", board)
@@ -93,6 +103,8 @@ SELECTORS = {
     ("DaemonSet", "smarter-cni"): {"matchLabels": {"name": "smarter-cni"}},
     ("DaemonSet", "smarter-dns"): {"matchLabels": {"name": "smarter-dns"}},
     ("DaemonSet", "smarter-debug-agent"): {"matchLabels": {"name": "smarter-debug-agent"}},
+    ("DaemonSet", "smarter-update"): {"matchLabels": {"name": "smarter-update"}},
+    ("DaemonSet", "smarter-update-canary"): {"matchLabels": {"name": "smarter-update-canary"}},
     ("Deployment", "smarter-comms"): {"matchLabels": {"name": "smarter-comms"}},
     ("Service", "smarter-comms"): {"name": "smarter-comms"},
     ("DaemonSet", "camera"): {"matchLabels": {"name": "camera"}},
