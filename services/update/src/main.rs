@@ -147,29 +147,33 @@ async fn run_agent(config: AgentConfig, common: &CommonArgs) -> anyhow::Result<(
     };
     let mut agent = Agent::with_counters(config, bus, Arc::clone(&status), counters);
     loop {
-        let pause = tokio::select! {
-            pause = agent.round() => pause,
-            event = signals.recv() => match event {
-                Some(Event::Reload) => {
-                    if let Some(c) = smarter_common::cli::reload::<AgentConfig>(common, Path::new(DEFAULT_AGENT_CONFIG_PATH)) {
-                        tracing::info!("SIGHUP: config reloaded");
-                        agent.reconfigure(c);
-                    }
-                    Pause::None
+        // A round is never cut short by SIGHUP (a download or install in flight
+        // must not be abandoned while a new downloader starts on the same
+        // files); the reload waits for the round's end. SIGTERM stops at once:
+        // a partial download resumes at the next start.
+        let mut reload = false;
+        let pause = {
+            let round = agent.round();
+            tokio::pin!(round);
+            loop {
+                tokio::select! {
+                    pause = &mut round => break Some(pause),
+                    event = signals.recv() => match event {
+                        Some(Event::Reload) => reload = true,
+                        Some(Event::Stop) | None => break None,
+                    },
                 }
-                Some(Event::Stop) | None => break,
-            },
+            }
         };
-        let wait = agent.pause_duration(pause);
+        let Some(mut pause) = pause else { break };
+        if reload {
+            reload_config(&mut agent, common);
+            pause = Pause::None;
+        }
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(agent.pause_duration(pause)) => {}
             event = signals.recv() => match event {
-                Some(Event::Reload) => {
-                    if let Some(c) = smarter_common::cli::reload::<AgentConfig>(common, Path::new(DEFAULT_AGENT_CONFIG_PATH)) {
-                        tracing::info!("SIGHUP: config reloaded");
-                        agent.reconfigure(c);
-                    }
-                }
+                Some(Event::Reload) => reload_config(&mut agent, common),
                 Some(Event::Stop) | None => break,
             },
         }
@@ -211,5 +215,15 @@ fn health_gate(common: &CommonArgs) -> ExitCode {
         Verdict::MarkedGood => ExitCode::SUCCESS,
         Verdict::RolledBack | Verdict::Unhealthy => ExitCode::from(1),
         Verdict::MarkGoodFailed => ExitCode::from(2),
+    }
+}
+
+/// SIGHUP: load the config again; a broken one is logged and the old one kept.
+fn reload_config(agent: &mut Agent, common: &CommonArgs) {
+    if let Some(config) =
+        smarter_common::cli::reload::<AgentConfig>(common, Path::new(DEFAULT_AGENT_CONFIG_PATH))
+    {
+        tracing::info!("SIGHUP: config reloaded");
+        agent.reconfigure(config);
     }
 }

@@ -252,13 +252,25 @@ async fn an_update_downloads_installs_reboots_and_becomes_ready_once_marked_good
     let server = Server::start(bytes.clone());
     let gw = gateway(&bus, Plan::Succeed("2026.12.1".into())).await;
     gw.set_desired("2026.12.1", &server, &bytes, None);
+    // Slow enough (about 2 s) for a SIGHUP to arrive mid-download.
+    server.set(|b| b.throttle = Some(128 * 1024));
 
     let agent = start_agent(&gw.config(), &bus);
+    wait_for("the download's start", &agent, || {
+        agent.log().contains("starting download")
+    })
+    .await;
+    signal(&agent, "-HUP");
     let reboots = gw.reboots.clone();
     wait_for("the reboot request", &agent, || {
         !reboots.lock().expect("lock").is_empty()
     })
     .await;
+    assert!(
+        agent.log().contains("SIGHUP: config reloaded"),
+        "{}",
+        agent.log()
+    );
     let body = wait_ready(&agent, 503, "reboot").await;
     assert!(body.contains("2026.12.1"), "{body}");
     let sha = target(&server, &bytes).sha256.to_string();
