@@ -92,10 +92,14 @@ ARCHES = {
 @dataclasses.dataclass(frozen=True)
 class Service:
     binary: str
-    package: str  # the workspace package the binary is built from
     description: str
     user: str  # numeric uid:gid the image runs as by default
     gateway: bool  # shipped in the gateway air-gap bundle
+    package: str = ""  # the workspace package the binary is built from, if not named like it
+
+    @property
+    def crate(self) -> str:
+        return self.package or self.binary
 
 
 # Users: the gateway services run as uid 0 with every capability dropped (device-manager, cni) or
@@ -103,12 +107,11 @@ class Service:
 # /opt/cni/bin). smarter-comms runs in the cloud as an unprivileged user. See
 # docs/decisions/0051-image-users-and-capabilities.md.
 SERVICES = [
-    Service("smarter-device-manager", "smarter-device-manager", "Kubelet device plugin exposing host devices",
-            "0:0", True),
-    Service("smarter-cni", "smarter-cni", "CNI plugin and its installer", "0:0", True),
-    Service("smarter-dns", "smarter-dns", "Local event-driven DNS for a gateway's apps", "0:0", True),
-    Service("smarter-debug-agent", "smarter-debug", "Remote debug agent (gateway side)", "0:0", True),
-    Service("smarter-comms", "smarter-debug", "Remote debug rendezvous (cloud side)", "65532:65532", False),
+    Service("smarter-device-manager", "Kubelet device plugin exposing host devices", "0:0", True),
+    Service("smarter-cni", "CNI plugin and its installer", "0:0", True),
+    Service("smarter-dns", "Local event-driven DNS for a gateway's apps", "0:0", True),
+    Service("smarter-debug-agent", "Remote debug agent (gateway side)", "0:0", True, package="smarter-debug"),
+    Service("smarter-comms", "Remote debug rendezvous (cloud side)", "65532:65532", False, package="smarter-debug"),
 ]
 
 NONROOT_UID = 65532
@@ -388,8 +391,8 @@ def build_arch(
         own_libs = {s: p for s, p in libs.items() if s not in common}
         entries = [Entry(f"/usr/bin/{svc.binary}", "file", 0o755, binary.read_bytes())]
         entries += lib_entries(arch, None, own_libs)
-        if svc.package not in crates:
-            raise SystemExit(f"sbom: cargo tree shows no workspace package {svc.package}")
+        if svc.crate not in crates:
+            raise SystemExit(f"sbom: cargo tree shows no workspace package {svc.crate}")
         files = [
             sbom.ImageFile(e.path, e.data, debs[host_of[e.path]] if e.path in host_of else None)
             for e in base_entries + entries
@@ -399,8 +402,8 @@ def build_arch(
         if arch.variant:
             platform["variant"] = arch.variant
         doc = sbom.document(
-            image=f"{repo}/{svc.binary}", binary=svc.binary, package=svc.package, arch_name=arch.name,
-            platform=platform, files=files, crates=crates[svc.package], meta=meta, distro_qualifier=distro,
+            image=f"{repo}/{svc.binary}", binary=svc.binary, package=svc.crate, arch_name=arch.name,
+            platform=platform, files=files, crates=crates[svc.crate], meta=meta, distro_qualifier=distro,
         )
         entries.append(Entry(sbom.SBOM_PATH, "file", 0o644, doc))
         svc_tar = layer_tar(entries, epoch)
