@@ -310,6 +310,29 @@ pub fn minute_of_day_utc() -> u16 {
     ((secs % 86_400) / 60) as u16
 }
 
+/// The downloader's options from the agent's config. A CA file that no
+/// longer loads (it was checked with the config) is logged, and HTTPS then
+/// fails verification rather than falling back to other roots.
+fn download_options(config: &AgentConfig) -> download::Options {
+    let ca_certs = if config.ca_file.as_os_str().is_empty() {
+        None
+    } else {
+        match download::CaCerts::load(&config.ca_file) {
+            Ok(certs) => Some(certs),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load ca_file; HTTPS downloads will fail");
+                Some(download::CaCerts::none())
+            }
+        }
+    };
+    download::Options {
+        connect_timeout: Duration::from_secs(config.connect_timeout_s),
+        read_timeout: Duration::from_secs(config.read_timeout_s),
+        bytes_per_second: config.bandwidth_bytes_per_s,
+        ca_certs,
+    }
+}
+
 /// What one round ended with: how long to wait before the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pause {
@@ -341,15 +364,8 @@ impl Agent {
         status: SharedStatus,
         counters: Arc<download::Counters>,
     ) -> Self {
-        let downloader = Downloader::with_counters(
-            config.data_dir.clone(),
-            download::Options {
-                connect_timeout: Duration::from_secs(config.connect_timeout_s),
-                read_timeout: Duration::from_secs(config.read_timeout_s),
-                bytes_per_second: config.bandwidth_bytes_per_s,
-            },
-            counters,
-        );
+        let downloader =
+            Downloader::with_counters(config.data_dir.clone(), download_options(&config), counters);
         Self {
             config,
             status,
@@ -370,15 +386,8 @@ impl Agent {
     /// download on.
     pub fn reconfigure(&mut self, config: AgentConfig) {
         let counters = self.counters();
-        let downloader = Downloader::with_counters(
-            config.data_dir.clone(),
-            download::Options {
-                connect_timeout: Duration::from_secs(config.connect_timeout_s),
-                read_timeout: Duration::from_secs(config.read_timeout_s),
-                bytes_per_second: config.bandwidth_bytes_per_s,
-            },
-            counters,
-        );
+        let downloader =
+            Downloader::with_counters(config.data_dir.clone(), download_options(&config), counters);
         self.downloader = Arc::new(Mutex::new(downloader));
         self.config = config;
     }

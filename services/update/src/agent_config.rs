@@ -135,6 +135,9 @@ pub struct AgentConfig {
     pub boot_id_file: PathBuf,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub listen: String,
+    /// PEM file of the CAs that HTTPS bundle servers are checked against,
+    /// instead of the compiled-in Mozilla roots; empty = those roots.
+    pub ca_file: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -153,6 +156,7 @@ impl Default for AgentConfig {
             health_gate_state_dir: PathBuf::from("/data/smarter/health-gate"),
             boot_id_file: PathBuf::from("/proc/sys/kernel/random/boot_id"),
             listen: DEFAULT_LISTEN.into(),
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -214,6 +218,22 @@ impl Validate for AgentConfig {
                 "must be an address and port such as 0.0.0.0:9479",
             ));
         }
+        if !self.ca_file.as_os_str().is_empty() {
+            if !self.ca_file.is_absolute() {
+                return Err(Invalid::new(
+                    "ca_file",
+                    self.ca_file.display(),
+                    "must be an absolute path (or \"\" for the built-in roots)",
+                ));
+            }
+            if let Err(e) = crate::download::CaCerts::load(&self.ca_file) {
+                return Err(Invalid::new(
+                    "ca_file",
+                    self.ca_file.display(),
+                    format!("must be a PEM file of CA certificates: {e}"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -258,6 +278,11 @@ mod tests {
         assert!(e.contains("field `data_dir`"), "{e}");
         let e = error("read_timeout_s = 0\n");
         assert!(e.contains("field `read_timeout_s`"), "{e}");
+        let e = error("ca_file = \"/nonexistent/ca.pem\"\n");
+        assert!(
+            e.contains("field `ca_file`") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
         let e = error("bandwidth = 1\n");
         assert!(e.contains("bandwidth"), "{e}");
     }

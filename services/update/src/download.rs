@@ -71,7 +71,7 @@ impl From<&crate::desired::Desired> for Target {
 }
 
 /// How downloads behave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Time to connect (TCP and TLS).
     pub connect_timeout: Duration,
@@ -79,6 +79,9 @@ pub struct Options {
     pub read_timeout: Duration,
     /// Bytes per second; 0 = unlimited.
     pub bytes_per_second: u64,
+    /// The CAs HTTPS servers are checked against; `None` = the compiled-in
+    /// Mozilla roots.
+    pub ca_certs: Option<CaCerts>,
 }
 
 impl Default for Options {
@@ -87,7 +90,57 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
             bytes_per_second: 0,
+            ca_certs: None,
         }
+    }
+}
+
+/// CA certificates trusted for HTTPS instead of the compiled-in roots (a
+/// fleet's own bundle server with a private CA).
+#[derive(Clone)]
+pub struct CaCerts(Arc<Vec<ureq::tls::Certificate<'static>>>);
+
+impl std::fmt::Debug for CaCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaCerts({} certificates)", self.0.len())
+    }
+}
+
+impl CaCerts {
+    /// Read the PEM certificates in `path`; a file with none is an error.
+    pub fn load(path: &Path) -> Result<Self, DownloadError> {
+        let pem = fs::read(path).map_err(|source| DownloadError::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(DownloadError::NoCertificate {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self(Arc::new(certs)))
+    }
+
+    /// Trust nothing (every HTTPS server fails verification).
+    pub fn none() -> Self {
+        Self(Arc::new(Vec::new()))
+    }
+
+    /// How many certificates.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none (never, once loaded).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -210,6 +263,12 @@ pub enum DownloadError {
         /// What the server said.
         content_range: String,
     },
+    /// The CA file holds no PEM certificate.
+    #[error("{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it", path.display())]
+    NoCertificate {
+        /// The CA file.
+        path: PathBuf,
+    },
     /// The downloaded file's SHA-256 is not the desired one.
     #[error("{url}: SHA-256 is {actual}, the desired bundle's is {expected}; download removed")]
     WrongHash {
@@ -277,7 +336,13 @@ impl Downloader {
         options: Options,
         counters: Arc<Counters>,
     ) -> Self {
+        let roots = match &options.ca_certs {
+            Some(certs) => ureq::tls::RootCerts::Specific(Arc::clone(&certs.0)),
+            None => ureq::tls::RootCerts::WebPki,
+        };
+        let tls = ureq::tls::TlsConfig::builder().root_certs(roots).build();
         let config = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(options.connect_timeout))
             .timeout_recv_response(Some(options.read_timeout))

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::bundle_server::{ETAG, Server, bundle, target};
 use smarter_update::download::{
-    DownloadError, Downloader, Options, PART_FILE, Progress, STATE_FILE, Target,
+    CaCerts, DownloadError, Downloader, Options, PART_FILE, Progress, STATE_FILE, Target,
 };
 
 fn options() -> Options {
@@ -24,6 +24,7 @@ fn options() -> Options {
         connect_timeout: Duration::from_secs(10),
         read_timeout: Duration::from_secs(20),
         bytes_per_second: 0,
+        ca_certs: None,
     }
 }
 
@@ -389,4 +390,167 @@ fn a_full_data_partition_is_reported_and_given_back() {
         assert!(!part.exists());
         assert!(!down.join(STATE_FILE).exists());
     });
+}
+
+/// `openssl s_server -WWW` (HTTP/1.0, whole files, no ranges) over TLS with a
+/// certificate from a private CA; killed when dropped.
+struct TlsServer {
+    child: std::process::Child,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> bool {
+    std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn https_from_a_server_with_a_private_ca_needs_its_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let made = openssl(
+        d,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=smarter-test-ca",
+                "-days",
+                "1",
+            ],
+        ]
+        .concat(),
+    );
+    if !made {
+        smarter_common::testing::skip("openssl cannot run; install Debian's openssl package");
+        return;
+    }
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext.cnf");
+    assert!(openssl(
+        d,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1"
+            ]
+        ]
+        .concat()
+    ));
+    assert!(openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf"
+        ]
+    ));
+    let bytes = bundle(300 * 1024);
+    std::fs::write(d.join("b.raucb"), &bytes).expect("bundle");
+    // A port that was free a moment ago (s_server cannot report one it chose).
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let _server = TlsServer {
+        child: std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+                "-cert",
+                "srv.pem",
+                "-key",
+                "srv.key",
+                "-WWW",
+                "-quiet",
+            ])
+            .current_dir(d)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "s_server did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut sha = [0u8; 32];
+    sha.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let t = Target {
+        url: format!("https://127.0.0.1:{port}/b.raucb"),
+        size: bytes.len() as u64,
+        sha256: smarter_update::desired::Sha256Digest(sha),
+    };
+
+    // The compiled-in roots do not know the private CA.
+    let plain = tempfile::tempdir().expect("tempdir");
+    let mut d1 = Downloader::new(plain.path(), options());
+    let e = d1.fetch(&t, &mut no_progress).expect_err("unknown issuer");
+    assert!(matches!(e, DownloadError::Request { .. }), "{e}");
+
+    let ca = CaCerts::load(&d.join("ca.pem")).expect("CA file");
+    assert_eq!(ca.len(), 1);
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut d2 = Downloader::new(
+        out.path(),
+        Options {
+            ca_certs: Some(ca),
+            ..options()
+        },
+    );
+    let done = d2.fetch(&t, &mut no_progress).expect("https download");
+    assert_eq!(std::fs::read(&done.path).expect("read"), bytes);
+
+    let e = CaCerts::load(&d.join("ext.cnf")).expect_err("not PEM");
+    assert!(e.to_string().contains("no PEM certificate"), "{e}");
 }
