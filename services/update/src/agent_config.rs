@@ -11,9 +11,10 @@ use smarter_common::config::{Invalid, Validate};
 /// Default config path.
 pub const DEFAULT_AGENT_CONFIG_PATH: &str = "/etc/smarter/update-agent.toml";
 
-/// Default address of the agent's HTTP endpoints: all addresses of the
-/// pod's own network namespace (the kubelet probes the pod IP).
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9479";
+/// Default address of the agent's HTTP endpoints: loopback only, so that on
+/// the host network (as the DaemonSet runs it) nothing listens on the
+/// gateway's external interfaces; the kubelet probes 127.0.0.1.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9479";
 
 /// A daily time window in UTC, `"HH:MM-HH:MM"`; the end is exclusive and a
 /// window may wrap past midnight (`"22:00-04:00"`). `""` means any time.
@@ -215,7 +216,7 @@ impl Validate for AgentConfig {
             return Err(Invalid::new(
                 "listen",
                 &self.listen,
-                "must be an address and port such as 0.0.0.0:9479",
+                "must be an address and port such as 127.0.0.1:9479",
             ));
         }
         if !self.ca_file.as_os_str().is_empty() {
