@@ -503,3 +503,59 @@ fn signal(agent: &AgentProcess, which: &str) {
         .expect("kill");
     assert!(status.success());
 }
+
+/// A window that opened `from` minutes from now and is `len` minutes long (UTC).
+fn window_from_now(from: u64, len: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 60;
+    let hhmm = |m: u64| format!("{:02}:{:02}", (m % 1440) / 60, m % 60);
+    format!("{}-{}", hhmm(now + from), hhmm(now + from + len))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_windows_hold_the_download_and_the_reboot() {
+    let Some(bus) = private_bus() else { return };
+    let bytes = bundle(SIZE);
+    let server = Server::start(bytes.clone());
+    let gw = gateway(&bus, Plan::Succeed("2026.12.1".into())).await;
+    gw.set_desired("2026.12.1", &server, &bytes, None);
+    let config = std::fs::read_to_string(gw.config()).expect("config");
+    // The download window opens in two hours: nothing is fetched.
+    std::fs::write(
+        gw.config(),
+        format!(
+            "{config}download_window = \"{}\"\n",
+            window_from_now(120, 60)
+        ),
+    )
+    .expect("config");
+    let agent = start_agent(&gw.config(), &bus);
+    let body = wait_ready(&agent, 503, "download window").await;
+    assert!(body.contains("opens in"), "{body}");
+    assert_eq!(server.sent(), 0);
+    drop(agent);
+
+    // Downloads any time, reboots only in a window two hours away: installed, no reboot.
+    std::fs::write(
+        gw.config(),
+        format!("{config}reboot_window = \"{}\"\n", window_from_now(120, 60)),
+    )
+    .expect("config");
+    let agent = start_agent(&gw.config(), &bus);
+    let body = wait_ready(&agent, 503, "reboot window").await;
+    assert!(body.contains("is installed"), "{body}");
+    assert_eq!(gw.installs.lock().expect("lock").len(), 1);
+    let (_, metrics) = get(agent.port, "/metrics").await;
+    assert!(
+        metrics.contains("smarter_update_phase{phase=\"waiting-for-reboot-window\"} 1"),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        gw.reboots.lock().expect("lock").is_empty(),
+        "no reboot outside the window"
+    );
+}
