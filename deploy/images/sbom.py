@@ -5,7 +5,8 @@ Each image gets one document, stored in the image at SBOM_PATH. It names:
   - every regular file in the image with its SHA-1 and SHA-256 (the SBOM itself excepted),
   - the Debian binary package each shared library and the loader came from (dpkg's database on
     the build host: name, version, architecture, source package, purl pkg:deb/debian/...),
-  - the workspace package the binary was built from, and the crates of its dependency graph for
+  - the workspace package the binary was built from, and the crates (with their declared
+    licenses, from `cargo metadata`) of its dependency graph for
     the image's target, from `cargo tree --workspace` (the release build, cross/build-release.sh,
     builds the whole workspace, so features are unified as there): crates linked into the binary
     (STATIC_LINK from the binary) apart from those only run on the build host (build scripts'
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import datetime
 import hashlib
 import json
@@ -50,6 +52,7 @@ class Crate:
     version: str
     source: str | None  # Cargo.lock's source; None for workspace (path) crates
     checksum: str | None  # Cargo.lock's sha256 of the .crate file
+    license: str | None  # the crate's declared license as an SPDX expression
     linked: bool  # compiled for the target and linked into the binary (else: build host only)
 
 
@@ -86,6 +89,24 @@ def _cargo_tree(repo_root: Path, triple: str, edges: str) -> dict[str, set[tuple
     return roots
 
 
+@functools.cache
+def crate_licenses(repo_root: Path) -> dict[tuple[str, str], str]:
+    """{(crate, version): declared license} from `cargo metadata` (Cargo.toml's license field).
+
+    The old "MIT/Apache-2.0" spelling becomes the SPDX expression "MIT OR Apache-2.0".
+    """
+    cmd = ["cargo", "metadata", "--format-version", "1", "--locked", "--offline", "--color", "never"]
+    try:
+        out = subprocess.run(cmd, cwd=repo_root, check=True, capture_output=True, text=True).stdout
+    except (FileNotFoundError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"sbom: {' '.join(cmd)} failed: {getattr(e, 'stderr', e)}") from None
+    licenses = {}
+    for pkg in json.loads(out)["packages"]:
+        if pkg.get("license"):
+            licenses[(pkg["name"], pkg["version"])] = re.sub(r"\s*/\s*", " OR ", pkg["license"].strip())
+    return licenses
+
+
 def crate_graph(repo_root: Path, triple: str) -> dict[str, list[Crate]]:
     """{workspace package: its crates (linked or build-only)} for one target triple."""
     lock = tomllib.loads((repo_root / "Cargo.lock").read_text())
@@ -94,6 +115,7 @@ def crate_graph(repo_root: Path, triple: str) -> dict[str, list[Crate]]:
         normal_f = pool.submit(_cargo_tree, repo_root, triple, "normal")
         with_build_f = pool.submit(_cargo_tree, repo_root, triple, "normal,build")
         normal, with_build = normal_f.result(), with_build_f.result()
+    licenses = crate_licenses(repo_root)
     graph = {}
     for pkg, entries in with_build.items():
         linked = {(n, v) for n, v, host_only in normal.get(pkg, ()) if not host_only}
@@ -105,7 +127,7 @@ def crate_graph(repo_root: Path, triple: str) -> dict[str, list[Crate]]:
             source = locked.get("source")
             if source is not None and source != CRATES_IO:
                 raise SystemExit(f"sbom: {n} {v} comes from {source}; only crates.io and path crates are handled")
-            crates.append(Crate(n, v, source, locked.get("checksum"), (n, v) in linked))
+            crates.append(Crate(n, v, source, locked.get("checksum"), licenses.get((n, v)), (n, v) in linked))
         graph[pkg] = crates
     return graph
 
@@ -316,6 +338,7 @@ def document(
             "versionInfo": crate.version,
             "primaryPackagePurpose": "LIBRARY",
             "filesAnalyzed": False,
+            "licenseDeclared": crate.license or "NOASSERTION",
         }
         if crate.source == CRATES_IO:
             entry["downloadLocation"] = f"https://crates.io/api/v1/crates/{crate.name}/{crate.version}/download"

@@ -12,7 +12,7 @@ verification code matches them; every shared library is contained in a Debian pa
 pkg:deb/debian purl of the image's architecture, libc.so.6 in libc6 at the version dpkg has
 installed on this host; the binary links the crates its service must have (tokio for all, the
 service's own key crates), none that belong to another service, no dev-only or proc-macro crate,
-and every crates.io crate carries its purl and Cargo.lock's checksum.
+and every crates.io crate carries its purl, Cargo.lock's checksum and a declared license.
 
 --self-test breaks one SBOM in memory in ways the check must catch, and fails unless each is caught.
 """
@@ -166,6 +166,8 @@ def check(doc: dict, service: str, platform: dict, files: dict[str, bytes], epoc
         purl = next((r["referenceLocator"] for r in pkg.get("externalRefs", []) if r["referenceType"] == "purl"), "")
         if purl != f"pkg:cargo/{pkg['name']}@{urllib.parse.quote(pkg['versionInfo'], safe='')}":
             err(f"crate {pkg['name']}: purl {purl!r}")
+        if pkg.get("licenseDeclared") in (None, "", "NOASSERTION"):
+            err(f"crate {pkg['name']} {pkg['versionInfo']}: no declared license")
         sums = {c["algorithm"]: c["checksumValue"] for c in pkg.get("checksums", [])}
         if sums.get("SHA256") != locked.get("checksum"):
             err(f"crate {pkg['name']} {pkg['versionInfo']}: checksum is not Cargo.lock's")
@@ -232,6 +234,8 @@ MUTATIONS = {
     "namespace not from content": lambda d: d["packages"][0].update(comment="changed after hashing"),
     "proc-macro listed as linked": lambda d: _link(d, "serde_derive"),
     "another service's crate linked": lambda d: _link(d, "russh"),
+    "crate without license": lambda d: next(p for p in d["packages"] if p["name"] == "tokio").update(
+        licenseDeclared="NOASSERTION"),
     "crate checksum not Cargo.lock's": lambda d: next(
         p for p in d["packages"] if p["name"] == "tokio")["checksums"][0].update(checksumValue="1" * 64),
 }
