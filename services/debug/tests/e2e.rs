@@ -11,11 +11,9 @@ use common::*;
 
 #[test]
 fn command_shell_scp_and_recording_through_the_tunnel() {
-    if !have_openssh() {
+    let Some(w) = World::standard() else {
         return;
-    }
-    let mut w = World::new();
-    w.standard_setup();
+    };
     let alice = w.path("alice");
 
     // One-off command: output, stderr and exit status come back.
@@ -81,33 +79,7 @@ fn command_shell_scp_and_recording_through_the_tunnel() {
     assert_eq!(std::fs::read(&back).unwrap(), data);
 
     // The shell session was recorded (asciinema v2) and shipped to comms.
-    let rec_session = {
-        let start = Instant::now();
-        loop {
-            let (_, v) = json(w.api_port, "GET", "/v1/sessions", None);
-            if let Some(s) = v
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| !s["recording"].is_null())
-            {
-                break s["id"].as_i64().unwrap();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no recording: {v}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let (st, cast) = http(
-        w.api_port,
-        "GET",
-        &format!("/v1/sessions/{rec_session}/recording"),
-        Some(TOKEN),
-        None,
-    );
-    assert_eq!(st, 200);
+    let cast = w.wait_recording();
     let mut lines = cast.lines();
     let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);
@@ -127,11 +99,9 @@ fn command_shell_scp_and_recording_through_the_tunnel() {
 
 #[test]
 fn denials_are_refused_and_audited() {
-    if !have_openssh() {
+    let Some(mut w) = World::standard() else {
         return;
-    }
-    let mut w = World::new();
-    w.standard_setup();
+    };
     let past = now() - 10;
 
     // No grant.
@@ -192,59 +162,27 @@ fn denials_are_refused_and_audited() {
 
 #[test]
 fn revoking_a_grant_ends_a_live_session_within_a_second() {
-    if !have_openssh() {
+    let Some(w) = World::standard() else {
         return;
-    }
-    let mut w = World::new();
-    w.standard_setup();
+    };
     let (_, grants) = json(w.api_port, "GET", "/v1/grants?developer=alice", None);
     let grant = grants[0]["id"].as_i64().unwrap();
     let alice = w.path("alice");
-    let mut c = w.ssh_cmd(&alice, &["gateway-17", "echo started; exec sleep 30"]);
-    c.stdout(std::process::Stdio::piped());
-    let mut child = Proc(c.spawn().unwrap());
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.0.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "started\n");
-    }
+    let mut child = w.hold_session(&alice, "gateway-17");
     let t = Instant::now();
     let (st, _) = json(w.api_port, "DELETE", &format!("/v1/grants/{grant}"), None);
     assert_eq!(st, 204);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "session still alive after revocation"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_exit(&mut child, t, "session still alive after revocation");
     let took = t.elapsed();
     eprintln!("session ended {took:?} after revocation");
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert!(!status.success());
     w.wait_audit("session.end", "ended by comms: no grant for this gateway");
-    let (_, live) = json(w.api_port, "GET", "/v1/sessions?live=true", None);
-    assert_eq!(live.as_array().unwrap().len(), 0);
+    assert_eq!(w.live_sessions().len(), 0);
 
     // Expiring the developer's account ends their live session the same way.
     w.grant("alice", "gateway-17", None, None, None);
-    let mut c = w.ssh_cmd(&alice, &["gateway-17", "echo started; exec sleep 30"]);
-    c.stdout(std::process::Stdio::piped());
-    let mut child = Proc(c.spawn().unwrap());
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.0.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "started\n");
-    }
+    let mut child = w.hold_session(&alice, "gateway-17");
     let t = Instant::now();
     let (st, _) = json(
         w.api_port,
@@ -253,13 +191,7 @@ fn revoking_a_grant_ends_a_live_session_within_a_second() {
         Some(serde_json::json!({"expires_at": now() - 1})),
     );
     assert_eq!(st, 200);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "session still alive after expiry"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_exit(&mut child, t, "session still alive after expiry");
     w.wait_audit("session.end", "ended by comms: developer account expired");
 }
 
@@ -267,28 +199,15 @@ fn revoking_a_grant_ends_a_live_session_within_a_second() {
 /// within a second, and the audit log names the key and the session.
 #[test]
 fn deleting_a_key_ends_its_live_sessions_within_a_second() {
-    if !have_openssh() {
+    let Some(w) = World::standard() else {
         return;
-    }
-    let mut w = World::new();
-    w.standard_setup();
+    };
     let (_, keys) = json(w.api_port, "GET", "/v1/developers/alice/keys", None);
     let key_id = keys[0]["id"].as_i64().unwrap();
     let fingerprint = keys[0]["fingerprint"].as_str().unwrap().to_string();
     let alice = w.path("alice");
-    let mut c = w.ssh_cmd(&alice, &["gateway-17", "echo started; exec sleep 30"]);
-    c.stdout(std::process::Stdio::piped());
-    let mut child = Proc(c.spawn().unwrap());
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.0.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "started\n");
-    }
-    let (_, live) = json(w.api_port, "GET", "/v1/sessions?live=true", None);
-    let session = live[0]["id"].as_i64().unwrap();
+    let mut child = w.hold_session(&alice, "gateway-17");
+    let session = w.live_sessions()[0]["id"].as_i64().unwrap();
     let t = Instant::now();
     let (st, _) = json(
         w.api_port,
@@ -297,16 +216,11 @@ fn deleting_a_key_ends_its_live_sessions_within_a_second() {
         None,
     );
     assert_eq!(st, 204);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "session still alive 5 s after its key was deleted"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_exit(
+        &mut child,
+        t,
+        "session still alive 5 s after its key was deleted",
+    );
     let took = t.elapsed();
     eprintln!("session ended {took:?} after its key was deleted");
     assert!(took < Duration::from_secs(1), "took {took:?}");
@@ -315,8 +229,7 @@ fn deleting_a_key_ends_its_live_sessions_within_a_second() {
     assert_eq!(entry["session"].as_i64(), Some(session), "{entry}");
     assert_eq!(entry["developer"], "alice", "{entry}");
     w.wait_audit("admin.key.delete", &fingerprint);
-    let (_, live) = json(w.api_port, "GET", "/v1/sessions?live=true", None);
-    assert_eq!(live.as_array().unwrap().len(), 0);
+    assert_eq!(w.live_sessions().len(), 0);
     // And the key opens nothing any more.
     let o = w.ssh(&alice, &["gateway-17", "true"]);
     assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
@@ -326,11 +239,9 @@ fn deleting_a_key_ends_its_live_sessions_within_a_second() {
 /// learning whether a gateway they hold no grant for exists.
 #[test]
 fn refusals_tell_the_developer_why() {
-    if !have_openssh() {
+    let Some(mut w) = World::standard() else {
         return;
-    }
-    let mut w = World::new();
-    w.standard_setup();
+    };
     w.ssh_log_level = "INFO";
     let past = now() - 10;
     let refused = |o: &std::process::Output| {
@@ -429,11 +340,9 @@ fn grant_expiry_ends_a_live_session() {
 
 #[test]
 fn agent_reconnects_after_comms_restart_and_state_survives() {
-    if !have_openssh() {
+    let Some(mut w) = World::standard() else {
         return;
-    }
-    let mut w = World::new();
-    w.standard_setup();
+    };
     let alice = w.path("alice");
     assert_eq!(stdout(&w.ssh(&alice, &["gateway-17", "echo one"])), "one\n");
     w.stop_comms();
@@ -464,11 +373,9 @@ fn agent_reconnects_after_comms_restart_and_state_survives() {
 
 #[test]
 fn recording_is_shipped_when_the_developer_drops_the_connection() {
-    if !have_openssh() {
+    let Some(w) = World::standard() else {
         return;
-    }
-    let mut w = World::new();
-    w.standard_setup();
+    };
     let alice = w.path("alice");
     let mut c = w.ssh_cmd(&alice, &["-tt", "gateway-17"]);
     c.stdin(std::process::Stdio::piped())
@@ -488,54 +395,18 @@ fn recording_is_shipped_when_the_developer_drops_the_connection() {
         child.0.kill().unwrap();
         drop(stdin);
     }
-    let start = Instant::now();
-    loop {
-        let (_, v) = json(w.api_port, "GET", "/v1/sessions", None);
-        if let Some(s) = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| !s["recording"].is_null())
-        {
-            let id = s["id"].as_i64().unwrap();
-            let (st, cast) = http(
-                w.api_port,
-                "GET",
-                &format!("/v1/sessions/{id}/recording"),
-                Some(TOKEN),
-                None,
-            );
-            assert_eq!(st, 200);
-            assert!(cast.contains("marker-42"), "{cast}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no recording shipped: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let cast = w.wait_recording();
+    assert!(cast.contains("marker-42"), "{cast}");
 }
 
 #[test]
 fn per_developer_session_cap() {
-    if !have_openssh() {
+    let Some(w) = World::standard_with_comms_config(|_| "max_sessions_per_developer = 1\n".into())
+    else {
         return;
-    }
-    let mut w = World::with_comms_config(|_| "max_sessions_per_developer = 1\n".into());
-    w.standard_setup();
+    };
     let alice = w.path("alice");
-    let mut c = w.ssh_cmd(&alice, &["gateway-17", "echo started; exec sleep 30"]);
-    c.stdout(std::process::Stdio::piped());
-    let mut first = Proc(c.spawn().unwrap());
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(first.0.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "started\n");
-    }
+    let first = w.hold_session(&alice, "gateway-17");
     let o = w.ssh(&alice, &["gateway-17", "true"]);
     assert_eq!(o.status.code(), Some(255));
     w.wait_audit("session.denied", "session limit reached (1 live sessions)");
@@ -553,11 +424,9 @@ fn per_developer_session_cap() {
 
 #[test]
 fn idle_sessions_are_ended() {
-    if !have_openssh() {
+    let Some(w) = World::standard_with_comms_config(|_| "idle_timeout_secs = 1\n".into()) else {
         return;
-    }
-    let mut w = World::with_comms_config(|_| "idle_timeout_secs = 1\n".into());
-    w.standard_setup();
+    };
     let alice = w.path("alice");
     let t = Instant::now();
     let o = w.ssh(&alice, &["gateway-17", "echo started; sleep 19.25; true"]);
@@ -596,11 +465,9 @@ fn hangup(child: &std::process::Child) {
 /// restart (API address) and keeps everything on a broken file.
 #[test]
 fn sighup_reloads_the_agent_and_comms() {
-    if !have_openssh() {
+    let Some(mut w) = World::standard() else {
         return;
-    }
-    let mut w = World::new();
-    w.standard_setup();
+    };
     // The agent's key moves to a new gateway name (keys are unique per gateway).
     let key = std::fs::read_to_string(w.path("agent/agent_key.pub")).unwrap();
     let (st, _) = json(w.api_port, "DELETE", "/v1/gateways/gateway-17", None);
@@ -619,17 +486,7 @@ fn sighup_reloads_the_agent_and_comms() {
 
     // A new shell applies to the next session without reconnecting: a
     // session open across the reload goes on.
-    let mut c = w.ssh_cmd(&alice, &["gateway-18", "echo started; exec sleep 30"]);
-    c.stdout(std::process::Stdio::piped());
-    let mut open = Proc(c.spawn().unwrap());
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(open.0.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "started\n");
-    }
+    let mut open = w.hold_session(&alice, "gateway-18");
     let shell = w.path("reloaded-shell");
     std::fs::write(
         &shell,
@@ -708,17 +565,7 @@ fn sighup_reloads_the_agent_and_comms() {
     );
     assert_eq!(st, 200, "the rotated admin token is refused");
     // One session is now the most a developer may have.
-    let mut c = w.ssh_cmd(&alice, &["gateway-18", "echo started; exec sleep 30"]);
-    c.stdout(std::process::Stdio::piped());
-    let mut first = Proc(c.spawn().unwrap());
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(first.0.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line, "started\n");
-    }
+    let first = w.hold_session(&alice, "gateway-18");
     w.ssh_log_level = "INFO";
     let o = w.ssh(&alice, &["gateway-18", "echo second"]);
     assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));

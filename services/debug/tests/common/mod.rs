@@ -2,10 +2,10 @@
 //! Debian's OpenSSH client as the developer.
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-admin-token";
@@ -65,6 +65,18 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Waits for `child` to exit; fails with `what` if it still runs 5 s after
+/// `since`.
+pub fn wait_exit(child: &mut Proc, since: Instant, what: &str) -> ExitStatus {
+    loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(since.elapsed() < Duration::from_secs(5), "{what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -168,6 +180,23 @@ pub struct World {
 impl World {
     pub fn new() -> World {
         World::with_comms_config(|_| String::new())
+    }
+
+    /// [`World::new`] after [`World::standard_setup`], or `None` without the
+    /// OpenSSH tools ([`have_openssh`]; under CI that fails the test).
+    pub fn standard() -> Option<World> {
+        World::standard_with_comms_config(|_| String::new())
+    }
+
+    /// [`World::with_comms_config`] after [`World::standard_setup`], or
+    /// `None` without the OpenSSH tools (as [`World::standard`]).
+    pub fn standard_with_comms_config(extra: impl FnOnce(&Path) -> String) -> Option<World> {
+        if !have_openssh() {
+            return None;
+        }
+        let mut w = World::with_comms_config(extra);
+        w.standard_setup();
+        Some(w)
     }
 
     /// Like [`World::new`], with extra comms config lines made from the temp dir path.
@@ -396,6 +425,21 @@ impl World {
         self.ssh_cmd(identity, args).output().unwrap()
     }
 
+    /// Opens a session on `gateway` as developer `identity` that prints
+    /// `started` and then holds for 30 s; returns once `started` is read.
+    /// Dropping the process ends the developer's side.
+    pub fn hold_session(&self, identity: &Path, gateway: &str) -> Proc {
+        let mut c = self.ssh_cmd(identity, &[gateway, "echo started; exec sleep 30"]);
+        c.stdout(Stdio::piped());
+        let mut child = Proc(c.spawn().unwrap());
+        let mut line = String::new();
+        std::io::BufReader::new(child.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "started\n");
+        child
+    }
+
     pub fn scp(&self, identity: &Path, args: &[&str]) -> Output {
         Command::new("scp")
             .arg("-F")
@@ -405,6 +449,43 @@ impl World {
             .stdin(Stdio::null())
             .output()
             .unwrap()
+    }
+
+    /// Waits for the first session with a recording; returns the recording
+    /// (asciinema v2 text).
+    pub fn wait_recording(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let (_, v) = json(self.api_port, "GET", "/v1/sessions", None);
+            if let Some(s) = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| !s["recording"].is_null())
+            {
+                let id = s["id"].as_i64().unwrap();
+                let (st, cast) = http(
+                    self.api_port,
+                    "GET",
+                    &format!("/v1/sessions/{id}/recording"),
+                    Some(TOKEN),
+                    None,
+                );
+                assert_eq!(st, 200);
+                return cast;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no recording shipped: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The sessions comms lists as live.
+    pub fn live_sessions(&self) -> Vec<serde_json::Value> {
+        let (_, live) = json(self.api_port, "GET", "/v1/sessions?live=true", None);
+        live.as_array().unwrap().clone()
     }
 
     pub fn audit(&self) -> Vec<serde_json::Value> {
