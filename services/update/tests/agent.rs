@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::bundle_server::{Server, bundle, target};
-use common::bus::{Bus, FakeLogind, FakeRauc, Plan, Slots, private_bus, serve_rauc, slots};
+use common::bus::{Bus, FakeRauc, Plan, Slots, private_bus, serve_logind, serve_rauc, slots};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The agent process; killed when dropped.
@@ -205,21 +205,7 @@ impl Gateway {
 async fn gateway(bus: &Bus, plan: Plan) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let (installs, rauc) = serve_rauc(bus, plan, slots("A", "2026.11.0", "good"), "A").await;
-    let reboots = Arc::new(Mutex::new(Vec::new()));
-    let logind = zbus::connection::Builder::address(bus.address.as_str())
-        .expect("address")
-        .name("org.freedesktop.login1")
-        .expect("name")
-        .serve_at(
-            "/org/freedesktop/login1",
-            FakeLogind {
-                reboots: reboots.clone(),
-            },
-        )
-        .expect("serve")
-        .build()
-        .await
-        .expect("stand-in logind");
+    let (reboots, logind) = serve_logind(bus).await;
     let gw = Gateway {
         dir,
         installs,
@@ -245,13 +231,20 @@ async fn gateway(bus: &Bus, plan: Plan) -> Gateway {
 
 const SIZE: usize = 256 * 1024;
 
+/// A gateway on `bus` (see [`gateway`]) whose desired bundle, 2026.12.1 of
+/// SIZE bytes, is served on 127.0.0.1: (bytes, server, gateway).
+async fn desiring(bus: &Bus, plan: Plan) -> (Vec<u8>, Server, Gateway) {
+    let bytes = bundle(SIZE);
+    let server = Server::start(bytes.clone());
+    let gw = gateway(bus, plan).await;
+    gw.set_desired("2026.12.1", &server, &bytes, None);
+    (bytes, server, gw)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_downloads_installs_reboots_and_becomes_ready_once_marked_good() {
     let Some(bus) = private_bus() else { return };
-    let bytes = bundle(SIZE);
-    let server = Server::start(bytes.clone());
-    let gw = gateway(&bus, Plan::Succeed("2026.12.1".into())).await;
-    gw.set_desired("2026.12.1", &server, &bytes, None);
+    let (bytes, server, gw) = desiring(&bus, Plan::Succeed("2026.12.1".into())).await;
     // Slow enough (about 2 s) for a SIGHUP to arrive mid-download.
     server.set(|b| b.throttle = Some(128 * 1024));
 
@@ -340,10 +333,7 @@ async fn an_update_downloads_installs_reboots_and_becomes_ready_once_marked_good
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_is_reported_and_not_retried_until_the_desired_version_changes() {
     let Some(bus) = private_bus() else { return };
-    let bytes = bundle(SIZE);
-    let server = Server::start(bytes.clone());
-    let gw = gateway(&bus, Plan::Succeed("2026.12.1".into())).await;
-    gw.set_desired("2026.12.1", &server, &bytes, None);
+    let (bytes, server, gw) = desiring(&bus, Plan::Succeed("2026.12.1".into())).await;
     let agent = start_agent(&gw.config(), &bus);
     let reboots = gw.reboots.clone();
     wait_for("the reboot request", &agent, || {
@@ -391,11 +381,8 @@ async fn a_rollback_is_reported_and_not_retried_until_the_desired_version_change
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_rauc_refuses_and_a_wrong_hash_are_reported_and_not_retried() {
     let Some(bus) = private_bus() else { return };
-    let bytes = bundle(SIZE);
-    let server = Server::start(bytes.clone());
     let why = "signature verification failed";
-    let gw = gateway(&bus, Plan::Fail(why.into())).await;
-    gw.set_desired("2026.12.1", &server, &bytes, None);
+    let (bytes, server, gw) = desiring(&bus, Plan::Fail(why.into())).await;
     let agent = start_agent(&gw.config(), &bus);
     let body = wait_ready(&agent, 503, why).await;
     assert!(body.contains("not retrying"), "{body}");
@@ -518,10 +505,7 @@ fn window_from_now(from: u64, len: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_windows_hold_the_download_and_the_reboot() {
     let Some(bus) = private_bus() else { return };
-    let bytes = bundle(SIZE);
-    let server = Server::start(bytes.clone());
-    let gw = gateway(&bus, Plan::Succeed("2026.12.1".into())).await;
-    gw.set_desired("2026.12.1", &server, &bytes, None);
+    let (_, server, gw) = desiring(&bus, Plan::Succeed("2026.12.1".into())).await;
     let config = std::fs::read_to_string(gw.config()).expect("config");
     // The download window opens in two hours: nothing is fetched.
     std::fs::write(

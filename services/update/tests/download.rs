@@ -36,12 +36,19 @@ fn file_len(path: &Path) -> u64 {
 
 const SIZE: usize = 1 << 20;
 
-#[test]
-fn fresh_download_is_verified_counted_and_kept() {
-    let bytes = bundle(SIZE);
+/// A bundle of `len` bytes served on 127.0.0.1, an empty data directory and
+/// the target naming the bundle: (bytes, server, dir, target).
+fn served(len: usize) -> (Vec<u8>, Server, tempfile::TempDir, Target) {
+    let bytes = bundle(len);
     let server = Server::start(bytes.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let t = target(&server, &bytes);
+    (bytes, server, dir, t)
+}
+
+#[test]
+fn fresh_download_is_verified_counted_and_kept() {
+    let (bytes, server, dir, t) = served(SIZE);
     let mut d = Downloader::new(dir.path(), options());
     let mut reports = Vec::new();
     let done = d.fetch(&t, &mut |p| reports.push(p)).expect("download");
@@ -75,10 +82,7 @@ fn fresh_download_is_verified_counted_and_kept() {
 
 #[test]
 fn cut_download_resumes_after_a_restart_and_transfers_only_the_rest() {
-    let bytes = bundle(SIZE);
-    let server = Server::start(bytes.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let t = target(&server, &bytes);
+    let (bytes, server, dir, t) = served(SIZE);
     let cut = 400 * 1024;
     server.set(|b| b.cut_after = Some(cut));
     {
@@ -115,10 +119,7 @@ fn cut_download_resumes_after_a_restart_and_transfers_only_the_rest() {
 
 #[test]
 fn a_server_ignoring_range_restarts_the_download_cleanly() {
-    let bytes = bundle(SIZE);
-    let server = Server::start(bytes.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let t = target(&server, &bytes);
+    let (bytes, server, dir, t) = served(SIZE);
     server.set(|b| b.cut_after = Some(300 * 1024));
     let mut d = Downloader::new(dir.path(), options());
     assert!(d.fetch(&t, &mut no_progress).is_err());
@@ -137,10 +138,7 @@ fn a_server_ignoring_range_restarts_the_download_cleanly() {
 
 #[test]
 fn wrong_bytes_are_refused_and_removed() {
-    let bytes = bundle(SIZE);
-    let server = Server::start(bytes.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let t = target(&server, &bytes);
+    let (bytes, server, dir, t) = served(SIZE);
     let mut evil = bytes.clone();
     evil[SIZE / 2] ^= 0xff;
     server.set(|b| b.body_override = Some(evil));
@@ -173,10 +171,7 @@ fn wrong_bytes_are_refused_and_removed() {
 
 #[test]
 fn error_statuses_and_unreachable_servers_are_reported_and_keep_the_partial_file() {
-    let bytes = bundle(SIZE);
-    let server = Server::start(bytes.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let t = target(&server, &bytes);
+    let (_, server, dir, t) = served(SIZE);
     server.set(|b| b.status = Some(404));
     let mut d = Downloader::new(dir.path(), options());
     let e = d.fetch(&t, &mut no_progress).expect_err("404");
@@ -233,10 +228,7 @@ fn error_statuses_and_unreachable_servers_are_reported_and_keep_the_partial_file
 
 #[test]
 fn a_stalled_server_times_out_and_the_download_resumes() {
-    let bytes = bundle(256 * 1024);
-    let server = Server::start(bytes.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let t = target(&server, &bytes);
+    let (bytes, server, dir, t) = served(256 * 1024);
     server.set(|b| b.stall = Some(Duration::from_secs(4)));
     let mut d = Downloader::new(
         dir.path(),
@@ -258,10 +250,7 @@ fn a_stalled_server_times_out_and_the_download_resumes() {
 fn bandwidth_limit_holds() {
     // 512 KiB at 256 KiB/s: ideally 2 s. Only a loose lower bound is
     // asserted (sleeps never end early; a busy machine only makes it slower).
-    let bytes = bundle(512 * 1024);
-    let server = Server::start(bytes.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let t = target(&server, &bytes);
+    let (bytes, _server, dir, t) = served(512 * 1024);
     let rate = 256 * 1024;
     let mut d = Downloader::new(
         dir.path(),
@@ -283,10 +272,7 @@ fn bandwidth_limit_holds() {
 
 #[test]
 fn another_desired_bundle_discards_the_old_partial_file() {
-    let bytes = bundle(SIZE);
-    let server = Server::start(bytes.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let old = target(&server, &bytes);
+    let (_, server, dir, old) = served(SIZE);
     server.set(|b| b.cut_after = Some(100 * 1024));
     let mut d = Downloader::new(dir.path(), options());
     assert!(d.fetch(&old, &mut no_progress).is_err());

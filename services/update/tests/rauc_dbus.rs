@@ -12,22 +12,31 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::bus::{Bus, FakeLogind, Plan, client, private_bus, serve_rauc, slots};
+use common::bus::{Bus, Plan, client, private_bus, serve_logind, serve_rauc, slots};
 use smarter_update::rauc::{Progress, Rauc, RaucError};
 
 const BUNDLE: &str = "/data/smarter/update/9f86d081.raucb";
 
+/// What the stand-in RAUC was asked to install (bundle, argument count).
+type Installs = Arc<Mutex<Vec<(String, usize)>>>;
+
+/// A private bus (`None`: no `dbus-daemon`, see [`private_bus`]) with a
+/// stand-in RAUC following `plan`, booted from slot A (2026.11.0, good), and
+/// a client's connection: (bus, installs, RAUC's connection, client's).
+async fn bus_with_rauc(plan: Plan) -> Option<(Bus, Installs, zbus::Connection, zbus::Connection)> {
+    let bus = private_bus()?;
+    let (installs, rauc) = serve_rauc(&bus, plan, slots("A", "2026.11.0", "good"), "A").await;
+    let conn = client(&bus).await;
+    Some((bus, installs, rauc, conn))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_reports_progress_then_completion_and_the_slot_carries_the_version() {
-    let Some(bus) = private_bus() else { return };
-    let (installs, _rauc) = serve_rauc(
-        &bus,
-        Plan::Succeed("2026.12.1".into()),
-        slots("A", "2026.11.0", "good"),
-        "A",
-    )
-    .await;
-    let conn = client(&bus).await;
+    let Some((_bus, installs, _rauc, conn)) =
+        bus_with_rauc(Plan::Succeed("2026.12.1".into())).await
+    else {
+        return;
+    };
     let rauc = Rauc::new(&conn).await.expect("client");
     let booted = rauc.booted().await.expect("booted slot");
     assert_eq!(booted.name, "rootfs.0");
@@ -71,16 +80,10 @@ async fn install_reports_progress_then_completion_and_the_slot_carries_the_versi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_install_reports_last_error_and_changes_no_slot() {
-    let Some(bus) = private_bus() else { return };
     let why = "signature verification failed: certificate has expired";
-    let (_, _rauc) = serve_rauc(
-        &bus,
-        Plan::Fail(why.into()),
-        slots("A", "2026.11.0", "good"),
-        "A",
-    )
-    .await;
-    let conn = client(&bus).await;
+    let Some((_bus, _, _rauc, conn)) = bus_with_rauc(Plan::Fail(why.into())).await else {
+        return;
+    };
     let rauc = Rauc::new(&conn).await.expect("client");
     let before = rauc.slot_status().await.expect("status");
     let e = rauc
@@ -100,15 +103,11 @@ async fn a_failed_install_reports_last_error_and_changes_no_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_install_and_a_hung_one_are_reported() {
-    let Some(bus) = private_bus() else { return };
-    let (_, rauc_conn) = serve_rauc(
-        &bus,
-        Plan::Refuse("Already processing a different method".into()),
-        slots("A", "2026.11.0", "good"),
-        "A",
-    )
-    .await;
-    let conn = client(&bus).await;
+    let Some((bus, _, rauc_conn, conn)) =
+        bus_with_rauc(Plan::Refuse("Already processing a different method".into())).await
+    else {
+        return;
+    };
     let rauc = Rauc::new(&conn).await.expect("client");
     let e = rauc
         .install(Path::new(BUNDLE), Duration::from_secs(30), &mut |_| {})
@@ -175,21 +174,7 @@ async fn reboot_goes_through_logind_without_asking() {
         .expect_err("no logind yet");
     assert!(e.to_string().contains("org.freedesktop.login1"), "{e}");
 
-    let reboots = Arc::new(Mutex::new(Vec::new()));
-    let _logind = zbus::connection::Builder::address(bus.address.as_str())
-        .expect("address")
-        .name("org.freedesktop.login1")
-        .expect("name")
-        .serve_at(
-            "/org/freedesktop/login1",
-            FakeLogind {
-                reboots: reboots.clone(),
-            },
-        )
-        .expect("serve")
-        .build()
-        .await
-        .expect("stand-in logind");
+    let (reboots, _logind) = serve_logind(&bus).await;
     smarter_update::logind::reboot(&conn)
         .await
         .expect("reboot asked");

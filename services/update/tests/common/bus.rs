@@ -285,6 +285,28 @@ pub async fn client(bus: &Bus) -> zbus::Connection {
         .expect("client connection")
 }
 
+/// Stand-in logind on `bus`; returns the `Reboot` calls it receives (their
+/// `interactive` argument) and its connection (dropping that takes the name
+/// off the bus).
+pub async fn serve_logind(bus: &Bus) -> (Arc<Mutex<Vec<bool>>>, zbus::Connection) {
+    let reboots = Arc::new(Mutex::new(Vec::new()));
+    let connection = zbus::connection::Builder::address(bus.address.as_str())
+        .expect("address")
+        .name("org.freedesktop.login1")
+        .expect("name")
+        .serve_at(
+            "/org/freedesktop/login1",
+            FakeLogind {
+                reboots: reboots.clone(),
+            },
+        )
+        .expect("serve")
+        .build()
+        .await
+        .expect("stand-in logind");
+    (reboots, connection)
+}
+
 pub struct FakeLogind {
     pub reboots: Arc<Mutex<Vec<bool>>>,
 }
