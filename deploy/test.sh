@@ -49,7 +49,7 @@ if [ -z "${SMARTER_BIN_DIR:-}" ] && [ ! -d "$bin_dir" ] && [ -x cross/build-rele
     cross/build-release.sh
 fi
 for t in x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
-    for b in smarter-device-manager smarter-cni smarter-dns smarter-comms smarter-debug-agent; do
+    for b in smarter-device-manager smarter-cni smarter-dns smarter-comms smarter-debug-agent smarter-update; do
         [ -x "$bin_dir/$t/$b" ] || { echo "missing $bin_dir/$t/$b (run cross/build-release.sh or set SMARTER_BIN_DIR)"; exit 1; }
     done
 done

@@ -104,13 +104,16 @@ class Service:
 
 # Users: the gateway services run as uid 0 with every capability dropped (device-manager, cni) or
 # only the few they need (dns); they must own root-owned host directories (the kubelet plugin dir,
-# /opt/cni/bin). smarter-comms runs in the cloud as an unprivileged user. See
-# docs/decisions/0051-image-users-and-capabilities.md.
+# /opt/cni/bin). The OS update agent (smarter-update agent) runs as uid 0 with every capability
+# dropped: RAUC's and logind's D-Bus policies admit root on the host's system bus socket, and its
+# hostPath data directory is root-owned. smarter-comms runs in the cloud as an unprivileged user.
+# See docs/decisions/0051-image-users-and-capabilities.md.
 SERVICES = [
     Service("smarter-device-manager", "Kubelet device plugin exposing host devices", "0:0", True),
     Service("smarter-cni", "CNI plugin and its installer", "0:0", True),
     Service("smarter-dns", "Local event-driven DNS for a gateway's apps", "0:0", True),
     Service("smarter-debug-agent", "Remote debug agent (gateway side)", "0:0", True, package="smarter-debug"),
+    Service("smarter-update", "OS update agent: RAUC bundles over D-Bus, rollout by DaemonSet", "0:0", True),
     Service("smarter-comms", "Remote debug rendezvous (cloud side)", "65532:65532", False, package="smarter-debug"),
 ]
 

@@ -34,7 +34,7 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
 CLUSTER_DNS = "169.254.0.2"  # smarter-dns's address, the original contract
 CNI_SUBNET = "172.39.0.0/16"  # smarter-cni's default subnet, the original contract
-GATEWAY_IMAGES = ["smarter-device-manager", "smarter-cni", "smarter-dns", "smarter-debug-agent"]
+GATEWAY_IMAGES = ["smarter-device-manager", "smarter-cni", "smarter-dns", "smarter-debug-agent", "smarter-update"]
 CONTAINERD_SOCKETS = ["/run/containerd/containerd.sock", "/var/run/docker/containerd/containerd.sock"]
 
 passed = failed = skipped = 0
