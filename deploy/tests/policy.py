@@ -5,7 +5,8 @@ What the OpenAPI schemas cannot say: the original SMARTER contract (node selecto
 toleration, system-node-critical, host network), least privilege (no privileged pod, every
 capability dropped except a per-service allowlist, host PID only for the debug agent, read-only root, no
 privilege escalation, no service-account token since no service talks to the API), resource
-requests and limits on every container, our images pinned to the workspace version, hostPath
+requests and limits on every container, our images pinned to the workspace version and built by
+deploy/images/build.py (gateway ones in the air-gap bundle), hostPath
 mounts limited to what each service needs, device rules in the original conf.yaml format, the
 recommended app.kubernetes.io/* labels on every object and pod template, no obsolete
 bootstrap-checkpoint annotation, and selectors exactly as released (they are immutable).
@@ -27,6 +28,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "images"))
+import build as image_build  # noqa: E402  (the images build.py writes: a manifest may only run those)
+
+BUILT = {s.binary: s for s in image_build.SERVICES}
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
 IMAGE_REPO = "ghcr.io/smarter-project"
@@ -224,6 +229,11 @@ def check(docs: list[tuple[str, dict]]) -> list[str]:
                 want = f"{IMAGE_REPO}/{expect['image']}:{VERSION}"
                 if image != want:
                     err(cwhere, f"image must be {want} (what deploy/images/build.py produces), is {image}")
+                built = BUILT.get(expect["image"])
+                if built is None:
+                    err(cwhere, f"deploy/images/build.py does not build {expect['image']} (add it to SERVICES)")
+                elif name in GATEWAY and not built.gateway:
+                    err(cwhere, f"{expect['image']} is not in the gateway air-gap bundle (build.py: gateway=False)")
                 if c.get("imagePullPolicy") != "IfNotPresent":
                     err(cwhere, "imagePullPolicy must be IfNotPresent (air-gapped gateways import images)")
             run_as = sc.get("runAsUser", pod_sc.get("runAsUser"))
@@ -404,6 +414,12 @@ MUTATIONS = {
         {"app.kubernetes.io/name": "smarter-dns"}),
     "service selector changed": lambda d: next(doc for _, doc in d if doc.get("kind") == "Service")[
         "spec"].update(selector={"app.kubernetes.io/name": "smarter-comms"}),
+    "update agent adds a capability": lambda d: _container(d, "smarter-update")["securityContext"][
+        "capabilities"].update(add=["SYS_BOOT"]),
+    "update canary mounts all of /run/dbus": lambda d: _workload(d, "smarter-update-canary")["spec"]["template"][
+        "spec"]["volumes"].append({"name": "run-dbus", "hostPath": {"path": "/run/dbus"}}),
+    "update agent image not ours": lambda d: _container(d, "smarter-update").update(
+        image=f"{IMAGE_REPO}/smarter-update-agent:{VERSION}"),
     "missing workload": lambda d: d.remove(next(x for x in d if x[1].get("kind") == "DaemonSet"
                                                 and x[1]["metadata"]["name"] == "smarter-debug-agent")),
 }
