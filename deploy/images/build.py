@@ -331,6 +331,9 @@ def passwd_entries() -> list[Entry]:
         Entry("/run", "dir", 0o755),
         Entry("/tmp", "dir", 0o1777),
         Entry("/var/lib/smarter", "dir", 0o755),
+        # As on the host (FHS): clients that use the /var/run spelling find /run's sockets, e.g.
+        # zbus's default system bus address unix:path=/var/run/dbus/system_bus_socket.
+        Entry("/var/run", "symlink", 0o777, target="../run"),
     ]
 
 
