@@ -9,10 +9,15 @@ directory the test fills, ConfigMap -> its data written to files, PVC -> a direc
 fsGroup). Then, per image:
 
   version   `--version` prints the binary name and the workspace version
-  config    the manifest's own `--config` checked with `--check-config`
+  help      `--help` answers (and names the subcommand the manifest runs, if any)
+  config    the manifest's own `--config` checked with `--check-config` (after its subcommand)
   start     the manifest's args start the service, it stays up, its memory is measured, and
             SIGTERM (`docker stop`) ends it with exit code 0
   jobs      real work where the service does it today (see JOBS; add one per service feature)
+
+A hostPath of type Socket at /run/dbus/system_bus_socket gets a private dbus-daemon on a socket in
+the fixture directory (no RAUC or logind on it): the update agent's check is that it reaches the
+bus through it and asks RAUC.
 
 hostNetwork is replaced by a fresh network namespace (`--network none`): the test must not
 change the CI host's network. Arm images: their layers are unpacked and the binary runs under
@@ -57,6 +62,8 @@ WORKLOADS = {
     "smarter-dns": ("gateway/dns.yaml", "smarter-dns"),
     "smarter-debug-agent": ("gateway/debug-agent.yaml", "smarter-debug-agent"),
     "smarter-comms": ("cloud/comms.yaml", "smarter-comms"),
+    # The canary DaemonSet (update/canary.yaml) runs the same image with the same settings.
+    "smarter-update": ("update/agent.yaml", "smarter-update"),
 }
 
 # (workload, check) -> why it cannot pass yet. Remove entries as features land (XPASS says so).
@@ -71,6 +78,7 @@ SAMPLE_CONFIGS = {
     "smarter-dns": "services/dns/config/smarter-dns.toml",
     "smarter-debug-agent": "services/debug/config/smarter-debug-agent.toml",
     "smarter-comms": "services/debug/config/smarter-comms.toml",
+    "smarter-update": "services/update/config/update-agent.toml",
 }
 
 
@@ -127,7 +135,57 @@ def mknod(path: Path, major: int, minor: int) -> None:
     os.mknod(path, 0o660 | stat.S_IFCHR, os.makedev(major, minor))
 
 
+# Fixture processes (a private system bus) started for the current workload; stop_fixtures() ends them.
+FIXTURES: list[subprocess.Popen] = []
+SYSTEM_BUS = "/run/dbus/system_bus_socket"
+
+
+def start_system_bus(sock: Path) -> None:
+    """A private dbus-daemon listening on sock, standing in for the host's system bus.
+
+    Nothing owns RAUC's or logind's names on it: a client that gets onto this bus and asks RAUC
+    gets D-Bus's "no such service" back, which proves the socket, user and capabilities work.
+    Without dbus-daemon the socket is missing (the checks that need it fail and say so).
+    """
+    daemon = shutil.which("dbus-daemon")
+    if daemon is None:
+        return
+    conf = sock.parent / "system-bus.conf"
+    conf.write_text(f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={sock}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*"/>
+    <allow own="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+""")
+    proc = subprocess.Popen([daemon, f"--config-file={conf}", "--nofork", "--nopidfile"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    FIXTURES.append(proc)
+    wait_for(sock.is_socket, 5)
+
+
+def stop_fixtures() -> None:
+    while FIXTURES:
+        proc = FIXTURES.pop()
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def fill_host_path(host_path: str, target: Path) -> None:
+    if host_path == SYSTEM_BUS:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        start_system_bus(target)
+        return
     target.mkdir(parents=True, exist_ok=True)
     if host_path == "/dev":
         # A few device nodes the default rules match, with their real major:minor numbers.
@@ -155,6 +213,12 @@ class Pod:
 
     def config_arg(self) -> list[str]:
         return [a for a in self.container.get("args", []) if a.startswith("--config")]
+
+    def subcommand(self) -> list[str]:
+        """The leading non-option args (smarter-update's `agent`); empty for single-command binaries."""
+        args = self.container.get("args", [])
+        n = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
+        return args[:n]
 
 
 def load_pod(workload: str) -> Pod:
@@ -242,6 +306,8 @@ def docker_flags(pod: Pod, scratch: Path) -> list[str]:
         vol = volumes[m["name"]]
         src = scratch / "volumes" / m["name"]
         if "hostPath" in vol:
+            if vol["hostPath"].get("type") == "Socket":
+                src = src / "socket"  # docker bind-mounts the socket file itself
             fill_host_path(vol["hostPath"]["path"], src)
         elif "configMap" in vol:
             src.mkdir(parents=True, exist_ok=True)
@@ -387,7 +453,32 @@ def job_device_manager_serves(pod: Pod, volumes: Path, pid: int) -> tuple[bool, 
     return ok, f"sockets {sorted(want)}" if ok else f"missing {sorted(want - have)}, have {sorted(have)}"
 
 
+def job_update_system_bus(pod: Pod, volumes: Path, pid: int) -> tuple[bool, str] | str:
+    """Through the mounted system bus socket, as the manifest's user with its capabilities, the
+    agent reaches the bus and asks RAUC (absent from the fixture bus): /readyz says so, 503."""
+    if not shutil.which("dbus-daemon"):
+        return False, "dbus-daemon not installed (Debian package dbus): no system bus fixture"
+    if os.geteuid() != 0:
+        return "needs root to enter the container's network namespace"
+    port = pod.container["readinessProbe"]["httpGet"]["port"]
+    probe = ("import urllib.request, urllib.error\n"
+             "try:\n"
+             f"    r = urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=2); print(r.status, r.read().decode())\n"
+             "except urllib.error.HTTPError as e:\n"
+             "    print(e.code, e.read().decode())\n")
+    seen = [""]
+
+    def asked_rauc() -> bool:
+        out = sh("nsenter", "-t", str(pid), "-n", sys.executable, "-c", probe, timeout=10)
+        seen[0] = (out.stdout + out.stderr).strip()
+        return seen[0].startswith("503 ") and "RAUC (de.pengutronix.rauc) over D-Bus" in seen[0]
+
+    ok = wait_for(asked_rauc, 5)
+    return ok, f"/readyz: {seen[0][:200]}"
+
+
 LIVE_JOBS: dict[str, list[tuple[str, LiveJob]]] = {
+    "smarter-update": [("system-bus", job_update_system_bus)],
     "smarter-device-manager": [("serves", job_device_manager_serves)],
     "smarter-cni": [("installs", job_cni_installed)],
     "smarter-dns": [("answers", job_dns_answers)],
@@ -425,21 +516,34 @@ def test_amd64(images: Path, workloads: list[str], res: Results) -> None:
             continue
         res.record(workload, "load", True, pod.image)
         with tempfile.TemporaryDirectory(prefix=f"smarter-{workload}-") as tmp:
-            flags = docker_flags(pod, Path(tmp))
-            out = docker_run(flags, pod.image, ["--version"])
-            ok = out.returncode == 0 and pod.binary in out.stdout and VERSION in out.stdout
-            res.record(workload, "version", ok, out.stdout.strip() if ok else out.stdout + out.stderr)
-            help_text = docker_run(flags, pod.image, ["--help"]).stdout
-            out = docker_run(flags, pod.image, [*pod.config_arg(), "--check-config"])
-            res.record(workload, "config", out.returncode == 0,
-                       f"{' '.join(pod.config_arg())} is valid" if out.returncode == 0 else out.stdout + out.stderr)
-            check_start(pod, flags, res, Path(tmp))
-            for job_name, job in JOBS.get(workload, []):
-                outcome = job(pod, flags, help_text)
-                if isinstance(outcome, str):
-                    res.skip(workload, job_name, outcome)
-                else:
-                    res.record(workload, job_name, *outcome)
+            try:
+                test_amd64_pod(pod, Path(tmp), res)
+            finally:
+                stop_fixtures()
+
+
+def test_amd64_pod(pod: Pod, tmp: Path, res: Results) -> None:
+    workload = pod.workload
+    flags = docker_flags(pod, tmp)
+    out = docker_run(flags, pod.image, ["--version"])
+    ok = out.returncode == 0 and pod.binary in out.stdout and VERSION in out.stdout
+    res.record(workload, "version", ok, out.stdout.strip() if ok else out.stdout + out.stderr)
+    out = docker_run(flags, pod.image, ["--help"])
+    help_text = out.stdout
+    # A binary with subcommands lists the one its manifest runs.
+    ok = out.returncode == 0 and "Usage" in help_text and all(a in help_text for a in pod.subcommand())
+    res.record(workload, "help", ok, "" if ok else out.stdout + out.stderr)
+    out = docker_run(flags, pod.image, [*pod.subcommand(), *pod.config_arg(), "--check-config"])
+    args = " ".join([*pod.subcommand(), *pod.config_arg()])
+    res.record(workload, "config", out.returncode == 0,
+               f"{args} is valid" if out.returncode == 0 else out.stdout + out.stderr)
+    check_start(pod, flags, res, tmp)
+    for job_name, job in JOBS.get(workload, []):
+        outcome = job(pod, flags, help_text)
+        if isinstance(outcome, str):
+            res.skip(workload, job_name, outcome)
+        else:
+            res.record(workload, job_name, *outcome)
 
 
 def unpack_rootfs(images: Path, binary: str, arch: str, dest: Path) -> None:
@@ -477,7 +581,9 @@ def test_arm(images: Path, workloads: list[str], arches: list[str], res: Results
                 exe = str(rootfs / "usr" / "bin" / binary)
                 host = sh(qemu, exe, "--version", timeout=30)
                 own = sh(qemu, "-L", str(rootfs), exe, "--version", timeout=30)
-                cfg = sh(qemu, exe, "--check-config", "--config", str(ROOT / SAMPLE_CONFIGS[workload]), timeout=30)
+                sub = load_pod(workload).subcommand()
+                cfg = sh(qemu, exe, *sub, "--check-config", "--config", str(ROOT / SAMPLE_CONFIGS[workload]),
+                         timeout=30)
                 ok = all(r.returncode == 0 for r in (host, own, cfg)) and VERSION in own.stdout
                 res.record(workload, check, ok,
                            own.stdout.strip() + " (host loader, image-only libraries; sample config valid)"
