@@ -60,6 +60,7 @@ for t in $SMARTER_TARGETS; do
         check "$t $b --version" bash -c "$runner '$bin' --version | grep -qx '$b $version'"
     done
     check "$t smarter-update health-gate --check-config sample" $runner "$dir/$t/smarter-update" health-gate --check-config --config services/update/config/health-gate.toml
+    check "$t smarter-update agent --check-config sample" $runner "$dir/$t/smarter-update" agent --check-config --config services/update/config/update-agent.toml
     check "$t smarter-provision check sample" $runner "$dir/$t/smarter-provision" check services/provision/testdata/minimal.toml
 done
 exit $fail
