@@ -18,6 +18,7 @@ ORIGINALS = {
     "smarter-dns": "ghcr.io/smarter-project/smarter-dns:v1.3.11",
     "smarter-debug-agent": "(none: new)",
     "smarter-comms": "(none: new)",
+    "smarter-update": "(none: new; the OS update agent)",
 }
 
 
