@@ -49,12 +49,23 @@ export INITRD=No
 smarter_apt_ensure setup "${APT_PACKAGES[@]}"
 
 if ! command -v cargo >/dev/null 2>&1; then
-    if [ -x "$HOME/.cargo/bin/cargo" ]; then
-        export PATH="$HOME/.cargo/bin:$PATH"
-    else
-        echo "setup: no Rust toolchain found; install rustup (https://rustup.rs) first" >&2
-        exit 1
+    if [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+        # A fresh machine: rustup's own installer, checked against the
+        # SHA-256 published beside it, installs the stable toolchain.
+        echo "setup: installing rustup and the stable Rust toolchain"
+        init=$(mktemp)
+        url=https://static.rust-lang.org/rustup/dist/$(uname -m)-unknown-linux-gnu/rustup-init
+        curl -sSf --retry 3 -o "$init" "$url"
+        want=$(curl -sSf --retry 3 "$url.sha256" | cut -d' ' -f1)
+        if [ "$(sha256sum "$init" | cut -d' ' -f1)" != "$want" ]; then
+            echo "setup: $url does not match its published SHA-256" >&2
+            exit 1
+        fi
+        chmod +x "$init"
+        "$init" -y --no-modify-path --profile minimal --default-toolchain stable
+        rm -f "$init"
     fi
+    export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
 installed_targets=$(rustup target list --installed)
@@ -68,4 +79,7 @@ done
 # the workspace with it so a dependency that under-declares its minimum Rust
 # fails here rather than in a Yocto build (docs/decisions/0001).
 rustup toolchain list | grep -q '^1\.94\.0-' || rustup toolchain install 1.94.0 --profile minimal
+# The bounded fuzz run of ./dev test builds with libFuzzer's instrumentation,
+# which needs nightly (services/dns/fuzz/run.sh).
+rustup toolchain list | grep -q '^nightly-' || rustup toolchain install nightly --profile minimal
 echo "setup: done"
