@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+from smarter_hil.gateway import free_port, override_config
+
 DNS = "169.254.0.2"  # smarter-dns's address (its default `listen`)
 OUTSIDE_NAME = "outside.smarter-hil.test"
 OUTSIDE_ADDR = "192.0.2.7"
@@ -28,12 +30,6 @@ PROBE = "smarter-hil-probe:1"
 PROBE_TOOLS = "/usr/bin/bash /usr/bin/getent /usr/bin/nc.openbsd"
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def upstream(board):
     """dnsmasq on the test host answering OUTSIDE_NAME; yields its port."""
@@ -41,7 +37,7 @@ def upstream(board):
         pytest.skip(f"{board.name}: no test_host in the environment (the gateway's route to "
                     "the test host, for the DNS upstream this test serves)")
     dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-    port = _free_port()
+    port = free_port(socket.SOCK_DGRAM)
     proc = subprocess.Popen(
         [dnsmasq, "--no-daemon", "--conf-file=/dev/null", f"--port={port}", "--no-resolv",
          "--no-hosts", "--user=root", f"--address=/{OUTSIDE_NAME}/{OUTSIDE_ADDR}"],
@@ -63,22 +59,14 @@ def test_apps_reach_each_other_by_name(gateway, board, upstream, figure):
     if board.has("k3s"):
         pytest.skip(f"{board.name}: apps are pods on k3s boards; this suite does not drive "
                     "the master that schedules them yet")
-    # Point smarter-dns at the test host's DNS server: a copy of its config with a resolv.conf
-    # of our own, bind-mounted over the read-only one, then a reload.
-    gateway.run_check(
-        "mkdir -p /run/smarter-hil && "
-        f"echo 'nameserver {board.test_host}' > /run/smarter-hil/resolv.conf && "
-        "sed -e 's|^resolv_conf = .*|resolv_conf = \"/run/smarter-hil/resolv.conf\"|' "
-        f"-e 's|^upstream_port = .*|upstream_port = {upstream}|' "
-        "/etc/smarter/smarter-dns.toml > /run/smarter-hil/smarter-dns.toml && "
-        "grep -q smarter-hil /run/smarter-hil/smarter-dns.toml && "
-        "mount --bind /run/smarter-hil/smarter-dns.toml /etc/smarter/smarter-dns.toml && "
-        "systemctl reload smarter-dns")
-    try:
-        _check_apps(gateway, figure)
-    finally:
-        gateway.run("docker rm -f hil-app-a hil-app-b >/dev/null 2>&1; "
-                    "umount /etc/smarter/smarter-dns.toml && systemctl reload smarter-dns")
+    # Point smarter-dns at the test host's DNS server: its config with a resolv.conf of our own.
+    with override_config(gateway, "/etc/smarter/smarter-dns.toml",
+                         {"resolv_conf": '"/run/smarter-hil/resolv.conf"', "upstream_port": str(upstream)},
+                         "smarter-dns", files={"resolv.conf": f"nameserver {board.test_host}\n"}):
+        try:
+            _check_apps(gateway, figure)
+        finally:
+            gateway.run("docker rm -f hil-app-a hil-app-b >/dev/null 2>&1")
 
 
 def _check_apps(gateway, figure):

@@ -12,28 +12,23 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
+from smarter_hil.gateway import free_port, override_config
+
 GATEWAY_NAME = "hil-gateway"
 AGENT_CONFIG = "/etc/smarter/smarter-debug-agent.toml"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Comms:
     def __init__(self, binary, workdir):
         self.dir = workdir
         self.token = secrets.token_hex(16)
-        self.ssh_port, self.api_port = _free_port(), _free_port()
+        self.ssh_port, self.api_port = free_port(), free_port()
         (workdir / "state").mkdir()
         config = workdir / "comms.toml"
         # The gateway reaches the test host through QEMU's NAT or the rig's network, so
@@ -95,19 +90,14 @@ def comms(board, env, tmp_path):
 def test_developer_reaches_the_gateway_with_plain_ssh(gateway, board, comms, tmp_path, figure):
     # The agent: comms' address as the gateway sees the test host, comms' host key, our name.
     key_line = " ".join(comms.host_key)
-    gateway.run_check(
-        "mkdir -p /run/smarter-hil && "
-        f"sed -e 's|^comms_address = .*|comms_address = \"{board.test_host}:{comms.ssh_port}\"|' "
-        f"-e 's|^comms_host_key = .*|comms_host_key = \"{key_line}\"|' "
-        f"-e 's|^gateway_name = .*|gateway_name = \"{GATEWAY_NAME}\"|' "
-        f"-e 's|^max_backoff_secs = .*|max_backoff_secs = 2|' "
-        f"{AGENT_CONFIG} > /run/smarter-hil/agent.toml && "
-        f"mount --bind /run/smarter-hil/agent.toml {AGENT_CONFIG} && "
-        "systemctl reload smarter-debug-agent")
-    try:
+    edits = {
+        "comms_address": f'"{board.test_host}:{comms.ssh_port}"',
+        "comms_host_key": f'"{key_line}"',
+        "gateway_name": f'"{GATEWAY_NAME}"',
+        "max_backoff_secs": "2",
+    }
+    with override_config(gateway, AGENT_CONFIG, edits, "smarter-debug-agent"):
         _connect(gateway, comms, tmp_path, figure)
-    finally:
-        gateway.run(f"umount {AGENT_CONFIG} && systemctl reload smarter-debug-agent")
 
 
 def _connect(gateway, comms, tmp_path, figure):
