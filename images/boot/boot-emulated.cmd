@@ -50,7 +50,11 @@ echo "smarter: booting slot ${smarter_slot} (BOOT_ORDER=${BOOT_ORDER} A_LEFT=${B
 env export -t ${smarter_env_addr} BOOT_ORDER BOOT_A_LEFT BOOT_B_LEFT
 fatwrite virtio 0:1 ${smarter_env_addr} smarter-env.txt ${filesize}
 
-load virtio 0:${smarter_rootpart} ${kernel_addr_r} /vmlinuz
+# The kernel is gzip-compressed (images/emulated/build.sh says why): booti copies it to
+# kernel_comp_addr_r and decompresses it to kernel_addr_r (below the initramfs).
+load virtio 0:${smarter_rootpart} ${kernel_addr_r} /vmlinuz.gz
+setenv kernel_comp_addr_r 0x48000000
+setenv kernel_comp_size ${filesize}
 load virtio 0:${smarter_rootpart} ${ramdisk_addr_r} /initrd.img
 setenv smarter_initrd_size ${filesize}
 # apparmor=0: Debian's kernel enables AppArmor, but the image has no apparmor_parser for Docker's
