@@ -3,7 +3,8 @@
 #   hardware-tests/test.sh            the environment files of every board load in labgrid with
 #                                     the resources and drivers they need (no board attached)
 #   hardware-tests/test.sh --qemu     also the gateway tests on the emulated gateway
-#                                     (out/emulated/disk.img, built by ./dev release)
+#                                     (out/emulated/disk.img, built by ./dev release; the
+#                                     update tests' bundles are built when missing)
 # The pinned tools (requirements.txt) go into a venv outside the checkout, under
 # ${SMARTER_CACHE:-/var/cache/smarter}/hil-venv-<hash of requirements.txt>, made once.
 # Results: out/hil/<env>.xml (JUnit) and out/hil/summary-<env>.md.
@@ -26,6 +27,11 @@ mkdir -p "$out"
 cd "$here"
 "$venv/bin/pytest" -q -p no:cacheprovider --junitxml="$out/environments.xml" tests/test_environments.py
 if [ -n "$qemu" ]; then
+    # The update tests' bundles (images/test.sh builds them too; built here when missing).
+    for v in update broken; do
+        [ -s "$root/out/emulated/variants/$v.raucb" ] ||
+            nice "$root/images/emulated/build.sh" --variant "$v" --modify "$root/images/emulated/variants/$v.sh"
+    done
     "$venv/bin/pytest" -v -p no:cacheprovider --lg-env env/qemu.yaml --lg-log "$out/qemu-log" \
         --junitxml="$out/qemu.xml" --hil-summary "$out/summary-qemu.md" tests/
 fi

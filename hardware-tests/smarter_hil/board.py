@@ -12,7 +12,8 @@ without it, apps run under Docker as on the emulated gateway).
 `test_host` is the address at which the gateway reaches the machine running
 the suite (QEMU's user network: 10.0.2.2; a rig: the test host's address on
 the rig's network). Tests that serve something to the gateway from the test
-host (a DNS upstream, smarter-comms) skip with that reason when it is unset.
+host (a DNS upstream, smarter-comms, update bundles) skip with that reason when
+it is unset.
 """
 
 import attr
@@ -42,6 +43,9 @@ class SmarterBoard(Resource):
     # minutes on a busy 2-core CI machine.
     boot_deadline_s = attr.ib(default=300, validator=attr.validators.instance_of(int))
     test_host = attr.ib(default=None, validator=attr.validators.optional(attr.validators.instance_of(str)))
+    # Where the update tests put a bundle on the gateway before `rauc install`: a directory
+    # on a file system with room for one bundle.
+    scratch_dir = attr.ib(default="/data/smarter-hil", validator=attr.validators.instance_of(str))
 
     def has(self, feature):
         return feature in self.features

@@ -58,6 +58,9 @@ class SmarterStrategy(Strategy):
         validator=attr.validators.instance_of(str),
     )
 
+    # What the console shows when the board's boot loader starts (U-Boot's banner).
+    boot_banner = attr.ib(default=r"U-Boot 20\d\d", validator=attr.validators.instance_of(str))
+
     def __attrs_post_init__(self):
         super().__attrs_post_init__()
         self._workdir = None
@@ -173,6 +176,58 @@ class SmarterStrategy(Strategy):
         else:
             raise StrategyError(f"no transition from {self.status} to {status}")
         self.status = status
+
+    # -- a booted gateway that reboots -------------------------------------
+
+    def _boot_to_shell(self, timeout):
+        """From a board that is starting (power on, or a reboot under way) to a logged-in
+        shell; the disk as it is. Only the console stays active throughout."""
+        if self.uboot is not None:
+            # U-Boot's banner first (the gateway may run for minutes before it reboots, longer
+            # than UBootDriver waits for its autoboot line), then stop the countdown and boot.
+            self.console.expect(self.boot_banner, timeout=timeout)
+            self.target.activate(self.uboot)
+            self.uboot.boot("")
+            self.uboot.await_boot()
+        self.target.activate(self.shell)
+        self.status = Status.shell
+
+    @never_retry
+    def reboot(self, ready=True, timeout=900, boots=1):
+        """Reboot from the shell (`systemctl reboot`) and log in again once it is back;
+        `ready` also waits for the boot to finish (the strategy's ready_command). `boots` > 1
+        lets the gateway boot by itself that many times before the one logged into (a health
+        gate rejecting the new slot reboots into the old one: boots=2)."""
+        self.transition(Status.shell)
+        self.console.sendline("systemctl reboot")
+        self.await_reboot(ready, timeout, boots)
+
+    @never_retry
+    def await_reboot(self, ready=True, timeout=900, boots=1):
+        """The gateway is rebooting or about to reboot by itself: wait for it to come back
+        (after `boots` boots) and log in again."""
+        self.target.deactivate(self.shell)
+        if self.uboot is not None:
+            self.target.deactivate(self.uboot)
+        for _ in range(boots - 1):
+            # Boots the test does not stop in: each one's banner, left to boot on its own.
+            self.console.expect(self.boot_banner, timeout=timeout)
+        self._boot_to_shell(timeout)
+        if ready:
+            self.shell.run(self.ready_command, timeout=300)
+
+    @never_retry
+    def power_cut(self, ready=True, timeout=900):
+        """Cut the power (QEMU: the process quits without telling the guest) and power on
+        again, then log in: the disk as the cut left it, no flashing."""
+        self.target.deactivate(self.shell)
+        if self.uboot is not None:
+            self.target.deactivate(self.uboot)
+        self.power.off()
+        self.power.on()
+        self._boot_to_shell(timeout)
+        if ready:
+            self.shell.run(self.ready_command, timeout=300)
 
     @never_retry
     def force(self, status):

@@ -21,7 +21,7 @@ EXPECTED = {
         "bound": {"power": "QEMUDriver", "console": "QEMUDriver",
                   "uboot": "UBootDriver", "shell": "ShellDriver"},
         "unbound": {"sdmux", "loader", "flashscript", "recovery"},
-        "images": {"gateway", "uboot", "provisioning"},
+        "images": {"gateway", "uboot", "provisioning", "update-bundle", "broken-bundle"},
     },
     "rpi4.yaml": {
         "board": "raspberrypi4-64",
@@ -31,7 +31,7 @@ EXPECTED = {
         "bound": {"power": "NetworkPowerDriver", "console": "SerialDriver",
                   "sdmux": "USBSDMuxDriver", "uboot": "UBootDriver", "shell": "ShellDriver"},
         "unbound": {"loader", "flashscript", "recovery"},
-        "images": {"gateway", "provisioning"},
+        "images": {"gateway", "provisioning", "update-bundle", "broken-bundle"},
     },
     "coral.yaml": {
         "board": "coral-dev",
@@ -43,7 +43,7 @@ EXPECTED = {
                   "loader": "UUUDriver", "recovery": "GpioDigitalOutputDriver",
                   "uboot": "UBootDriver", "shell": "ShellDriver"},
         "unbound": {"sdmux", "flashscript"},
-        "images": {"gateway", "provisioning"},
+        "images": {"gateway", "provisioning", "update-bundle", "broken-bundle"},
     },
     "xavier.yaml": {
         "board": "jetson-xavier-nx-devkit",
@@ -55,7 +55,7 @@ EXPECTED = {
                   "flashscript": "FlashScriptDriver", "recovery": "GpioDigitalOutputDriver",
                   "shell": "ShellDriver"},
         "unbound": {"uboot", "sdmux", "loader"},
-        "images": {"gateway", "provisioning", "tegraflash"},
+        "images": {"gateway", "provisioning", "tegraflash", "update-bundle", "broken-bundle"},
     },
 }
 
