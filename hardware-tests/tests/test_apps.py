@@ -84,7 +84,7 @@ def _check_apps(gateway, figure):
     # smarter-dns learns app A from Docker's events; time until it answers for the name.
     start = time.monotonic()
     resolved = []
-    while time.monotonic() - start < 30:
+    while time.monotonic() - start < 90:
         code, out = _sh(gateway, f"docker run --rm --dns {DNS} {PROBE} /usr/bin/getent hosts hil-app-a", 120)
         resolved = out.split()
         if code == 0 and resolved:
