@@ -93,7 +93,7 @@ def test_environment_loads_with_its_resources_and_drivers(name):
 
 def test_unknown_board_feature_is_refused(tmp_path):
     text = (ENV_DIR / "qemu.yaml").read_text().replace(
-        "features: [ab-update]", "features: [usb-hotplug-monitr]")
+        "features: [ab-update, usb-hotplug-monitor]", "features: [ab-update, usb-hotplug-monitr]")
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     env = Environment(config_file=str(bad))

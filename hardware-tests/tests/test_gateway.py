@@ -50,8 +50,11 @@ def test_usb_serial_adapter_appears_and_goes(gateway, target, board, figure):
         qemu = target.get_driver("QEMUDriver")
 
         def plug():
+            # The adapter's serial line needs a backend that counts as open: QEMU attaches a
+            # usb-serial device to the bus only then (a `null` chardev never is, so the
+            # adapter would never be plugged in at all). A ring buffer is.
             qemu.monitor_command("chardev-add", {
-                "id": "hilserial", "backend": {"type": "null", "data": {}}})
+                "id": "hilserial", "backend": {"type": "ringbuf", "data": {"size": 4096}}})
             qemu.monitor_command("device_add", {
                 "driver": "usb-serial", "id": "hilusb", "chardev": "hilserial"})
 
