@@ -62,7 +62,8 @@ def gateway(target, strategy, board, boot_time):
     out = shell.run_check(
         "cat /etc/smarter-release 2>/dev/null || sed -n 's/^PRETTY_NAME=//p' /etc/os-release")
     if out:
-        _RUN["image"] = out[-1]
+        # /etc/smarter-release names the image's version (VERSION=...); else the OS's name.
+        _RUN["image"] = next((line.split("=", 1)[1] for line in out if line.startswith("VERSION=")), out[-1])
     return shell
 
 
