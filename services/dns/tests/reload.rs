@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -70,14 +69,18 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
         &dir.path().join("records"),
         &record("c1", "camera", "iot", &["172.39.0.5"]),
     )?;
+    // The log goes to a file the test reads while the server runs: a reload's outcome is
+    // known from its log line, not from how long the test waited.
+    let log_path = dir.path().join("smarter-dns.log");
     let mut server = Server(
         Command::new(BIN)
             .arg("--config")
             .arg(dir.path().join("dns.toml"))
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path)?)
             .spawn()?,
     );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let limit = Duration::from_secs(5);
     assert!(
@@ -102,7 +105,13 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
     // A broken config: rejected, the server keeps answering as before.
     std::fs::write(dir.path().join("dns.toml"), "ttl = \"soon\"\n")?;
     signal(&server.0, libc::SIGHUP)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        wait_until(limit, || async { log().contains("new config rejected") })
+            .await
+            .is_some(),
+        "the broken config's rejection was never logged:\n{}",
+        log()
+    );
     assert_eq!(
         ttl(at(second)).await,
         Some(77),
@@ -111,9 +120,17 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
 
     // A config whose port is taken: rejected with the OS reason (once),
     // and the old sockets are bound again.
+    let in_use = std::io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     write_config(dir.path(), taken.local_addr()?.port(), 88)?;
     signal(&server.0, libc::SIGHUP)?;
+    assert!(
+        wait_until(limit, || async { log().contains(&in_use) })
+            .await
+            .is_some(),
+        "the taken port's rejection was never logged:\n{}",
+        log()
+    );
     assert!(
         wait_until(limit, || async { ttl(at(second)).await == Some(77) })
             .await
@@ -124,16 +141,12 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
 
     signal(&server.0, libc::SIGTERM)?;
     let status = server.0.wait()?;
-    let mut log = String::new();
-    if let Some(mut err) = server.0.stderr.take() {
-        err.read_to_string(&mut log)?;
-    }
+    let log = log();
     assert!(status.success(), "exit {status:?}; log:\n{log}");
     assert!(
         log.contains("new config rejected") && log.contains("ttl"),
         "the rejection and its reason are not in the log:\n{log}"
     );
-    let in_use = std::io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
     assert_eq!(
         log.matches(&in_use).count(),
         1,
