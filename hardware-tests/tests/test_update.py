@@ -119,12 +119,24 @@ def _install(gateway, dest):
     return time.monotonic() - start
 
 
-def test_update_switches_slots_and_is_marked_good(gateway, ab, board, env, figure):
-    path, digest = _bundle(env, "update-bundle")
+def _prepare(gateway, board, env, kind, name):
+    """Before an install: the booted slot, a fresh marker on /data, and the bundle `kind`
+    sent to the gateway as `name`. Returns (slot, marker, path on the gateway, transfer s)."""
+    path, digest = _bundle(env, kind)
     before, _, _ = _status(gateway)
-    gateway.run_check(f"date +%s > {MARKER}; sync")
-    marker = gateway.run_check(f"cat {MARKER}")
-    dest, secs = _send(gateway, board, path, digest, "update.raucb")
+    marker = gateway.run_check(f"date +%s > {MARKER}; sync; cat {MARKER}")
+    dest, secs = _send(gateway, board, path, digest, name)
+    return before, marker, dest, secs
+
+
+def _assert_marked_good(gateway, slot, last_good, marker, after):
+    assert _gate_passed(gateway) and last_good == slot, (
+        f"the health gate did not mark slot {slot} good (its last good slot: {last_good})")
+    assert gateway.run_check(f"cat {MARKER}") == marker, f"/data did not survive {after}"
+
+
+def test_update_switches_slots_and_is_marked_good(gateway, ab, board, env, figure):
+    before, marker, dest, secs = _prepare(gateway, board, env, "update-bundle", "update.raucb")
     figure("bundle transfer", secs, "s")
     figure("install", _install(gateway, dest), "s")
     gateway.run_check(f"rm -f {dest}")
@@ -134,16 +146,11 @@ def test_update_switches_slots_and_is_marked_good(gateway, ab, board, env, figur
     booted, last_good, _ = _status(gateway)
     figure("reboot to marked good", time.monotonic() - start, "s")
     assert booted != before, f"still on slot {before} after installing the update and rebooting"
-    assert _gate_passed(gateway) and last_good == booted, (
-        f"the health gate did not mark slot {booted} good (its last good slot: {last_good})")
-    assert gateway.run_check(f"cat {MARKER}") == marker, "/data did not survive the update"
+    _assert_marked_good(gateway, booted, last_good, marker, "the update")
 
 
 def test_broken_update_rolls_back_by_itself(gateway, ab, board, env, figure):
-    path, digest = _bundle(env, "broken-bundle")
-    before, _, _ = _status(gateway)
-    marker = gateway.run_check(f"date +%s > {MARKER}; sync; cat {MARKER}")
-    dest, _ = _send(gateway, board, path, digest, "broken.raucb")
+    before, marker, dest, _ = _prepare(gateway, board, env, "broken-bundle", "broken.raucb")
     _install(gateway, dest)
     gateway.run_check(f"rm -f {dest}")
 
@@ -154,19 +161,14 @@ def test_broken_update_rolls_back_by_itself(gateway, ab, board, env, figure):
     booted, last_good, states = _status(gateway)
     figure("rollback (reboot to the old slot marked good)", time.monotonic() - start, "s")
     assert booted == before, f"slot {booted} booted after the broken update; expected the old slot {before}"
-    assert _gate_passed(gateway) and last_good == before, (
-        f"the health gate did not mark slot {before} good again (its last good slot: {last_good})")
+    _assert_marked_good(gateway, booted, last_good, marker, "the rollback")
     rejected = [slot for slot, status in states.items() if slot != before]
     assert rejected and all(states[s] == "bad" for s in rejected), (
         f"the broken slot is not marked bad: RAUC boot status {states}")
-    assert gateway.run_check(f"cat {MARKER}") == marker, "/data did not survive the rollback"
 
 
 def test_power_cut_during_an_update_leaves_a_good_slot(gateway, ab, board, env, figure):
-    path, digest = _bundle(env, "update-bundle")
-    before, _, _ = _status(gateway)
-    marker = gateway.run_check(f"date +%s > {MARKER}; sync; cat {MARKER}")
-    dest, _ = _send(gateway, board, path, digest, "update.raucb")
+    before, marker, dest, _ = _prepare(gateway, board, env, "update-bundle", "update.raucb")
     log = "/run/smarter-hil-install.log"
     gateway.run_check(f"(rauc install {dest} > {log} 2>&1 &)")
     # Cut once RAUC is writing the slot: the target slot is half-written.
@@ -180,7 +182,5 @@ def test_power_cut_during_an_update_leaves_a_good_slot(gateway, ab, board, env, 
     booted, last_good, _ = _status(gateway)
     figure("power on to marked good", time.monotonic() - start, "s")
     assert booted == before, f"slot {booted} booted after a power cut during the slot write; expected {before}"
-    assert _gate_passed(gateway) and last_good == booted, (
-        f"the health gate did not mark slot {booted} good (its last good slot: {last_good})")
-    assert gateway.run_check(f"cat {MARKER}") == marker, "/data did not survive the power cut"
+    _assert_marked_good(gateway, booted, last_good, marker, "the power cut")
     gateway.run(f"rm -f {board.scratch_dir}/*.raucb")
