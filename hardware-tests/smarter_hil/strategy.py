@@ -180,15 +180,18 @@ class SmarterStrategy(Strategy):
 
     # -- a booted gateway that reboots -------------------------------------
 
-    def _boot_to_shell(self, timeout, boots=1):
+    def _boot_to_shell(self, ready, timeout, boots=1):
         """From a board that is starting (power on, or a reboot under way) to a logged-in
         shell; the disk as it is. The boot loader boots by itself, as in the field: stopping
         its countdown races it on a loaded machine. Each boot is known by the kernel's banner;
-        after the last, the shell driver logs in."""
+        after the last, the shell driver logs in (and, with `ready`, waits for the boot to
+        finish: the ready_command)."""
         for _ in range(boots):
             self.console.expect(self.kernel_banner, timeout=timeout)
         self.target.activate(self.shell)
         self.status = Status.shell
+        if ready:
+            self.shell.run(self.ready_command, timeout=300)
 
     def _drop_shell(self):
         self.target.deactivate(self.shell)
@@ -210,9 +213,7 @@ class SmarterStrategy(Strategy):
         """The gateway is rebooting or about to reboot by itself: wait for it to come back
         (after `boots` boots) and log in again."""
         self._drop_shell()
-        self._boot_to_shell(timeout, boots)
-        if ready:
-            self.shell.run(self.ready_command, timeout=300)
+        self._boot_to_shell(ready, timeout, boots)
 
     @never_retry
     def power_cut(self, ready=True, timeout=900):
@@ -221,9 +222,7 @@ class SmarterStrategy(Strategy):
         self._drop_shell()
         self.power.off()
         self.power.on()
-        self._boot_to_shell(timeout)
-        if ready:
-            self.shell.run(self.ready_command, timeout=300)
+        self._boot_to_shell(ready, timeout)
 
     @never_retry
     def force(self, status):
