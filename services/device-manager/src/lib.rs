@@ -27,7 +27,6 @@
 pub mod cdi;
 pub mod config;
 pub mod discover;
-pub mod grpc;
 pub mod metrics;
 pub mod plugin;
 pub mod proto;

@@ -19,12 +19,14 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::grpc::{self, Call, Status};
 use crate::metrics::Metrics;
 use crate::proto::v1beta1 as pb;
 use crate::registry::{HEALTHY, Registry, Slot, UNHEALTHY};
 use crate::rules;
+use smarter_h2::{self as grpc, Call, Status};
 
+/// Our `user-agent` in calls to the kubelet.
+const USER_AGENT: &str = concat!("smarter-device-manager/", env!("CARGO_PKG_VERSION"));
 /// The kubelet's Register method.
 const REGISTER: &str = "/v1beta1.Registration/Register";
 /// The API version we speak.
@@ -321,7 +323,7 @@ async fn register_now(kubelet_sock: &Path, endpoint: &str, name: &str) -> Result
         message,
     };
     let msg = prost::Message::encode_to_vec(&req);
-    let call = grpc::call_unix(kubelet_sock, REGISTER, &msg);
+    let call = grpc::call_unix(kubelet_sock, REGISTER, &msg, USER_AGENT);
     match tokio::time::timeout(DIAL_TIMEOUT, call).await {
         Err(_) => Err(refused("timed out".into())),
         Ok(Ok(_)) => Ok(()),
