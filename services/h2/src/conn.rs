@@ -34,6 +34,9 @@ pub(crate) struct Stream {
     dirty: bool,
     /// Trailers to send once `out` is drained; then the stream is done.
     end: Option<Status>,
+    /// The request's `content-length`, checked against its DATA (RFC 9113
+    /// §8.1.1).
+    content_length: Option<u64>,
 }
 
 /// Header block being assembled from HEADERS + CONTINUATION.
@@ -41,11 +44,17 @@ pub(crate) struct Stream {
 pub(crate) struct Pending {
     stream: u32,
     end_stream: bool,
+    /// The HEADERS frame made the stream depend on itself (RFC 9113
+    /// §5.3.1): reset once the block is decoded.
+    self_dependent: bool,
     block: Vec<u8>,
 }
 
-/// One connection's state; I/O is done by the [`Mux`].
-pub(crate) struct Conn<H: Handler> {
+/// One server connection's state machine, without I/O: give it what the
+/// socket read with [`Conn::feed`], write what [`Conn::take_output`]
+/// returns, close when [`Conn::is_closed`]. The [`crate::Mux`] drives one
+/// per accepted connection; tests and the fuzz target drive it directly.
+pub struct Conn<H: Handler> {
     pub(crate) handler: Arc<H>,
     pub(crate) hpack: Decoder<'static>,
     /// Bytes of an incomplete frame (empty while idle).
@@ -57,6 +66,11 @@ pub(crate) struct Conn<H: Handler> {
     pub(crate) streams: Vec<Stream>,
     pub(crate) continuation: Option<Pending>,
     pub(crate) last_stream: u32,
+    /// The last few stream ids opened, newest first: HEADERS on one of
+    /// them is on a closed stream (STREAM_CLOSED), on any other id not
+    /// above `last_stream` an unexpected id (PROTOCOL_ERROR, RFC 9113
+    /// §5.1.1).
+    pub(crate) recent: [u32; 4],
     pub(crate) conn_send_window: i64,
     pub(crate) conn_recv_window: i64,
     pub(crate) peer_initial_window: i64,
@@ -69,8 +83,21 @@ pub(crate) struct Conn<H: Handler> {
     pub(crate) fatal: bool,
 }
 
+impl<H: Handler> std::fmt::Debug for Conn<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("streams", &self.streams.len())
+            .field("last_stream", &self.last_stream)
+            .field("buffered_input", &self.buffered_input())
+            .field("out", &self.out.len())
+            .field("fatal", &self.fatal)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<H: Handler> Conn<H> {
-    pub(crate) fn new(handler: Arc<H>) -> Self {
+    /// A new server connection for `handler`; our SETTINGS are queued.
+    pub fn new(handler: Arc<H>) -> Self {
         let mut c = Self {
             handler,
             hpack: Decoder::new(),
@@ -81,8 +108,9 @@ impl<H: Handler> Conn<H> {
             streams: Vec::new(),
             continuation: None,
             last_stream: 0,
+            recent: [0; 4],
             conn_send_window: DEFAULT_WINDOW,
-            conn_recv_window: DEFAULT_WINDOW,
+            conn_recv_window: RECV_WINDOW as i64,
             peer_initial_window: DEFAULT_WINDOW,
             peer_max_frame: MAX_FRAME,
             watch: None,
@@ -101,7 +129,52 @@ impl<H: Handler> Conn<H> {
             p.extend_from_slice(&v.to_be_bytes());
         }
         c.frame(SETTINGS, 0, 0, &p);
+        // The connection window starts at 65,535 whatever SETTINGS say
+        // (RFC 9113 §6.9.2): open it to RECV_WINDOW, the bound on what
+        // this connection may make us buffer.
+        let grow = (RECV_WINDOW as i64 - DEFAULT_WINDOW) as u32;
+        c.frame(WINDOW_UPDATE, 0, 0, &grow.to_be_bytes());
         c
+    }
+
+    /// Bytes to write to the peer (taken: the connection forgets them).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// A connection error was queued (GOAWAY): close once the output is
+    /// written. Input is ignored from then on.
+    pub fn is_closed(&self) -> bool {
+        self.fatal
+    }
+
+    /// What the peer's input holds in memory now: the incomplete frame,
+    /// the header block being assembled and the request bodies (their
+    /// allocations, not just their lengths). Never above
+    /// [`crate::MAX_BUFFERED_INPUT`].
+    pub fn buffered_input(&self) -> usize {
+        self.inbuf.capacity()
+            + self.continuation.as_ref().map_or(0, |p| p.block.capacity())
+            + self
+                .streams
+                .iter()
+                .map(|s| s.body.capacity())
+                .sum::<usize>()
+    }
+
+    /// Hand `n` bytes of connection receive window back to the peer.
+    fn release(&mut self, n: usize) {
+        if n > 0 {
+            self.conn_recv_window += n as i64;
+            self.frame(WINDOW_UPDATE, 0, 0, &(n as u32).to_be_bytes());
+        }
+    }
+
+    /// Forget stream `i`, and hand back the window its request body held.
+    fn remove_stream(&mut self, i: usize) -> Stream {
+        let s = self.streams.remove(i);
+        self.release(s.body.len());
+        s
     }
 
     pub(crate) fn frame(&mut self, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
@@ -123,7 +196,7 @@ impl<H: Handler> Conn<H> {
     /// Take `data` from the socket: handle every complete frame, keep the
     /// rest. A connection error queues GOAWAY and marks the connection
     /// fatal.
-    pub(crate) fn feed(&mut self, data: &[u8]) {
+    pub fn feed(&mut self, data: &[u8]) {
         if self.fatal {
             return;
         }
@@ -137,9 +210,10 @@ impl<H: Handler> Conn<H> {
             let mut buf = std::mem::take(&mut self.inbuf);
             buf.extend_from_slice(data);
             self.process(&buf).map(|used| {
-                buf.drain(..used);
-                if !buf.is_empty() {
-                    self.inbuf = buf;
+                // A copy of exactly the rest: the concatenation may have
+                // room for much more.
+                if used < buf.len() {
+                    self.inbuf = buf[used..].to_vec();
                 }
             })
         };
@@ -218,6 +292,12 @@ impl<H: Handler> Conn<H> {
                 }
                 if p.len() != 5 {
                     self.rst(sid, H2Error::FrameSize);
+                } else if dependency(p) == sid {
+                    // RFC 9113 §5.3.1: a stream cannot depend on itself.
+                    if let Some(i) = self.streams.iter().position(|s| s.id == sid) {
+                        self.remove_stream(i);
+                    }
+                    self.rst(sid, H2Error::Protocol);
                 }
                 Ok(())
             }
@@ -231,7 +311,9 @@ impl<H: Handler> Conn<H> {
                 if sid > self.last_stream {
                     return Err(err(H2Error::Protocol, "RST_STREAM on an idle stream"));
                 }
-                self.streams.retain(|s| s.id != sid);
+                if let Some(i) = self.streams.iter().position(|s| s.id == sid) {
+                    self.remove_stream(i);
+                }
                 Ok(())
             }
             SETTINGS => self.on_settings(flags, sid, p),
@@ -337,7 +419,12 @@ impl<H: Handler> Conn<H> {
             return Ok(());
         }
         let Some(i) = self.streams.iter().position(|s| s.id == sid) else {
-            // A stream we already finished: allowed, ignored.
+            if sid > self.last_stream {
+                // RFC 9113 §5.1: idle streams take only HEADERS and
+                // PRIORITY.
+                return Err(err(H2Error::Protocol, "WINDOW_UPDATE on an idle stream"));
+            }
+            // A stream we already finished: allowed, ignored (§6.9).
             return Ok(());
         };
         let s = &mut self.streams[i];
@@ -348,7 +435,7 @@ impl<H: Handler> Conn<H> {
             } else {
                 H2Error::FlowControl
             };
-            self.streams.remove(i);
+            self.remove_stream(i);
             self.rst(sid, code);
             return Ok(());
         }
@@ -361,18 +448,22 @@ impl<H: Handler> Conn<H> {
             return Err(err(H2Error::Protocol, "HEADERS on an invalid stream id"));
         }
         let mut p = strip_padding(flags, p)?;
+        let mut self_dependent = false;
         if flags & PRIORITY_FLAG != 0 {
-            p = p
-                .get(5..)
+            let fields = p
+                .get(..5)
                 .ok_or(err(H2Error::FrameSize, "HEADERS priority fields missing"))?;
+            self_dependent = dependency(fields) == sid;
+            p = &p[5..];
         }
         let end_stream = flags & END_STREAM != 0;
         if flags & END_HEADERS != 0 {
-            self.header_block(sid, p, end_stream)
+            self.header_block(sid, p, end_stream, self_dependent)
         } else {
             self.continuation = Some(Pending {
                 stream: sid,
                 end_stream,
+                self_dependent,
                 block: p.to_vec(),
             });
             Ok(())
@@ -391,9 +482,16 @@ impl<H: Handler> Conn<H> {
         if pending.block.len() + p.len() > MAX_HEADER_BLOCK {
             return Err(err(H2Error::EnhanceYourCalm, "header block too large"));
         }
+        // Exactly what is needed: MAX_BUFFERED_INPUT counts allocations.
+        pending.block.reserve_exact(p.len());
         pending.block.extend_from_slice(p);
         if flags & END_HEADERS != 0 {
-            self.header_block(sid, &pending.block, pending.end_stream)
+            self.header_block(
+                sid,
+                &pending.block,
+                pending.end_stream,
+                pending.self_dependent,
+            )
         } else {
             self.continuation = Some(pending);
             Ok(())
@@ -406,23 +504,15 @@ impl<H: Handler> Conn<H> {
         sid: u32,
         block: &[u8],
         end_stream: bool,
+        self_dependent: bool,
     ) -> Result<(), ConnError> {
-        // Always decode: the HPACK table must follow the client's.
-        let mut method_post = false;
-        let mut grpc_type = false;
-        let mut path: Option<Box<str>> = None;
-        let mut encoded = false;
+        let open = self.streams.iter().position(|s| s.id == sid);
+        // Always decode, whatever becomes of the stream: the HPACK table
+        // must follow the client's (RFC 9113 §4.3).
+        let mut head = Head::new(open.is_some());
         self.hpack
             .decode_with_cb(block, |name: Cow<'_, [u8]>, value: Cow<'_, [u8]>| {
-                match &*name {
-                    b":method" => method_post = &*value == b"POST",
-                    b":path" => path = std::str::from_utf8(&value).ok().map(Box::from),
-                    b"content-type" => grpc_type = value.starts_with(b"application/grpc"),
-                    b"grpc-encoding" => encoded = &*value != b"identity",
-                    // :authority is deliberately not looked at: see the
-                    // module documentation.
-                    _ => {}
-                }
+                head.field(&name, &value);
             })
             .map_err(|_| err(H2Error::Compression, "HPACK decoding failed"))?;
         // A block that starts by shrinking the table to 0 (our SETTINGS
@@ -433,10 +523,25 @@ impl<H: Handler> Conn<H> {
             self.hpack.set_max_table_size(0);
         }
 
-        if let Some(i) = self.streams.iter().position(|s| s.id == sid) {
-            // Trailers from the client: they must end the stream.
-            if !end_stream || !self.streams[i].recv_open {
-                self.streams.remove(i);
+        if let Some(i) = open {
+            if !self.streams[i].recv_open {
+                // RFC 9113 §5.1: half-closed (remote) takes no HEADERS.
+                self.remove_stream(i);
+                self.rst(sid, H2Error::StreamClosed);
+                return Ok(());
+            }
+            // Trailers: they must end the stream and carry no
+            // pseudo-header (§8.1); a malformed message is a stream
+            // error (§8.1.1).
+            if !end_stream || self_dependent || head.malformed.is_some() {
+                tracing::debug!(stream = sid, why = head.malformed, "malformed trailers");
+                self.remove_stream(i);
+                self.rst(sid, H2Error::Protocol);
+                return Ok(());
+            }
+            if let Some(why) = self.streams[i].length_mismatch(0, true) {
+                tracing::debug!(stream = sid, why, "malformed request");
+                self.remove_stream(i);
                 self.rst(sid, H2Error::Protocol);
                 return Ok(());
             }
@@ -445,23 +550,45 @@ impl<H: Handler> Conn<H> {
             return Ok(());
         }
         if sid <= self.last_stream {
-            return Err(err(H2Error::StreamClosed, "HEADERS on a closed stream"));
+            // §5.1: a closed stream takes no HEADERS; §5.1.1: a new
+            // stream's id must exceed every id before it.
+            return Err(if self.recent.contains(&sid) {
+                err(H2Error::StreamClosed, "HEADERS on a closed stream")
+            } else {
+                err(H2Error::Protocol, "stream id not above the last one")
+            });
         }
         self.last_stream = sid;
+        self.recent.copy_within(..3, 1);
+        self.recent[0] = sid;
         if self.goaway_sent {
             // After our GOAWAY only streams it counted are served.
+            return Ok(());
+        }
+        let head = head.finish();
+        let malformed = head.malformed.or(
+            if end_stream && head.content_length.is_some_and(|n| n > 0) {
+                Some("content-length without DATA")
+            } else {
+                None
+            },
+        );
+        if self_dependent || malformed.is_some() {
+            // §5.3.1 and §8.1.1: stream errors.
+            tracing::debug!(stream = sid, why = malformed, "malformed request");
+            self.rst(sid, H2Error::Protocol);
             return Ok(());
         }
         if self.streams.len() >= MAX_STREAMS {
             self.rst(sid, H2Error::RefusedStream);
             return Ok(());
         }
-        if !method_post || !grpc_type {
+        if !head.method_post || !head.grpc_type {
             // Not gRPC: HTTP 415, as gRPC servers answer.
             self.headers_frame(sid, &hpack_status(b"415"), true);
             return Ok(());
         }
-        let Some(path) = path else {
+        let Some(path) = head.path else {
             self.rst(sid, H2Error::Protocol);
             return Ok(());
         };
@@ -479,9 +606,10 @@ impl<H: Handler> Conn<H> {
             watching: false,
             dirty: false,
             end: None,
+            content_length: head.content_length,
         });
         let i = self.streams.len() - 1;
-        if encoded {
+        if head.encoded {
             self.finish_early(
                 i,
                 Status::new(Status::UNIMPLEMENTED, "compression is not supported"),
@@ -496,19 +624,16 @@ impl<H: Handler> Conn<H> {
         if sid == 0 {
             return Err(err(H2Error::Protocol, "DATA on stream 0"));
         }
-        // Flow control counts the whole payload, padding included. We hand
-        // the credit back at once: bodies are bounded by MAX_MESSAGE.
-        let len = p.len() as i64;
-        self.conn_recv_window -= len;
+        // Flow control counts the whole payload, padding included (RFC
+        // 9113 §6.9). What a request body keeps is handed back when the
+        // body is freed; the rest at once.
+        let len = p.len();
+        self.conn_recv_window -= len as i64;
         if self.conn_recv_window < 0 {
             return Err(err(
                 H2Error::FlowControl,
                 "DATA beyond the connection window",
             ));
-        }
-        if len > 0 {
-            self.frame(WINDOW_UPDATE, 0, 0, &(len as u32).to_be_bytes());
-            self.conn_recv_window += len;
         }
         let data = strip_padding(flags, p)?;
         let end_stream = flags & END_STREAM != 0;
@@ -516,15 +641,27 @@ impl<H: Handler> Conn<H> {
             if sid > self.last_stream {
                 return Err(err(H2Error::Protocol, "DATA on an idle stream"));
             }
+            self.release(len);
             self.rst(sid, H2Error::StreamClosed);
             return Ok(());
         };
+        self.release(len - data.len());
         if !self.streams[i].recv_open {
-            self.streams.remove(i);
+            self.release(data.len());
+            self.remove_stream(i);
             self.rst(sid, H2Error::StreamClosed);
             return Ok(());
         }
+        if let Some(why) = self.streams[i].length_mismatch(data.len(), end_stream) {
+            // §8.1.1: DATA that disagrees with content-length is malformed.
+            tracing::debug!(stream = sid, why, "malformed request");
+            self.release(data.len());
+            self.remove_stream(i);
+            self.rst(sid, H2Error::Protocol);
+            return Ok(());
+        }
         if self.streams[i].body.len() + data.len() > MAX_MESSAGE + 5 {
+            self.release(data.len());
             self.finish_early(
                 i,
                 Status::new(
@@ -534,7 +671,11 @@ impl<H: Handler> Conn<H> {
             );
             return Ok(());
         }
-        self.streams[i].body.extend_from_slice(data);
+        // Exactly what is needed: MAX_BUFFERED_INPUT counts allocations,
+        // and a body is normally one frame.
+        let body = &mut self.streams[i].body;
+        body.reserve_exact(data.len());
+        body.extend_from_slice(data);
         if end_stream {
             self.streams[i].recv_open = false;
             self.dispatch(i);
@@ -547,7 +688,7 @@ impl<H: Handler> Conn<H> {
     /// Answer stream `i` with `status` before its request is complete and
     /// reset it (the client need not send the rest).
     pub(crate) fn finish_early(&mut self, i: usize, status: Status) {
-        let s = self.streams.remove(i);
+        let s = self.remove_stream(i);
         self.headers_frame(s.id, &hpack_trailers_only(&status), true);
         if s.recv_open {
             self.rst(s.id, H2Error::NoError);
@@ -561,6 +702,8 @@ impl<H: Handler> Conn<H> {
             Ok(msg) => self.handler.call(&self.streams[i].path, msg),
             Err(status) => Call::Reply(Err(status)),
         };
+        self.release(body.len());
+        drop(body);
         let sid = self.streams[i].id;
         match call {
             Call::Reply(Err(status)) => {
@@ -682,5 +825,149 @@ impl<H: Handler> Conn<H> {
     /// Nothing left to do: close.
     pub(crate) fn done(&self, stopping: bool) -> bool {
         self.out.is_empty() && (self.fatal || (stopping && self.streams.is_empty()))
+    }
+}
+
+impl Stream {
+    /// Why `n` more bytes of DATA (the last when `end`) disagree with the
+    /// request's `content-length`, if they do (RFC 9113 §8.1.1).
+    fn length_mismatch(&self, n: usize, end: bool) -> Option<&'static str> {
+        let want = self.content_length?;
+        let got = (self.body.len() + n) as u64;
+        if got > want {
+            Some("more DATA than content-length")
+        } else if end && got != want {
+            Some("less DATA than content-length")
+        } else {
+            None
+        }
+    }
+}
+
+/// The stream a PRIORITY frame or HEADERS priority fields depend on.
+fn dependency(fields: &[u8]) -> u32 {
+    fields.get(..4).map_or(0, |b| {
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff
+    })
+}
+
+/// What a request's header block says, checked field by field as it is
+/// decoded against RFC 9113 §8.2 and §8.3. A malformed block is a stream
+/// error of type PROTOCOL_ERROR (§8.1.1).
+#[derive(Debug, Default)]
+struct Head {
+    /// A trailer block: no pseudo-header may appear.
+    trailers: bool,
+    /// A regular field was seen: no pseudo-header may follow (§8.3).
+    regular: bool,
+    method: u8,
+    scheme: u8,
+    path_count: u8,
+    authority: u8,
+    method_post: bool,
+    connect: bool,
+    grpc_type: bool,
+    encoded: bool,
+    path: Option<Box<str>>,
+    content_length: Option<u64>,
+    malformed: Option<&'static str>,
+}
+
+impl Head {
+    fn new(trailers: bool) -> Self {
+        Self {
+            trailers,
+            ..Self::default()
+        }
+    }
+
+    fn bad(&mut self, why: &'static str) {
+        self.malformed.get_or_insert(why);
+    }
+
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        // §8.2.1: no NUL, CR or LF in a value, no leading or trailing
+        // space or tab.
+        if value.iter().any(|&b| matches!(b, 0 | b'\n' | b'\r'))
+            || value
+                .first()
+                .into_iter()
+                .chain(value.last())
+                .any(|&b| b == b' ' || b == b'\t')
+        {
+            self.bad("invalid character in a field value");
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if self.trailers {
+                return self.bad("pseudo-header in trailers");
+            }
+            if self.regular {
+                return self.bad("pseudo-header after a regular field");
+            }
+            let count = match pseudo {
+                b"method" => {
+                    self.method_post = value == b"POST";
+                    self.connect = value == b"CONNECT";
+                    &mut self.method
+                }
+                b"scheme" => &mut self.scheme,
+                b"path" => {
+                    if value.is_empty() {
+                        self.bad("empty :path");
+                    }
+                    self.path = std::str::from_utf8(value).ok().map(Box::from);
+                    &mut self.path_count
+                }
+                // :authority is deliberately not looked at beyond this:
+                // see the crate documentation.
+                b"authority" => &mut self.authority,
+                // :status is a response's; others are undefined (§8.3).
+                _ => return self.bad("unknown pseudo-header"),
+            };
+            *count += 1;
+            if *count > 1 {
+                self.bad("duplicate pseudo-header");
+            }
+            return;
+        }
+        self.regular = true;
+        // §8.2.1: names are lowercase tokens; §8.2.2: no
+        // connection-specific fields, and `te` only as "trailers".
+        if name.is_empty()
+            || name
+                .iter()
+                .any(|&b| b <= 0x20 || b.is_ascii_uppercase() || b >= 0x7f)
+        {
+            return self.bad("invalid field name");
+        }
+        match name {
+            b"connection" | b"proxy-connection" | b"keep-alive" | b"transfer-encoding"
+            | b"upgrade" => self.bad("connection-specific field"),
+            b"te" if value != b"trailers" => self.bad("te other than trailers"),
+            b"content-type" => self.grpc_type = value.starts_with(b"application/grpc"),
+            b"grpc-encoding" => self.encoded = value != b"identity",
+            b"content-length" => {
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+                match (n, self.content_length) {
+                    (None, _) => self.bad("invalid content-length"),
+                    (Some(n), Some(m)) if n != m => self.bad("conflicting content-length"),
+                    (Some(n), _) => self.content_length = Some(n),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The request's pseudo-headers are all there (§8.3.1): `:method`,
+    /// and `:scheme` and `:path` unless it is a CONNECT.
+    fn finish(mut self) -> Self {
+        if self.method == 0 {
+            self.bad("no :method");
+        } else if !self.connect && (self.scheme == 0 || self.path_count == 0) {
+            self.bad("no :scheme or :path");
+        }
+        self
     }
 }

@@ -9,12 +9,30 @@ pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub(crate) const FRAME_HEADER: usize = 9;
 /// The largest frame we accept (the protocol default; we never raise it).
 pub(crate) const MAX_FRAME: usize = 16_384;
-/// Streams one connection may have open (the kubelet uses one or two).
+/// Streams one connection may have open at once, advertised in
+/// SETTINGS_MAX_CONCURRENT_STREAMS (the kubelet uses one or two); one more
+/// is refused with REFUSED_STREAM (RFC 9113 §5.1.2).
 pub const MAX_STREAMS: usize = 16;
-/// The largest request message (gRPC's usual default: 4 MiB).
-pub const MAX_MESSAGE: usize = 4 << 20;
-/// The largest header block (all HEADERS + CONTINUATION payloads).
-pub(crate) const MAX_HEADER_BLOCK: usize = 64 << 10;
+/// The largest request message. The largest request a kubelet sends us is
+/// GetPreferredAllocation naming every device of a resource: about 64 KiB
+/// for 1,000 devices, so 1 MiB leaves 16 times that. A larger one is
+/// answered with gRPC RESOURCE_EXHAUSTED and the stream reset.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// The connection's receive window, and so the most request bytes it can
+/// make us buffer across all its streams: one largest message and 64 KiB
+/// for calls beside it. Credit is handed back only when a request body is
+/// freed; a client that sends beyond it gets FLOW_CONTROL_ERROR (RFC 9113
+/// §6.9.1).
+pub const RECV_WINDOW: usize = MAX_MESSAGE + (64 << 10);
+/// The largest header block (all HEADERS + CONTINUATION payloads),
+/// advertised in SETTINGS_MAX_HEADER_LIST_SIZE.
+pub const MAX_HEADER_BLOCK: usize = 64 << 10;
+/// The most of its input one connection can make us hold: request bodies
+/// (at most [`RECV_WINDOW`] in all), one header block being assembled, and
+/// an incomplete frame. On top come the HPACK table (at most 4 KiB, the
+/// protocol default, until the client applies our 0), a few hundred bytes
+/// of state per stream, and output: reading stops while 64 KiB of it waits.
+pub const MAX_BUFFERED_INPUT: usize = RECV_WINDOW + MAX_HEADER_BLOCK + FRAME_HEADER + MAX_FRAME;
 /// Stop reading while this much output waits for the peer to read.
 pub(crate) const OUT_HIGH_WATER: usize = 64 << 10;
 /// HTTP/2's initial flow-control window.

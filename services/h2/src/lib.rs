@@ -44,7 +44,10 @@ mod mux;
 mod service;
 
 pub use client::{CallError, call_unix};
-pub use frame::{ConnError, H2Error, MAX_MESSAGE, MAX_STREAMS};
+pub use conn::Conn;
+pub use frame::{
+    ConnError, H2Error, MAX_BUFFERED_INPUT, MAX_HEADER_BLOCK, MAX_MESSAGE, MAX_STREAMS, RECV_WINDOW,
+};
 pub use grpc::Status;
 pub use mux::Mux;
 pub use service::{Call, Feed, Handler, StopSignal};

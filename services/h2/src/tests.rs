@@ -249,6 +249,9 @@ async fn settings_and_ping_are_acknowledged() {
     let mut ours = false;
     while !(acked && ours) {
         let f = c.frame().await.unwrap();
+        if f.ty == WINDOW_UPDATE {
+            continue;
+        }
         assert_eq!(f.ty, SETTINGS);
         if f.flags & ACK != 0 {
             acked = true;
@@ -471,8 +474,11 @@ async fn a_bad_preface_is_refused() {
         .unwrap();
     let mut all = Vec::new();
     a.read_to_end(&mut all).await.unwrap();
-    // Our SETTINGS, then GOAWAY PROTOCOL_ERROR.
-    assert_eq!(all[9 + 18 + 3], GOAWAY, "{all:?}");
+    // Our SETTINGS and connection WINDOW_UPDATE, then GOAWAY
+    // PROTOCOL_ERROR.
+    let goaway = 9 + 18 + 9 + 4;
+    assert_eq!(all[goaway + 3], GOAWAY, "{all:?}");
+    assert_eq!(all[goaway + 9 + 7], H2Error::Protocol as u8, "{all:?}");
     released(&stop).await;
 }
 
@@ -494,6 +500,7 @@ async fn non_grpc_requests_get_415_and_compressed_ones_unimplemented() {
     );
     let block = c.enc.encode([
         (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
         (b":path", b"/t/Echo"),
         (b"content-type", b"application/grpc+proto"),
         (b"grpc-encoding", b"gzip"),
@@ -636,6 +643,7 @@ fn mutated_sessions_never_panic() {
     session.extend(raw(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 10]));
     let h = enc.encode([
         (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
         (b":path", b"/t/Echo"),
         (b"content-type", b"application/grpc"),
     ]);
@@ -643,6 +651,7 @@ fn mutated_sessions_never_panic() {
     session.extend(raw(DATA, END_STREAM, 1, &grpc_frame(b"hello world")));
     let h = enc.encode([
         (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
         (b":path", b"/t/Watch"),
         (b"content-type", b"application/grpc"),
     ]);
@@ -699,6 +708,7 @@ fn mutated_sessions_never_panic() {
                 c.out.len() < 1 << 20,
                 "round {round}: output grows unbounded"
             );
+            assert!(c.buffered_input() <= crate::MAX_BUFFERED_INPUT);
             c.out.clear();
         }
         if round % 5 == 0 {
