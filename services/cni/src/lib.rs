@@ -4,8 +4,8 @@
 //! Design: [`spec`] is the protocol without I/O (environment, versions,
 //! results, errors); [`netconf`] parses the network config; [`ipam`] is the
 //! built-in file-backed allocator; [`delegate`] runs another IPAM plugin;
-//! [`netlink`] is a small synchronous rtnetlink client; [`native`] wires
-//! bridge, veth, addresses and routes; [`nft`] generates and applies the
+//! [`native`] wires bridge, veth, addresses and routes over
+//! [`smarter_common::netlink`] (the rtnetlink client shared with smarter-dns); [`nft`] generates and applies the
 //! masquerade and isolation rules; [`plugin`] dispatches one invocation and
 //! writes the DNS record ([`smarter_common::records`]).
 //!
@@ -18,7 +18,6 @@ pub mod install;
 pub mod ipam;
 pub mod native;
 pub mod netconf;
-pub mod netlink;
 pub mod nft;
 pub mod plugin;
 pub mod spec;

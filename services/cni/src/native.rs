@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use crate::ipam::{Ipv4Net, Owner, Store};
 use crate::netconf::{BuiltinIpam, Ipam, NetConf};
-use crate::netlink::{Link, Netlink, NetlinkError, Route4};
 use crate::nft;
 use crate::spec::{CniError, CniResult, Env, Interface, IpConfig, Route, code};
 use crate::{delegate, ipam::IpamError};
+use smarter_common::netlink::{Ipv4Prefix, Link, Netlink, NetlinkError, Route4};
 
 /// Name of the host end of the veth for an attachment: `veth` and eight
 /// hex digits of a hash of container id and ifname, so DEL and GC find it
@@ -55,6 +55,14 @@ pub fn nft_binary() -> PathBuf {
 
 fn nl_err(e: NetlinkError) -> CniError {
     CniError::new(code::PLUGIN, "netlink request failed").with_details(e.to_string())
+}
+
+/// The netlink client's form of an IPAM network.
+fn prefix(net: Ipv4Net) -> Ipv4Prefix {
+    Ipv4Prefix {
+        addr: net.addr(),
+        len: net.prefix(),
+    }
 }
 
 fn ipam_err(e: IpamError) -> CniError {
@@ -211,7 +219,7 @@ fn ensure_bridge(
         nl.set_up(br.index, None, None).map_err(nl_err)?;
     }
     if let Some(gw) = gateway {
-        nl.add_address(br.index, gw).map_err(nl_err)?;
+        nl.add_address(br.index, prefix(gw)).map_err(nl_err)?;
     }
     Ok((br, created))
 }
@@ -438,12 +446,16 @@ fn attach(
                 format!("{} not found in container", env.ifname),
             )
         })?;
-    cnl.add_address(cl.index, lease.addr).map_err(nl_err)?;
+    cnl.add_address(cl.index, prefix(lease.addr))
+        .map_err(nl_err)?;
     cnl.set_up(cl.index, None, None).map_err(nl_err)?;
     let mut routes = Vec::new();
     if conf.is_default_gateway {
         cnl.add_route(&Route4 {
-            dst: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or(lease.subnet),
+            dst: Ipv4Prefix {
+                addr: Ipv4Addr::UNSPECIFIED,
+                len: 0,
+            },
             gateway: Some(lease.gateway),
             oif: Some(cl.index),
         })
@@ -592,16 +604,13 @@ pub fn check(
         .ok_or_else(|| check_failed(format!("{} is missing in the container", env.ifname)))?;
     if let Some(ip) = want {
         let addrs = cnl.addresses(cl.index).map_err(nl_err)?;
-        if !addrs.iter().any(|a| a.addr() == ip) {
+        if !addrs.iter().any(|a| a.addr == ip) {
             return Err(check_failed(format!("{} lacks address {ip}", env.ifname)));
         }
     }
     if conf.is_default_gateway {
         let routes = cnl.routes().map_err(nl_err)?;
-        if !routes
-            .iter()
-            .any(|r| r.dst.prefix() == 0 && r.gateway.is_some())
-        {
+        if !routes.iter().any(|r| r.dst.len == 0 && r.gateway.is_some()) {
             return Err(check_failed("default route is missing in the container"));
         }
     }

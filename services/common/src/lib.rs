@@ -12,6 +12,9 @@
 //!   at boot (first-boot provisioning, the health gate).
 //! * [`cli`]: the flags every binary shares (`--config`, `--check-config`,
 //!   `--log-level`).
+//! * `netlink` (feature `netlink`): the synchronous rtnetlink client of
+//!   `smarter-cni` (bridge, veth, addresses, routes) and `smarter-dns` (its
+//!   dummy interface), the one place a netlink socket is opened.
 //! * `generated` (feature `test-util`, tests only): checks that committed
 //!   gRPC code is what `tonic-prost-build` makes from its `.proto` today.
 //! * `testing` (feature `test-util`, tests only): skip a test whose peer or
@@ -27,6 +30,8 @@ pub mod console;
 #[cfg(feature = "test-util")]
 pub mod generated;
 pub mod logging;
+#[cfg(feature = "netlink")]
+pub mod netlink;
 pub mod records;
 pub mod signals;
 #[cfg(feature = "test-util")]
