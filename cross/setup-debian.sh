@@ -80,6 +80,6 @@ done
 # fails here rather than in a Yocto build (docs/decisions/0001).
 rustup toolchain list | grep -q '^1\.94\.0-' || rustup toolchain install 1.94.0 --profile minimal
 # The bounded fuzz run of ./dev test builds with libFuzzer's instrumentation,
-# which needs nightly (services/dns/fuzz/run.sh).
+# which needs nightly (services/dns/fuzz/run.sh, services/h2/fuzz/run.sh).
 rustup toolchain list | grep -q '^nightly-' || rustup toolchain install nightly --profile minimal
 echo "setup: done"
