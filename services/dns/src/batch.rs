@@ -5,11 +5,18 @@
 //! one call and sending their answers in one call makes that two per batch;
 //! when questions trickle in, a batch is one datagram and nothing waits for
 //! more (no added latency).
+//!
+//! The system calls are the `nix` crate's `recvmmsg` and `rustix`'s
+//! `sendmmsg` (docs/decisions/0111-dns-batch-io-crates.md says why not
+//! `nix` for both). Neither allocates per call: the buffers, the headers and
+//! the addresses are made once per batch object, the per-call pieces live on
+//! the stack.
 
-use std::io;
-use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::RawFd;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, recvmmsg};
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
@@ -17,12 +24,24 @@ pub const BATCH: usize = 32;
 /// as malformed, as with one `recvfrom` into a buffer of this size).
 pub const DATAGRAM: usize = 4096;
 
-/// Received datagrams: up to [`BATCH`] at a time.
+/// The headers `recvmmsg` fills, with room for the sender's address of the
+/// socket's family. A fixed-size address type rather than nix's
+/// `SockaddrStorage`: nix reads the storage's unix-socket length byte when
+/// it reports a message, which the kernel never writes for an IP sender,
+/// while a `sockaddr_in`/`sockaddr_in6` is written whole by the kernel.
+#[derive(Debug)]
+enum Headers {
+    V4(MultiHeaders<SockaddrIn>),
+    V6(MultiHeaders<SockaddrIn6>),
+}
+
+/// Received datagrams: up to [`BATCH`] at a time, from one socket.
 pub struct RecvBatch {
     bufs: Vec<u8>,
-    addrs: Vec<libc::sockaddr_storage>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
+    /// Made at the first receive, for the socket's address family.
+    headers: Option<Headers>,
+    /// Length and sender of each datagram of the last batch.
+    got: [(usize, Option<SocketAddr>); BATCH],
     len: usize,
 }
 
@@ -32,10 +51,11 @@ impl std::fmt::Debug for RecvBatch {
     }
 }
 
-// SAFETY: the raw pointers inside the C headers only ever point into this
-// struct's own heap buffers (which do not move when the struct does), are
-// rewritten before every system call, and are never dereferenced by Rust
-// code; the struct is used by one task at a time.
+// SAFETY: nix's headers are not `Send` because they hold raw pointers: to
+// their own heap-allocated address slots (which do not move with the
+// struct) and to the iovecs of the last call (stale after it, and rewritten
+// by `recvmmsg` before every system call). Nothing is tied to a thread, and
+// the batch is used by one task at a time (`&mut self`).
 unsafe impl Send for RecvBatch {}
 
 impl Default for RecvBatch {
@@ -47,66 +67,72 @@ impl Default for RecvBatch {
 impl RecvBatch {
     /// Buffers for one batch.
     pub fn new() -> Self {
-        // SAFETY: sockaddr_storage, iovec and mmsghdr are plain C structs for
-        // which all-zero bytes are a valid value.
-        let (addr, iov, hdr) = unsafe { (mem::zeroed(), mem::zeroed(), mem::zeroed()) };
         Self {
             bufs: vec![0; BATCH * DATAGRAM],
-            addrs: vec![addr; BATCH],
-            iovs: vec![iov; BATCH],
-            hdrs: vec![hdr; BATCH],
+            headers: None,
+            got: [(0, None); BATCH],
             len: 0,
         }
     }
 
-    /// Receive what is queued on `fd` (non-blocking), at least one datagram
-    /// or `WouldBlock`. Returns the number received.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// Receive what is queued on `socket` (non-blocking), at least one
+    /// datagram or `WouldBlock`. Returns the number received. A batch
+    /// serves one socket: its address family is learnt on the first call.
+    pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.len = 0;
-        for i in 0..BATCH {
-            self.iovs[i] = libc::iovec {
-                iov_base: self.bufs[i * DATAGRAM..].as_mut_ptr().cast(),
-                iov_len: DATAGRAM,
-            };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&raw mut self.addrs[i]).cast();
-            h.msg_namelen = socklen_of::<libc::sockaddr_storage>();
-            h.msg_iov = &raw mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
-        }
-        // SAFETY: every header points into buffers owned by `self` that live
-        // across the call and whose lengths are the ones given; the kernel
-        // writes at most that much. BATCH fits in c_uint.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
+        let Self {
+            bufs, headers, got, ..
+        } = self;
+        let headers = match headers {
+            Some(h) => h,
+            None => headers.insert(if socket.local_addr()?.is_ipv4() {
+                Headers::V4(MultiHeaders::preallocate(BATCH, None))
+            } else {
+                Headers::V6(MultiHeaders::preallocate(BATCH, None))
+            }),
         };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+        let mut chunks = bufs.chunks_exact_mut(DATAGRAM);
+        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(socket);
+        let flags = MsgFlags::MSG_DONTWAIT;
+        let mut n = 0;
+        // Copy length and sender out, so nothing borrows the headers after.
+        match headers {
+            Headers::V4(h) => {
+                for (slot, m) in got
+                    .iter_mut()
+                    .zip(recvmmsg(fd, h, iovs.iter_mut(), flags, None)?)
+                {
+                    *slot = (m.bytes, m.address.map(|a| SocketAddr::V4(a.into())));
+                    n += 1;
+                }
+            }
+            Headers::V6(h) => {
+                for (slot, m) in got
+                    .iter_mut()
+                    .zip(recvmmsg(fd, h, iovs.iter_mut(), flags, None)?)
+                {
+                    *slot = (m.bytes, m.address.map(|a| SocketAddr::V6(a.into())));
+                    n += 1;
+                }
+            }
         }
-        self.len = usize::try_from(n).unwrap_or(0).min(BATCH);
-        Ok(self.len)
+        self.len = n;
+        Ok(n)
     }
 
-    /// Datagram `i` of the last batch and its sender (`None` for an
-    /// address family other than IPv4/IPv6).
+    /// Datagram `i` of the last batch and its sender (`None` when the
+    /// kernel gave no address).
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         if i >= self.len {
             return None;
         }
-        let h = &self.hdrs[i];
-        let n = usize::try_from(h.msg_len).ok()?.min(DATAGRAM);
-        let data = &self.bufs[i * DATAGRAM..i * DATAGRAM + n];
-        Some((data, from_storage(&self.addrs[i])?))
+        let (n, from) = self.got[i];
+        let data = self
+            .bufs
+            .get(i * DATAGRAM..i * DATAGRAM + n.min(DATAGRAM))?;
+        Some((data, from?))
     }
 }
 
@@ -114,9 +140,7 @@ impl RecvBatch {
 pub struct SendBatch {
     data: Vec<u8>,
     /// (offset, len) into `data`, destination.
-    msgs: Vec<(usize, usize, libc::sockaddr_storage, libc::socklen_t)>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
+    msgs: Vec<(usize, usize, SocketAddrAny)>,
 }
 
 impl std::fmt::Debug for SendBatch {
@@ -126,10 +150,6 @@ impl std::fmt::Debug for SendBatch {
             .finish()
     }
 }
-
-// SAFETY: as for RecvBatch: the pointers refer to the struct's own heap
-// buffers and are rebuilt before every system call.
-unsafe impl Send for SendBatch {}
 
 impl Default for SendBatch {
     fn default() -> Self {
@@ -143,8 +163,6 @@ impl SendBatch {
         Self {
             data: Vec::with_capacity(BATCH * 512),
             msgs: Vec::with_capacity(BATCH),
-            iovs: Vec::with_capacity(BATCH),
-            hdrs: Vec::with_capacity(BATCH),
         }
     }
 
@@ -162,45 +180,46 @@ impl SendBatch {
     pub fn push(&mut self, payload: &[u8], to: SocketAddr) {
         let off = self.data.len();
         self.data.extend_from_slice(payload);
-        let (addr, len) = to_storage(to);
-        self.msgs.push((off, payload.len(), addr, len));
+        self.msgs
+            .push((off, payload.len(), SocketAddrAny::from(to)));
     }
 
-    /// Send the queued answers from the first not yet sent (non-blocking).
-    /// Returns how many went out; a datagram the kernel refuses for its
-    /// destination alone is dropped (and counted as sent) so one bad
-    /// address cannot hold up the rest. `WouldBlock` when the socket buffer
-    /// is full: call again when writable.
-    pub fn send(&mut self, fd: RawFd, start: usize) -> io::Result<usize> {
+    /// Send the queued answers from the first not yet sent (non-blocking),
+    /// up to [`BATCH`] per call. Returns how many went out; a datagram the
+    /// kernel refuses for its destination alone is dropped (and counted as
+    /// sent) so one bad address cannot hold up the rest. `WouldBlock` when
+    /// the socket buffer is full: call again when writable.
+    pub fn send(&mut self, socket: &UdpSocket, start: usize) -> io::Result<usize> {
         let pending = self.msgs.get(start..).unwrap_or_default();
+        let pending = &pending[..pending.len().min(BATCH)];
         if pending.is_empty() {
             return Ok(0);
         }
-        self.iovs.clear();
-        self.hdrs.clear();
-        for (off, len, _, _) in pending {
-            self.iovs.push(libc::iovec {
-                iov_base: self.data[*off..].as_mut_ptr().cast(),
-                iov_len: *len,
-            });
-        }
-        for (i, (_, _, addr, alen)) in self.msgs[start..].iter_mut().enumerate() {
-            // SAFETY: mmsghdr is a plain C struct; all-zero is valid.
-            let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-            h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = *alen;
-            h.msg_hdr.msg_iov = &raw mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            self.hdrs.push(h);
-        }
-        let count = libc::c_uint::try_from(self.hdrs.len()).unwrap_or(libc::c_uint::MAX);
-        // SAFETY: the headers point at iovecs, payloads and addresses owned
-        // by `self`, alive and unchanged for the duration of the call.
-        let n = unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), count, libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            return Ok(usize::try_from(n).unwrap_or(0));
-        }
-        let e = io::Error::last_os_error();
+        let data = &self.data;
+        let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| {
+            [IoSlice::new(
+                pending
+                    .get(i)
+                    .and_then(|(off, len, _)| data.get(*off..off + len))
+                    .unwrap_or_default(),
+            )]
+        });
+        // One (empty) control buffer per header: each borrows its own.
+        let mut controls: [SendAncillaryBuffer<'_, '_, '_>; BATCH] =
+            std::array::from_fn(|_| SendAncillaryBuffer::default());
+        let mut i = 0;
+        let mut hdrs: [MMsgHdr<'_>; BATCH] = controls.each_mut().map(|control| {
+            let h = match pending.get(i) {
+                Some((_, _, to)) => MMsgHdr::new_with_addr(to, &iovs[i], control),
+                None => MMsgHdr::new(&[], control),
+            };
+            i += 1;
+            h
+        });
+        let e = match sendmmsg(socket, &mut hdrs[..pending.len()], SendFlags::DONTWAIT) {
+            Ok(n) => return Ok(n),
+            Err(e) => io::Error::from(e),
+        };
         if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
             return Err(e);
         }
@@ -217,87 +236,40 @@ impl SendBatch {
     }
 }
 
-fn socklen_of<T>() -> libc::socklen_t {
-    libc::socklen_t::try_from(mem::size_of::<T>()).unwrap_or(0)
-}
-
-fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match libc::c_int::from(s.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in, and
-            // sockaddr_storage is large and aligned enough for it.
-            let a: &libc::sockaddr_in = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, for sockaddr_in6.
-            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
-fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut s: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for
-            // sockaddr_in.
-            unsafe { std::ptr::write((&raw mut s).cast(), sin) };
-            (s, socklen_of::<libc::sockaddr_in>())
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above, for sockaddr_in6.
-            unsafe { std::ptr::write((&raw mut s).cast(), sin6) };
-            (s, socklen_of::<libc::sockaddr_in6>())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     #[test]
-    fn addresses_round_trip() {
-        for a in [
-            "127.0.0.1:53",
-            "169.254.0.2:5353",
-            "[::1]:53",
-            "[fe80::1%2]:1053",
-        ] {
-            let a: SocketAddr = a.parse().unwrap();
-            let (s, _) = to_storage(a);
-            assert_eq!(from_storage(&s), Some(a));
+    fn ipv6_senders_come_back_whole() {
+        let Ok(server) = std::net::UdpSocket::bind("[::1]:0") else {
+            smarter_common::testing::skip("no IPv6 loopback");
+            return;
+        };
+        server.set_nonblocking(true).unwrap();
+        let client = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        for i in 0..3u8 {
+            client
+                .send_to(&[i; 5], server.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut batch = RecvBatch::new();
+        assert_eq!(batch.recv(&server).unwrap(), 3);
+        let mut out = SendBatch::new();
+        for i in 0..3 {
+            let (data, from) = batch.get(i).unwrap();
+            assert_eq!(data, &[i as u8; 5]);
+            assert_eq!(from, client.local_addr().unwrap());
+            out.push(&data[..1], from);
+        }
+        assert_eq!(out.send(&server, 0).unwrap(), 3);
+        let mut buf = [0u8; 8];
+        for i in 0..3u8 {
+            let (n, from) = client.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (&[i][..], server.local_addr().unwrap()));
         }
     }
 
@@ -308,7 +280,7 @@ mod tests {
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut batch = RecvBatch::new();
         assert_eq!(
-            batch.recv(server.as_raw_fd()).unwrap_err().kind(),
+            batch.recv(&server).unwrap_err().kind(),
             io::ErrorKind::WouldBlock
         );
         for i in 0..40u8 {
@@ -316,7 +288,7 @@ mod tests {
                 .send_to(&[i; 3], server.local_addr().unwrap())
                 .unwrap();
         }
-        let n = batch.recv(server.as_raw_fd()).unwrap();
+        let n = batch.recv(&server).unwrap();
         assert_eq!(n, BATCH);
         let mut out = SendBatch::new();
         for i in 0..n {
@@ -326,8 +298,8 @@ mod tests {
             out.push(&[data[0], 0xff], from);
         }
         assert!(batch.get(n).is_none());
-        assert_eq!(batch.recv(server.as_raw_fd()).unwrap(), 8);
-        assert_eq!(out.send(server.as_raw_fd(), 0).unwrap(), BATCH);
+        assert_eq!(batch.recv(&server).unwrap(), 8);
+        assert_eq!(out.send(&server, 0).unwrap(), BATCH);
         let mut buf = [0u8; 16];
         for i in 0..BATCH {
             let (n, _) = client.recv_from(&mut buf).unwrap();
@@ -348,13 +320,31 @@ mod tests {
         // An IPv6 destination on an IPv4 socket fails on its own.
         out.push(b"bad", "[::1]:53".parse().unwrap());
         out.push(b"good", client.local_addr().unwrap());
-        let fd = server.as_raw_fd();
         let mut sent = 0;
         while sent < out.len() {
-            sent += out.send(fd, sent).unwrap();
+            sent += out.send(&server, sent).unwrap();
         }
         let mut buf = [0u8; 8];
         let (n, _) = client.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"good");
+    }
+
+    #[test]
+    fn more_than_a_batch_goes_out_a_batch_per_call() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut out = SendBatch::new();
+        for i in 0..BATCH + 8 {
+            out.push(&[i as u8], client.local_addr().unwrap());
+        }
+        assert_eq!(out.send(&server, 0).unwrap(), BATCH);
+        assert_eq!(out.send(&server, BATCH).unwrap(), 8);
+        assert_eq!(out.send(&server, BATCH + 8).unwrap(), 0);
+        client.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4];
+        for i in 0..BATCH + 8 {
+            let (n, _) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[i as u8]);
+        }
     }
 }

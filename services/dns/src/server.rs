@@ -394,7 +394,6 @@ fn formerr(bytes: &[u8]) -> Option<Vec<u8>> {
 /// 0034-dns-answer-cache-and-batches.md.
 pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
     use futures_util::FutureExt;
-    use std::os::fd::AsRawFd;
     // AsyncFd rather than tokio's UdpSocket so that a short batch can mark
     // the socket drained: one `recvmmsg` per wake-up instead of a second
     // one that only says EAGAIN.
@@ -414,7 +413,6 @@ pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
             return;
         }
     };
-    let fd = socket.as_raw_fd();
     let mut rx = RecvBatch::new();
     let mut tx = SendBatch::new();
     let mut key = [0u8; fastpath::KEY_MAX];
@@ -428,7 +426,7 @@ pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
                 continue;
             }
         };
-        let n = match rx.recv(fd) {
+        let n = match rx.recv(socket.get_ref()) {
             // Fewer than a full batch: the queue was empty at that moment.
             // A datagram arriving after it is a new epoll event, which sets
             // readiness again (tokio does not clear past a newer event).
@@ -496,12 +494,10 @@ pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
 /// Send every queued answer, waiting for room in the socket buffer when it
 /// is full (back-pressure: no more questions are read meanwhile).
 async fn flush(socket: &AsyncFd<std::net::UdpSocket>, tx: &mut SendBatch) {
-    use std::os::fd::AsRawFd;
-    let fd = socket.as_raw_fd();
     let mut sent = 0;
     while sent < tx.len() {
         match socket
-            .async_io(tokio::io::Interest::WRITABLE, |_| tx.send(fd, sent))
+            .async_io(tokio::io::Interest::WRITABLE, |s| tx.send(s, sent))
             .await
         {
             Ok(k) => sent += k.max(1),
