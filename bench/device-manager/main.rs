@@ -259,7 +259,7 @@ async fn allocate_latency(
 ) -> Result<(Duration, Duration), Box<dyn std::error::Error>> {
     let plugin = k.plugin(resource).ok_or("not registered")?;
     let ch = connect_unix(&plugins.join(&plugin.endpoint)).await?;
-    let mut c = pb::device_plugin_client::DevicePluginClient::new(ch);
+    let mut c = support::v1beta1_grpc::device_plugin_client::DevicePluginClient::new(ch);
     let mut lat = Vec::new();
     for i in 0..1000usize {
         let id = ids.get(i % ids.len().max(1)).cloned().unwrap_or_default();

@@ -17,10 +17,11 @@
 //! default) where a udev daemon runs, inotify on the device root otherwise
 //! (see `docs/decisions/0014-udev-monitor.md`); udev properties come from
 //! the monitor's events, sysfs and `/run/udev/data`. The
-//! kubelet API needs one socket, server and HTTP/2 connection per resource:
-//! about 30 KiB resident each, most of it h2's fixed connection buffers
-//! (`docs/decisions/0015-plugin-memory.md`), so thousands of per-node
-//! resources are better pooled.
+//! kubelet API needs one socket, server and HTTP/2 connection per resource.
+//! They are served by the `smarter-h2` crate (our own HTTP/2 server, one
+//! epoll task for all of them, no buffer held by an idle connection), so a
+//! one-node resource costs about 2.5 KiB resident
+//! (`docs/decisions/0016-own-http2-server.md`).
 //!
 //! See `services/device-manager/README.md` for the configuration reference.
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::v1beta1_grpc::{device_plugin_client, registration_server};
 use hyper_util::rt::TokioIo;
 use smarter_device_manager::proto::v1beta1 as pb;
 use tokio::net::UnixListener;
@@ -101,7 +102,7 @@ fn valid_name(resource: &str) -> Result<(), String> {
 }
 
 #[tonic::async_trait]
-impl pb::registration_server::Registration for Registration {
+impl registration_server::Registration for Registration {
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
@@ -139,7 +140,7 @@ impl pb::registration_server::Registration for Registration {
             let Ok(ch) = connect_unix(&sock).await else {
                 return;
             };
-            let mut client = pb::device_plugin_client::DevicePluginClient::new(ch);
+            let mut client = device_plugin_client::DevicePluginClient::new(ch);
             let Ok(opts) = client.get_device_plugin_options(pb::Empty {}).await else {
                 return;
             };
@@ -209,7 +210,7 @@ impl FakeKubelet {
         let listener = UnixListener::bind(&sock)?;
         let (tx, rx) = oneshot::channel();
         let svc =
-            pb::registration_server::RegistrationServer::new(Registration(Arc::clone(&self.state)));
+            registration_server::RegistrationServer::new(Registration(Arc::clone(&self.state)));
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .serve_with_incoming_shutdown(svc, UnixListenerStream::new(listener), async {
@@ -291,15 +292,14 @@ impl FakeKubelet {
     async fn client(
         &self,
         resource: &str,
-    ) -> Result<pb::device_plugin_client::DevicePluginClient<tonic::transport::Channel>, String>
-    {
+    ) -> Result<device_plugin_client::DevicePluginClient<tonic::transport::Channel>, String> {
         let p = self
             .plugin(resource)
             .ok_or_else(|| format!("{resource} not registered"))?;
         let ch = connect_unix(&self.state.dir.join(&p.endpoint))
             .await
             .map_err(|e| e.to_string())?;
-        Ok(pb::device_plugin_client::DevicePluginClient::new(ch))
+        Ok(device_plugin_client::DevicePluginClient::new(ch))
     }
 
     /// Allocate `ids` for one container.

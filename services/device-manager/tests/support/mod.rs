@@ -5,6 +5,20 @@
 pub mod gokubelet;
 pub mod kubelet;
 pub mod udevd;
+/// The tonic client and server of v1beta1, over the library's messages
+/// (generated; see `tests/proto_current.rs`).
+#[rustfmt::skip]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+pub mod v1beta1_grpc;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
