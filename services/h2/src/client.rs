@@ -8,7 +8,7 @@ use tokio::net::UnixStream;
 
 use crate::frame::*;
 use crate::grpc::{Status, grpc_frame, grpc_message, percent_decode};
-use crate::hpack::{hpack_indexed_name, hpack_literal};
+use crate::hpack::{decoder, hpack_indexed_name, hpack_literal};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +106,6 @@ pub async fn call_unix(
 }
 
 /// The client side of one call's reply (stream 1).
-#[derive(Default)]
 pub(crate) struct Reply {
     hpack: Decoder<'static>,
     body: Vec<u8>,
@@ -116,6 +115,21 @@ pub(crate) struct Reply {
     block: Option<Vec<u8>>,
     block_ends: bool,
     done: bool,
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Self {
+            hpack: decoder(),
+            body: Vec::new(),
+            http_status: None,
+            grpc_status: None,
+            grpc_message: String::new(),
+            block: None,
+            block_ends: false,
+            done: false,
+        }
+    }
 }
 
 impl Reply {

@@ -13,6 +13,7 @@ use crate::grpc::{
     Status, grpc_frame, grpc_message, hpack_response, hpack_status, hpack_trailers,
     hpack_trailers_only,
 };
+use crate::hpack::decoder;
 use crate::service::{Call, Feed, Handler};
 
 /// One open stream.
@@ -100,7 +101,7 @@ impl<H: Handler> Conn<H> {
     pub fn new(handler: Arc<H>) -> Self {
         let mut c = Self {
             handler,
-            hpack: Decoder::new(),
+            hpack: decoder(),
             inbuf: Vec::new(),
             out: Vec::new(),
             preface_seen: false,
@@ -519,7 +520,7 @@ impl<H: Handler> Conn<H> {
         // asked for that) leaves it empty for good: start from a fresh
         // decoder, so the emptied table's buffer is freed too.
         if block.first() == Some(&0x20) && block.get(1).is_none_or(|b| b & 0xe0 != 0x20) {
-            self.hpack = Decoder::new();
+            self.hpack = decoder();
             self.hpack.set_max_table_size(0);
         }
 

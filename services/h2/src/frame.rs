@@ -27,6 +27,11 @@ pub const RECV_WINDOW: usize = MAX_MESSAGE + (64 << 10);
 /// The largest header block (all HEADERS + CONTINUATION payloads),
 /// advertised in SETTINGS_MAX_HEADER_LIST_SIZE.
 pub const MAX_HEADER_BLOCK: usize = 64 << 10;
+/// The largest HPACK dynamic table a peer may make us keep: the protocol's
+/// default SETTINGS_HEADER_TABLE_SIZE. We advertise 0, but a client may use
+/// the default until it has our SETTINGS (RFC 7541 §4.2); a size update
+/// above this is a decoding error, so the table cannot grow past it.
+pub(crate) const MAX_HPACK_TABLE: usize = 4_096;
 /// The most of its input one connection can make us hold: request bodies
 /// (at most [`RECV_WINDOW`] in all), one header block being assembled, and
 /// an incomplete frame. On top come the HPACK table (at most 4 KiB, the

@@ -1,7 +1,9 @@
 //! HPACK encoding (RFC 7541 §5 and §6.2.2): only what our header blocks
 //! need, integers, raw strings and literal fields *without indexing*, so
 //! the peer's decoder table never holds anything of ours. Decoding, which
-//! must follow the peer's table, is `loona-hpack`'s.
+//! must follow the peer's table, is `loona-hpack`'s, bounded by [`decoder`].
+
+use crate::frame::MAX_HPACK_TABLE;
 
 /// HPACK integer with an `n`-bit prefix whose other bits are `first`.
 pub(crate) fn hpack_int(out: &mut Vec<u8>, first: u8, n: u8, mut v: usize) {
@@ -36,4 +38,13 @@ pub(crate) fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.push(0);
     hpack_string(out, name);
     hpack_string(out, value);
+}
+
+/// A decoder whose dynamic table cannot grow past [`MAX_HPACK_TABLE`]:
+/// `loona-hpack` accepts any size update unless told a limit, and a peer
+/// could then fill a table as large as it likes, 64 KiB per header block.
+pub(crate) fn decoder() -> loona_hpack::Decoder<'static> {
+    let mut d = loona_hpack::Decoder::new();
+    d.set_max_allowed_table_size(MAX_HPACK_TABLE);
+    d
 }

@@ -853,3 +853,40 @@ async fn s8_3_1_a_socket_path_as_authority_is_served() {
     assert_eq!(body, grpc(b"old kubelet"));
     assert!(contains(&trailers, b"grpc-status"), "{trailers:?}");
 }
+
+// §10.5.1 limits on field block size, §4.3 / RFC 7541 §4.2 table size.
+
+#[tokio::test]
+async fn s10_5_1_a_field_block_beyond_max_header_list_size_ends_the_connection() {
+    // A block that is not decoded leaves the HPACK state unknown, so the
+    // connection cannot go on (§4.3); ENHANCE_YOUR_CALM says why.
+    let mut p = Peer::handshake().await;
+    let limit = p
+        .server_settings
+        .iter()
+        .find(|(id, _)| *id == MAX_HEADER_LIST_SIZE)
+        .map(|(_, v)| *v as usize)
+        .expect("the server advertises SETTINGS_MAX_HEADER_LIST_SIZE");
+    let chunk = vec![0u8; 16_384];
+    let mut b = frame(HEADERS, 0, 1, &chunk);
+    let mut sent = chunk.len();
+    while sent <= limit {
+        b.extend(frame(CONTINUATION, 0, 1, &chunk));
+        sent += chunk.len();
+    }
+    p.send(&b).await;
+    p.expect_connection_error(ENHANCE_YOUR_CALM).await;
+}
+
+#[tokio::test]
+async fn s4_3_a_table_size_update_above_the_limit_is_a_compression_error() {
+    // RFC 7541 §4.2: a size update above SETTINGS_HEADER_TABLE_SIZE (the
+    // server's is 0, and never more than the 4,096 default) is a decoding
+    // error. 0x3f 0xe2 0x1f: size update to 4,097.
+    let mut p = Peer::handshake().await;
+    let mut block = vec![0x3f, 0xe2, 0x1f];
+    block.extend(block_of(&request("/t/Echo")));
+    p.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+        .await;
+    p.expect_connection_error(COMPRESSION_ERROR).await;
+}
