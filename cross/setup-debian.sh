@@ -25,7 +25,7 @@ APT_PACKAGES=(
     golang-go golang-google-grpc-dev golang-google-protobuf-dev
     # dns dummy-interface test: a VM on Debian's kernel (which has dummy.ko)
     qemu-system-x86 cpio linux-image-amd64
-    python3 python3-venv python3-pip
+    python3 python3-venv python3-pip python3-yaml
     # images/: RAUC bundles, the emulated gateway (mmdebstrap rootfs, disk image without loop
     # devices, QEMU with Debian's U-Boot) and the flasher (bmaptool)
     rauc squashfs-tools u-boot-tools mmdebstrap arch-test binfmt-support qemu-system-arm

@@ -8,26 +8,36 @@ disk, so the built image stays as it is. One QEMU process serves several checks 
 
   boot 1 (slot A, malformed provisioning file): services healthy and slot A marked good; the
          provisioning message on the console, nothing applied; bundles signed by another CA,
-         corrupted, and for another compatible are refused; a good bundle installs; then the
-         power is cut (QEMU killed) before any reboot
-  boot 2 (slot B, the new one): marked good; the provisioning file (now valid) applied; /data
-         kept
-  then N-1 more power cuts at points across an install, chosen from RAUC's progress output;
+         corrupted, and for another compatible are refused. The OS update agent starts as its
+         DaemonSet's pod would (agent_pod.py: the manifest's image, user, capabilities and
+         mounts, under the gateway's Docker) with the update bundle (N+1) as the desired one,
+         served from this host (bundle_server.py); the server cuts the download part-way and
+         then refuses; power cut 1 with the partial bundle on /data.
+  boot 2 (slot A): the provisioning file (now valid) applied; the agent resumes the download
+         (only the missing bytes cross the link), RAUC installs it into B, the agent waits for
+         its reboot window; power cut 2 before any reboot.
+  boot 3 (slot B, the new one): marked good, /data kept; the agent Ready on N+1. A new desired
+         bundle that fails the health gate: the agent downloads, installs and reboots through
+         logind;
+  boot 4 (slot A, broken): the health gate marks it bad and reboots;
+  boot 5 (slot B): the agent not Ready ("rolled back"), and it does not try again.
+  then N-2 more power cuts at points across an install, chosen from RAUC's progress output;
   after each, the gateway must boot a slot that the health gate marks good, /data kept,
   provisioning not applied again.
 
-A clean reboot into the updated slot, a bundle whose services fail the health gate and the
-automatic rollback are tested by the hardware-in-the-loop suite on this same image
+A reboot into an updated slot by hand (rauc install, systemctl reboot), a rollback and a power
+cut are also tested by the hardware-in-the-loop suite on this same image
 (hardware-tests/tests/test_update.py, after this suite in ./dev test), as every board runs them.
 
 Timings go to <work>/figures.json. Exit status 0 when every check passed.
-Needs qemu-system-aarch64, u-boot-qemu, mtools and rauc on the host (the bundles are built by
+Needs qemu-system-aarch64, u-boot-qemu, mtools, rauc and python3-yaml on the host (the bundles are built by
 build.sh --variant); missing tools fail when CI or SMARTER_REQUIRE_PEERS is set, else skip.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -38,6 +48,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import agent_pod
+from bundle_server import BundleServer
 
 ROOT = Path(__file__).resolve().parents[2]
 UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
@@ -83,7 +96,10 @@ class Guest:
             self.sock_path.unlink()
         cmd = [
             "qemu-system-aarch64", "-M", "virt", "-cpu", QEMU_CPU, "-smp", "2", "-m", "1024",
-            "-display", "none", "-monitor", "none", "-nic", "none", "-bios", str(UBOOT),
+            "-display", "none", "-monitor", "none", "-bios", str(UBOOT),
+            # QEMU's user network: the gateway's uplink by DHCP; the test host (the update
+            # agent's bundle server) is 10.0.2.2 from inside. Nothing reaches the gateway.
+            "-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0",
             "-drive", f"if=none,file={self.disk},format=raw,id=hd0",
             "-device", "virtio-blk-device,drive=hd0",
             "-chardev", f"file,id=con,path={self.console},append=on", "-serial", "chardev:con",
@@ -293,7 +309,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "out/emulated")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--kills", type=int, default=int(os.environ.get("SMARTER_IMAGES_KILLS", "5")),
-                    help="power cuts during installs (default 5, at least 1, at most 6; SMARTER_IMAGES_KILLS)")
+                    help="power cuts (default 5, at least 2, at most 7: two in the update agent's test, the "
+                         "rest during installs; SMARTER_IMAGES_KILLS)")
     args = ap.parse_args()
     missing = tools_missing()
     if missing:
@@ -380,36 +397,19 @@ def run(g: Guest, kills: int, out_dir: Path) -> None:
               f"rc {rc}: {out[-400:]}")
     g.ok("cp /mnt/good-provision.toml /boot/smarter-provision.toml; sync")
 
-    # ---- install the update into B
-    rc, out, secs = install(g, "update.raucb", 900)
-    check(rc == 0, "update bundle installs into slot B", out[-600:])
-    FIGURES["install_s"] = secs
-
-    # ---- power cut 1, right after the install and before any reboot: RAUC has switched the
-    # boot order on disk, so slot B (boot 2) must come up. A clean reboot into a new slot is the
-    # hardware-in-the-loop suite's update test, on this image right after this suite.
-    g.kill()
-    g.start()
-    slot, secs = g.wait_healthy()
-    check(slot == "B", "power cut 1 (right after the install, before the reboot): the new slot B boots "
-          "and is marked good", f"slot {slot}")
-    FIGURES["power_on_to_marked_good_s"] = secs
-    rc, out = g.sh("grep -q '^VARIANT=update' /etc/smarter-variant")
-    check(rc == 0, "slot B holds the update bundle's root file system")
-    check(g.ok("cat /data/test-marker").strip() == marker, "/data survives the update")
-    rc, out = g.sh("test -s /data/smarter/provision/record.toml && grep -q gw-test-0001 /data/etc/rancher/k3s/config.yaml "
-                   "&& test \"$(stat -c %a /data/etc/rancher/k3s/smarter-token)\" = 600 && test \"$(hostname)\" = gw-test-0001")
-    check(rc == 0, "valid provisioning file applied: k3s config, token 0600, hostname, record", out[-300:])
-    record = g.ok("sha256sum /data/smarter/provision/record.toml").split()[0]
-
-    # A bundle whose services fail the health gate, and the rollback, are the hardware-in-the-
-    # loop suite's tests (hardware-tests/tests/test_update.py), which ./dev test runs on this
-    # image after this suite: one place for them, on every board.
+    # ---- the OS update agent, as its DaemonSet's pod, takes the gateway to the update bundle
+    # (N+1). The bundle server cuts the download part-way and then refuses, as a failing field
+    # link would; the gateway loses power with the partial bundle on /data.
+    server = BundleServer()
+    try:
+        record = agent_update(g, server, out_dir, marker)
+    finally:
+        server.close()
 
     # ---- more power cuts during installs
-    points = kill_points(kills - 1)
+    points = kill_points(kills - 2)
     slot_bytes = (out_dir / "variants/update.ext4").stat().st_size
-    for i, (label, pattern, delay, fraction, expect) in enumerate(points, 2):
+    for i, (label, pattern, delay, fraction, expect) in enumerate(points, 3):
         g.ok("mkdir -p /mnt && mount -t 9p -o trans=virtio,ro host /mnt")
         before = g.booted_slot()
         seen = {"hit": False}
@@ -459,21 +459,173 @@ def run(g: Guest, kills: int, out_dir: Path) -> None:
             check(slot == want, f"power cut {i} ({label}): the {expect} slot boots", f"{slot}, expected {want}")
         rc, out = g.sh("cat /data/test-marker")
         check(out.strip() == marker, f"power cut {i} ({label}): /data intact")
-        if i == 2:
+        if i == 3:
             check(g.ok("sha256sum /data/smarter/provision/record.toml").split()[0] == record,
                   "provisioning applied once (record unchanged after more boots)")
+
+
+# ---- the OS update agent
+
+AGENT_PORT = 9479
+
+
+def agent_get(g: Guest, path: str) -> tuple[int, str]:
+    """GET http://127.0.0.1:9479<path> inside the gateway, as the kubelet's probe does (the
+    agent listens on the gateway's loopback only). Returns (status, body); status 0 when it
+    does not answer."""
+    rc, out = g.sh(f"( exec 3<>/dev/tcp/127.0.0.1/{AGENT_PORT} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 "
+                   "&& timeout 5 cat <&3 )", 30)
+    m = re.match(r"HTTP/1\.[01] (\d{3})", out)
+    if rc != 0 or not m:
+        return 0, out
+    return int(m.group(1)), out.split("\n\n", 1)[1] if "\n\n" in out else ""
+
+
+def agent_phase(g: Guest) -> str:
+    status, body = agent_get(g, "/metrics")
+    m = re.search(r'^smarter_update_phase\{phase="([^"]+)"\} 1$', body, re.M) if status == 200 else None
+    return m.group(1) if m else f"(no answer: {status})"
+
+
+def wait_agent(g: Guest, what: str, pred, timeout: float) -> tuple[bool, str]:
+    """Poll the agent's /readyz until pred(status, body, phase) holds; (held, last seen)."""
+    end = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < end:
+        status, body = agent_get(g, "/readyz")
+        phase = agent_phase(g)
+        last = f"readyz {status} {body.strip()[:300]!r}, phase {phase}"
+        if pred(status, body, phase):
+            return True, last
+        if g.proc and g.proc.poll() is not None:
+            break
+        time.sleep(3)
+    log(f"     agent while waiting for {what}: {last}")
+    return False, last
+
+
+def bundle_desired(server: BundleServer, name: str, path: Path, keyring: Path) -> dict:
+    """The desired-bundle file for `path` served as `name`: version from the bundle's manifest."""
+    info = subprocess.run(["rauc", "info", "--output-format=json", f"--keyring={keyring}", str(path)],
+                          capture_output=True, text=True, check=True)
+    version = json.loads(info.stdout)["version"]
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return {"version": version, "url": server.add(name, path), "size": path.stat().st_size,
+            "sha256": h.hexdigest()}
+
+
+def closed_window() -> str:
+    """A reboot window that is closed now and for the next two hours (UTC, as the agent reads it)."""
+    h = (time.gmtime().tm_hour + 3) % 24
+    return f"{h:02d}:00-{(h + 1) % 24:02d}:00"
+
+
+def agent_update(g: Guest, server: BundleServer, out_dir: Path, marker: str) -> str:
+    """N -> N+1 by the agent with a download cut, a power cut during it and one after the install;
+    then a bundle that fails the health gate: the gateway rolls back and the agent stays not Ready.
+    Returns the provisioning record's hash (applied on boot 2)."""
+    keyring = out_dir / "keys" / "ca.cert.pem"
+    update = bundle_desired(server, "update.raucb", out_dir / "variants/update.raucb", keyring)
+    broken = bundle_desired(server, "broken.raucb", out_dir / "variants/broken.raucb", keyring)
+    size = update["size"]
+    quick = {"poll_interval_s": 5, "retry_interval_s": 5}
+    server.cut_after(size * 2 // 5, then_refuse=True)
+    rc, out = g.sh(agent_pod.docker_run(update, {**quick, "reboot_window": closed_window()}), 120)
+    check(rc == 0, "update agent: its DaemonSet's pod starts (docker, the manifest's user, caps, mounts)", out[-400:])
+    ok, last = wait_agent(g, "the cut", lambda s, b, p: len(server.requests) >= 1 and "download" in b, 300)
+    partial = int(g.ok("stat -c %s /data/smarter/update/bundle.part 2>/dev/null || echo 0").strip() or 0)
+    check(ok and 0 < partial < size, "update agent: a download cut part-way is reported, not Ready, the partial "
+          "bundle kept", f"{last}; partial {partial} of {size}")
+    FIGURES["agent_partial_download_mib"] = partial / 2**20
+
+    # ---- power cut 1: during the download (the server refuses meanwhile)
+    g.kill()
+    server.refuse(False)
+    since = len(server.requests)
+    g.start()
+    slot, secs = g.wait_healthy()
+    check(slot == "A", "power cut 1 (during the agent's download): slot A boots and is marked good", f"slot {slot}")
+    rc, out = g.sh("test -s /data/smarter/provision/record.toml && grep -q gw-test-0001 /data/etc/rancher/k3s/config.yaml "
+                   "&& test \"$(stat -c %a /data/etc/rancher/k3s/smarter-token)\" = 600 && test \"$(hostname)\" = gw-test-0001")
+    check(rc == 0, "valid provisioning file applied: k3s config, token 0600, hostname, record", out[-300:])
+    record = g.ok("sha256sum /data/smarter/provision/record.toml").split()[0]
+    t0 = time.monotonic()
+    ok, last = wait_agent(g, "the install", lambda s, b, p: p == "waiting-for-reboot-window", 900)
+    FIGURES["agent_resume_to_installed_s"] = time.monotonic() - t0
+    resumed = server.requests[since:]
+    sent = server.sent("update.raucb", since)
+    FIGURES["agent_full_download_mib"] = size / 2**20
+    FIGURES["agent_resumed_download_mib"] = sent / 2**20
+    check(ok, "update agent: after the reboot the download resumes, RAUC installs it, and the agent waits "
+          "for its reboot window", last)
+    check(bool(resumed) and resumed[0][1] == partial and sent == size - partial,
+          "update agent: the resumed download asks from the partial file's end and moves only the rest",
+          f"requests {resumed}, sent {sent} of {size}, partial {partial}")
+    status, body = agent_get(g, "/metrics")
+    check(status == 200 and re.search(r"^smarter_update_downloads_completed_total 1$", body, re.M) is not None,
+          "update agent: /metrics counts the completed download", body[-400:])
+
+    # ---- power cut 2, right after the install and before any reboot: RAUC has switched the
+    # boot order on disk, so slot B must come up, and the agent finds its version booted.
+    g.kill()
+    g.start()
+    slot, secs = g.wait_healthy()
+    check(slot == "B", "power cut 2 (right after the install, before the reboot): the new slot B boots "
+          "and is marked good", f"slot {slot}")
+    FIGURES["power_on_to_marked_good_s"] = secs
+    rc, out = g.sh("grep -q '^VARIANT=update' /etc/smarter-variant")
+    check(rc == 0, "slot B holds the update bundle's root file system")
+    check(g.ok("cat /data/test-marker").strip() == marker, "/data survives the update")
+    ok, last = wait_agent(g, "Ready", lambda s, b, p: s == 200, 300)
+    check(ok, f"update agent: Ready on {update['version']} once the health gate marked slot B good", last)
+    rc, out = g.sh("ls -A /data/smarter/update")
+    check(rc == 0 and out.strip() == "", "update agent: bundle and record removed once Ready", out[-300:])
+
+    # ---- a bundle whose services fail the health gate, through the agent (a new desired
+    # bundle: a new pod), with an open reboot window: logind reboots the gateway into it, the
+    # gate marks it bad and reboots, the boot counter returns to B.
+    since = len(server.requests)
+    seen = len(g.console_text())
+    t0 = time.monotonic()
+    rc, out = g.sh(agent_pod.docker_run(broken, quick), 120)
+    check(rc == 0, "update agent: the pod with the next desired bundle starts", out[-400:])
+    booted = g.wait_console(r"Linux version \d", seen, 900)
+    check(booted is not None, "update agent: downloads and installs the bundle, then reboots the gateway "
+          "through logind")
+    g.started = time.monotonic()
+    FIGURES["agent_desired_to_reboot_s"] = g.started - t0
+    slot, secs = g.wait_healthy(900)
+    console = g.console_text()[seen:]
+    check(slot == "B" and "UNHEALTHY: slot A" in console,
+          "the slot that fails the health gate is marked bad and slot B boots again", f"slot {slot}")
+    ok, last = wait_agent(g, "rolled-back", lambda s, b, p: s == 503 and "rolled back" in b and p == "rolled-back", 300)
+    check(ok, "update agent: not Ready after the rollback, with the reason", last)
+    n = len(server.requests)
+    time.sleep(20)  # four polls
+    ok2, last = wait_agent(g, "still rolled-back", lambda s, b, p: p == "rolled-back", 30)
+    check(ok2 and len(server.requests) == n and server.sent("broken.raucb", since) == broken["size"],
+          "update agent: no retry of the rolled-back bundle (one download, no new request)",
+          f"{last}; requests {server.requests[since:]}")
+    rc, out = g.sh("rauc status --output-format=json")
+    check(rc == 0 and '"A"' in out and "bad" in out, "rauc: slot A marked bad", out[-300:])
+    g.ok("docker rm -f smarter-update")
+    return record
 
 
 def kill_points(n: int) -> list[tuple[str, str, float, float | None, str]]:
     """(label, pattern in rauc's output, seconds to wait after it, or instead the fraction of the
     slot image that must have reached the target partition, which slot must boot after the cut:
     "old", "new", or "any" where the cut may fall either side of the switch) per power cut,
-    besides the first (right after an install, before the reboot), which run() makes itself."""
+    besides the two the update agent's test makes (during its download; right after its install,
+    before the reboot)."""
     points = [
-        ("while verifying the bundle", r"Checking bundle", 0.0, None, "old"),
         ("half-way through the slot write", r"Copying image", 0.0, 0.5, "old"),
         ("at the end of the slot write", r"Copying image", 0.0, 0.95, "any"),
         ("during the first boot of the new slot", "reboot", 20.0, None, "new"),
+        ("while verifying the bundle", r"Checking bundle", 0.0, None, "old"),
         ("as the slot write starts", r"Copying image", 0.0, None, "old"),
     ]
     return points[: max(n, 0)] if n <= len(points) else points
