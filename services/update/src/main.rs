@@ -126,26 +126,50 @@ async fn run_agent(config: AgentConfig, common: &CommonArgs) -> anyhow::Result<(
         Arc::clone(&status),
         Arc::clone(&counters),
     ));
+    // The connect itself is bounded and raced against the signals: a bus socket
+    // that accepts but never finishes the handshake (a wedged dbus-daemon) must
+    // neither hang the agent nor make it deaf to SIGTERM.
+    let connect_timeout = Duration::from_secs(config.connect_timeout_s);
+    let mut reload_pending = false;
     let bus = loop {
-        match zbus::Connection::system().await {
-            Ok(bus) => break bus,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot connect to the system bus; retrying");
-                if let Ok(mut s) = status.lock() {
-                    s.reason = format!("cannot connect to the system bus: {e}");
-                    s.last_error = Some(s.reason.clone());
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(connect_timeout, zbus::Connection::system()) => r,
+            event = signals.recv() => match event {
+                Some(Event::Reload) => {
+                    reload_pending = true;
+                    continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(config.retry_interval_s.min(30))) => {}
-                    event = signals.recv() => if matches!(event, Some(Event::Stop) | None) {
-                        server.abort();
-                        return Ok(());
-                    },
+                Some(Event::Stop) | None => {
+                    server.abort();
+                    return Ok(());
                 }
-            }
+            },
+        };
+        let error = match outcome {
+            Ok(Ok(bus)) => break bus,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} s", connect_timeout.as_secs()),
+        };
+        tracing::error!(%error, "cannot connect to the system bus; retrying");
+        if let Ok(mut s) = status.lock() {
+            s.reason = format!("cannot connect to the system bus: {error}");
+            s.last_error = Some(s.reason.clone());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(config.retry_interval_s.min(30))) => {}
+            event = signals.recv() => match event {
+                Some(Event::Reload) => reload_pending = true,
+                Some(Event::Stop) | None => {
+                    server.abort();
+                    return Ok(());
+                }
+            },
         }
     };
     let mut agent = Agent::with_counters(config, bus, Arc::clone(&status), counters);
+    if reload_pending {
+        reload_config(&mut agent, common);
+    }
     loop {
         // A round is never cut short by SIGHUP (a download or install in flight
         // must not be abandoned while a new downloader starts on the same

@@ -40,10 +40,15 @@ impl AgentProcess {
 }
 
 fn start_agent(config: &Path, bus: &Bus) -> AgentProcess {
+    start_agent_on(config, &bus.address)
+}
+
+/// The agent with `address` as its system bus.
+fn start_agent_on(config: &Path, address: &str) -> AgentProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_smarter-update"))
         .args(["agent", "--config"])
         .arg(config)
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", address)
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -542,4 +547,65 @@ async fn closed_windows_hold_the_download_and_the_reboot() {
         gw.reboots.lock().expect("lock").is_empty(),
         "no reboot outside the window"
     );
+}
+
+/// A bus socket that accepts connections and never answers (a wedged
+/// dbus-daemon): the agent reports it within `connect_timeout_s`, and SIGTERM
+/// stops it even while a connect hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_system_bus_is_reported_and_sigterm_still_stops_the_agent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("bus");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind the bus socket");
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::clone(&held);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            accepted.lock().expect("lock").push(conn);
+        }
+    });
+    let address = format!("unix:path={}", sock.display());
+    let config = |timeout: u64| {
+        let path = dir.path().join(format!("agent-{timeout}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "desired_file = \"{d}/desired.toml\"\ndata_dir = \"{d}/data\"\n\
+                 health_gate_state_dir = \"\"\nlisten = \"127.0.0.1:0\"\n\
+                 connect_timeout_s = {timeout}\nretry_interval_s = 1\n",
+                d = dir.path().display()
+            ),
+        )
+        .expect("config");
+        path
+    };
+
+    // A bounded connect: reported, retried, and the endpoints keep answering.
+    let agent = start_agent_on(&config(1), &address);
+    let body = wait_ready(&agent, 503, "no answer within 1 s").await;
+    assert!(body.contains("cannot connect to the system bus"), "{body}");
+    assert_eq!(get(agent.port, "/healthz").await.0, 200);
+    drop(agent);
+
+    // SIGTERM while the first connect is still waiting for the bus.
+    held.lock().expect("lock").clear();
+    let mut agent = start_agent_on(&config(3600), &address);
+    wait_for("the agent's connect to the wedged bus", &agent, || {
+        !held.lock().expect("lock").is_empty()
+    })
+    .await;
+    signal(&agent, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM did not stop the agent while it waited for the bus:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}: {}", agent.log());
 }
