@@ -42,6 +42,10 @@ cp --reflink=auto "$rootfs" "$dir/rootfs.ext4"
     echo
     echo "[image.rootfs]"
     echo "filename=rootfs.ext4"
+    # A hash per 4 KiB block of the image, in the bundle: a RAUC that streams the bundle then
+    # fetches only the blocks it finds in none of the gateway's slots (adaptive update); a
+    # RAUC without streaming installs the whole image as before.
+    echo "adaptive=block-hash-index"
 } > "$dir/manifest.raucm"
 touch -d "@${SOURCE_DATE_EPOCH:-0}" "$dir"/*
 rm -f "$out"

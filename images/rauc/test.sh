@@ -113,5 +113,9 @@ info=$(rauc info --keyring="$work/dev/ca.cert.pem" "$work/other-compat.raucb" 2>
 grep -qE "Compatible:[[:space:]]*'smarter-raspberrypi4-64'" <<<"$info" &&
     pass "bundle for another board carries its compatible" || fail "compatible not in bundle"
 
+rauc info --keyring="$work/dev/ca.cert.pem" --output-format=json "$work/good.raucb" 2>/dev/null |
+    python3 -c 'import json,sys; i=json.load(sys.stdin)["images"]; sys.exit(0 if all("block-hash-index" in x.get("rootfs",{}).get("adaptive",[]) for x in i) and i else 1)' &&
+    pass "bundle's root file system image is adaptive (block-hash-index)" || fail "bundle not adaptive"
+
 if [ "$fails" -gt 0 ]; then echo "images/rauc/test.sh: $fails check(s) failed" >&2; exit 1; fi
 echo "images/rauc/test.sh: all checks passed"

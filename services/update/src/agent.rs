@@ -628,6 +628,61 @@ impl Agent {
             stage: None,
             blocked: None,
         };
+        let source = if self.config.streaming {
+            // RAUC fetches (only what it needs of) the bundle and checks its
+            // signature and verity tree; nothing is stored on the data partition.
+            self.set(
+                Phase::Installing,
+                false,
+                format!("RAUC streams {} from {}", desired.version, desired.url),
+            );
+            desired.url.clone()
+        } else {
+            match self.download(desired, &mut record).await {
+                Ok(bundle) => bundle.to_string_lossy().into_owned(),
+                Err(pause) => return pause,
+            }
+        };
+        let status = Arc::clone(&self.status);
+        let timeout = Duration::from_secs(self.config.install_timeout_s);
+        let result = rauc
+            .install(&source, timeout, &mut |p| {
+                update(&status, |s| s.install_percent = Some(p.percent));
+            })
+            .await;
+        update(&self.status, |s| s.install_percent = None);
+        match result {
+            Ok(()) => {
+                record.stage = Some(Stage::Installed);
+                if let Err(e) = save_record(&self.config.data_dir, &record) {
+                    return self.fail(
+                        Phase::Installing,
+                        format!("cannot save the agent record: {e}"),
+                    );
+                }
+                tracing::info!(version = %desired.version, "installed; the next step is the reboot");
+                Pause::None
+            }
+            // Streaming: RAUC's failure may be the link dropping mid-stream,
+            // which the next try mends; retried after retry_interval_s.
+            Err(e @ crate::rauc::RaucError::InstallFailed { .. }) if self.config.streaming => {
+                self.fail(Phase::Installing, e.to_string())
+            }
+            Err(e @ crate::rauc::RaucError::InstallFailed { .. }) => {
+                record.blocked = Some(format!(
+                    "{e}; not retrying until the desired bundle changes"
+                ));
+                let reason = record.blocked.clone().unwrap_or_default();
+                self.remove_bundles();
+                self.block(record, Phase::Blocked, reason)
+            }
+            Err(e) => self.fail(Phase::Installing, e.to_string()),
+        }
+    }
+
+    /// Download and verify the desired bundle onto the data partition; the
+    /// verified file's path, or the pause after a reported failure.
+    async fn download(&mut self, desired: &Desired, record: &mut Record) -> Result<PathBuf, Pause> {
         self.set(
             Phase::Downloading,
             false,
@@ -653,60 +708,32 @@ impl Agent {
             Ok(Ok(done)) => done.path,
             Ok(Err(e)) => {
                 let line = smarter_common::cli::error_line(&e);
-                return if matches!(
-                    e,
-                    DownloadError::WrongHash { .. }
-                        | DownloadError::WrongSize { .. }
-                        | DownloadError::WrongRange { .. }
-                ) {
-                    record.blocked = Some(format!(
-                        "download refused: {line}; not retrying until the desired bundle changes"
-                    ));
-                    let reason = record.blocked.clone().unwrap_or_default();
-                    self.block(record, Phase::Blocked, reason)
-                } else {
-                    self.fail(Phase::Downloading, line)
-                };
+                return Err(
+                    if matches!(
+                        e,
+                        DownloadError::WrongHash { .. }
+                            | DownloadError::WrongSize { .. }
+                            | DownloadError::WrongRange { .. }
+                    ) {
+                        record.blocked = Some(format!(
+                            "download refused: {line}; not retrying until the desired bundle changes"
+                        ));
+                        let reason = record.blocked.clone().unwrap_or_default();
+                        self.block(record.clone(), Phase::Blocked, reason)
+                    } else {
+                        self.fail(Phase::Downloading, line)
+                    },
+                );
             }
-            Err(e) => return self.fail(Phase::Downloading, format!("download task: {e}")),
+            Err(e) => return Err(self.fail(Phase::Downloading, format!("download task: {e}"))),
         };
         update(&self.status, |s| s.download = None);
-
         self.set(
             Phase::Installing,
             false,
             format!("RAUC installs {} ({})", desired.version, bundle.display()),
         );
-        let status = Arc::clone(&self.status);
-        let timeout = Duration::from_secs(self.config.install_timeout_s);
-        let result = rauc
-            .install(&bundle, timeout, &mut |p| {
-                update(&status, |s| s.install_percent = Some(p.percent));
-            })
-            .await;
-        update(&self.status, |s| s.install_percent = None);
-        match result {
-            Ok(()) => {
-                record.stage = Some(Stage::Installed);
-                if let Err(e) = save_record(&self.config.data_dir, &record) {
-                    return self.fail(
-                        Phase::Installing,
-                        format!("cannot save the agent record: {e}"),
-                    );
-                }
-                tracing::info!(version = %desired.version, "installed; the next step is the reboot");
-                Pause::None
-            }
-            Err(e @ crate::rauc::RaucError::InstallFailed { .. }) => {
-                record.blocked = Some(format!(
-                    "{e}; not retrying until the desired bundle changes"
-                ));
-                let reason = record.blocked.clone().unwrap_or_default();
-                self.remove_bundles();
-                self.block(record, Phase::Blocked, reason)
-            }
-            Err(e) => self.fail(Phase::Installing, e.to_string()),
-        }
+        Ok(bundle)
     }
 
     fn remove_bundles(&self) {

@@ -139,6 +139,11 @@ pub struct AgentConfig {
     /// PEM file of the CAs that HTTPS bundle servers are checked against,
     /// instead of the compiled-in Mozilla roots; empty = those roots.
     pub ca_file: PathBuf,
+    /// Hand RAUC the bundle's URL instead of downloading it: RAUC streams a
+    /// verity bundle over HTTP(S) and, for an adaptive bundle, fetches only
+    /// the blocks the gateway does not already have. Needs a RAUC built with
+    /// streaming; its `[streaming]` settings (TLS, proxy) then apply.
+    pub streaming: bool,
 }
 
 impl Default for AgentConfig {
@@ -158,6 +163,7 @@ impl Default for AgentConfig {
             boot_id_file: PathBuf::from("/proc/sys/kernel/random/boot_id"),
             listen: DEFAULT_LISTEN.into(),
             ca_file: PathBuf::new(),
+            streaming: false,
         }
     }
 }
@@ -217,6 +223,22 @@ impl Validate for AgentConfig {
                 "listen",
                 &self.listen,
                 "must be an address and port such as 127.0.0.1:9479",
+            ));
+        }
+        // With streaming RAUC fetches the bundle itself: settings of the agent's
+        // own downloader would be silently ignored, so they are refused.
+        if self.streaming && self.bandwidth_bytes_per_s != 0 {
+            return Err(Invalid::new(
+                "bandwidth_bytes_per_s",
+                self.bandwidth_bytes_per_s,
+                "must be 0 with streaming = true: RAUC fetches the bundle, the agent cannot limit it",
+            ));
+        }
+        if self.streaming && !self.ca_file.as_os_str().is_empty() {
+            return Err(Invalid::new(
+                "ca_file",
+                self.ca_file.display(),
+                "must be \"\" with streaming = true: RAUC checks the server (its system.conf [streaming] tls-ca)",
             ));
         }
         if !self.ca_file.as_os_str().is_empty() {
@@ -282,6 +304,16 @@ mod tests {
         let e = error("ca_file = \"/nonexistent/ca.pem\"\n");
         assert!(
             e.contains("field `ca_file`") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+        let e = error("streaming = true\nbandwidth_bytes_per_s = 4096\n");
+        assert!(
+            e.contains("field `bandwidth_bytes_per_s`") && e.contains("streaming"),
+            "{e}"
+        );
+        let e = error("streaming = true\nca_file = \"/etc/ca.pem\"\n");
+        assert!(
+            e.contains("field `ca_file`") && e.contains("streaming"),
             "{e}"
         );
         let e = error("bandwidth = 1\n");

@@ -17,7 +17,6 @@
 //! and a cache fed by `PropertiesChanged` could lag behind that signal.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -203,16 +202,17 @@ impl Rauc {
         })
     }
 
-    /// Install `bundle` (a path on the host, as RAUC sees it) and wait up to
+    /// Install `source` (a bundle's path on the host, as RAUC sees it, or with
+    /// streaming its http(s) URL) and wait up to
     /// `timeout` for RAUC's `Completed`; `progress` gets every `Progress`
     /// change on the way.
     pub async fn install(
         &self,
-        bundle: &Path,
+        source: &str,
         timeout: Duration,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<(), RaucError> {
-        let source = bundle.to_string_lossy().into_owned();
+        let source = source.to_string();
         // Subscribe before asking, so neither signal can be missed.
         let mut completed = self
             .installer

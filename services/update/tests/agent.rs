@@ -609,3 +609,61 @@ async fn a_wedged_system_bus_is_reported_and_sigterm_still_stops_the_agent() {
     };
     assert!(status.success(), "{status}: {}", agent.log());
 }
+
+/// With `streaming = true` the agent hands RAUC the bundle's URL and fetches
+/// nothing itself; a failed stream is retried, not blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_streaming_rauc_gets_the_url_and_the_agent_downloads_nothing() {
+    let Some(bus) = private_bus() else { return };
+    let (bytes, server, gw) = desiring(&bus, Plan::Succeed("2026.12.1".into())).await;
+    let config = std::fs::read_to_string(gw.config()).expect("config");
+    std::fs::write(gw.config(), format!("{config}streaming = true\n")).expect("config");
+    let agent = start_agent(&gw.config(), &bus);
+    let reboots = gw.reboots.clone();
+    wait_for("the reboot request", &agent, || {
+        !reboots.lock().expect("lock").is_empty()
+    })
+    .await;
+    let url = target(&server, &bytes).url.to_string();
+    assert_eq!(
+        gw.installs.lock().expect("lock").as_slice(),
+        &[(url, 0)],
+        "{}",
+        agent.log()
+    );
+    assert!(
+        gw.data_files()
+            .iter()
+            .all(|f| !f.ends_with(".raucb") && !f.ends_with(".part")),
+        "{:?}",
+        gw.data_files()
+    );
+    let (_, metrics) = get(agent.port, "/metrics").await;
+    assert!(
+        metrics.contains("smarter_update_download_bytes_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        agent.log().contains("RAUC streams 2026.12.1"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_stream_is_retried_not_blocked() {
+    let Some(bus) = private_bus() else { return };
+    let (_, _server, gw) =
+        desiring(&bus, Plan::Fail("Transfer failed: connection reset".into())).await;
+    let config = std::fs::read_to_string(gw.config()).expect("config");
+    std::fs::write(gw.config(), format!("{config}streaming = true\n")).expect("config");
+    let agent = start_agent(&gw.config(), &bus);
+    let installs = gw.installs.clone();
+    wait_for("a second streamed install", &agent, || {
+        installs.lock().expect("lock").len() >= 2
+    })
+    .await;
+    let body = wait_ready(&agent, 503, "connection reset").await;
+    assert!(!body.contains("not retrying"), "{body}");
+    assert!(gw.reboots.lock().expect("lock").is_empty());
+}

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,11 +44,9 @@ async fn install_reports_progress_then_completion_and_the_slot_carries_the_versi
     assert_eq!(rauc.operation().await.expect("Operation"), "idle");
 
     let mut seen = Vec::new();
-    rauc.install(Path::new(BUNDLE), Duration::from_secs(30), &mut |p| {
-        seen.push(p)
-    })
-    .await
-    .expect("install");
+    rauc.install(BUNDLE, Duration::from_secs(30), &mut |p| seen.push(p))
+        .await
+        .expect("install");
     assert_eq!(
         installs.lock().expect("lock").as_slice(),
         &[(BUNDLE.to_string(), 0)]
@@ -87,7 +84,7 @@ async fn a_failed_install_reports_last_error_and_changes_no_slot() {
     let rauc = Rauc::new(&conn).await.expect("client");
     let before = rauc.slot_status().await.expect("status");
     let e = rauc
-        .install(Path::new(BUNDLE), Duration::from_secs(30), &mut |_| {})
+        .install(BUNDLE, Duration::from_secs(30), &mut |_| {})
         .await
         .expect_err("install fails");
     assert!(
@@ -110,7 +107,7 @@ async fn a_refused_install_and_a_hung_one_are_reported() {
     };
     let rauc = Rauc::new(&conn).await.expect("client");
     let e = rauc
-        .install(Path::new(BUNDLE), Duration::from_secs(30), &mut |_| {})
+        .install(BUNDLE, Duration::from_secs(30), &mut |_| {})
         .await
         .expect_err("refused");
     assert!(matches!(e, RaucError::Refused { .. }), "{e}");
@@ -120,7 +117,7 @@ async fn a_refused_install_and_a_hung_one_are_reported() {
     let (_, _hung) = serve_rauc(&bus, Plan::Hang, slots("A", "1", "good"), "A").await;
     let rauc = Rauc::new(&conn).await.expect("client");
     let e = rauc
-        .install(Path::new(BUNDLE), Duration::from_secs(1), &mut |_| {})
+        .install(BUNDLE, Duration::from_secs(1), &mut |_| {})
         .await
         .expect_err("timeout");
     assert!(matches!(e, RaucError::Timeout { .. }), "{e}");
@@ -281,7 +278,7 @@ async fn the_real_rauc_service_reports_its_slots_and_refuses_a_bad_bundle() {
     let bad = real.dir.path().join("bad.raucb");
     std::fs::write(&bad, b"not a bundle\n").expect("bad bundle");
     let e = rauc
-        .install(&bad, Duration::from_secs(60), &mut |_| {})
+        .install(&bad.to_string_lossy(), Duration::from_secs(60), &mut |_| {})
         .await
         .expect_err("RAUC refuses garbage");
     assert!(
