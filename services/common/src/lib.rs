@@ -10,6 +10,9 @@
 //!   writes and `smarter-dns` reads.
 //! * [`console`]: one line to `/dev/console` for what an operator must see
 //!   at boot (first-boot provisioning, the health gate).
+//! * [`metrics`]: counters, gauges and histograms on atomics, the
+//!   Prometheus text format, and the one small `/metrics`, `/healthz`,
+//!   `/readyz` server every long-running service uses.
 //! * [`cli`]: the flags every binary shares (`--config`, `--check-config`,
 //!   `--log-level`).
 //! * `netlink` (feature `netlink`): the synchronous rtnetlink client of
@@ -30,6 +33,7 @@ pub mod console;
 #[cfg(feature = "test-util")]
 pub mod generated;
 pub mod logging;
+pub mod metrics;
 #[cfg(feature = "netlink")]
 pub mod netlink;
 pub mod records;

@@ -292,6 +292,16 @@ async fn an_update_downloads_installs_reboots_and_becomes_ready_once_marked_good
         metrics.contains("smarter_update_phase{phase=\"rebooting\"} 1"),
         "{metrics}"
     );
+    // The process series every service exposes (the shared server adds them).
+    for family in [
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {family} gauge\n{family} ")),
+            "{metrics}"
+        );
+    }
     assert_eq!(get(agent.port, "/healthz").await.0, 200);
     let log = agent.log();
     for step in [
