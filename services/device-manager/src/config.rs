@@ -56,6 +56,11 @@ pub struct Config {
     /// on `control` next to `udev_data_dir`, else inotify), `udev` or
     /// `inotify`. See the README's hotplug section.
     pub hotplug: Hotplug,
+    /// A file with the rules in the original `conf.yaml` list format, read
+    /// when this config loads; empty = none. Lets a DaemonSet keep its rules
+    /// in the original format and still set the keys above. Not together
+    /// with `[[rules]]`.
+    pub rules_file: String,
     /// The rules. Absent means the original's default rules.
     pub rules: Option<Vec<RuleConfig>>,
 }
@@ -86,6 +91,7 @@ impl Default for Config {
             watch_config: true,
             cdi_spec_dir: String::new(),
             hotplug: Hotplug::Auto,
+            rules_file: String::new(),
             rules: None,
         }
     }
@@ -284,6 +290,22 @@ impl Validate for Config {
                 "must be ip:port, e.g. 127.0.0.1:9464, or empty",
             ));
         }
+        if !self.rules_file.is_empty() {
+            if !self.rules_file.starts_with('/') {
+                return Err(Invalid::new(
+                    "rules_file",
+                    &self.rules_file,
+                    "must be an absolute path or empty",
+                ));
+            }
+            if self.rules.is_some() {
+                return Err(Invalid::new(
+                    "rules_file",
+                    &self.rules_file,
+                    "set together with [[rules]]; use one of them",
+                ));
+            }
+        }
         crate::rules::compile(&self.effective_rules(), "rules").map(|_| ())
     }
 }
@@ -344,7 +366,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(path, &text)
+    let mut config = parse(path, &text)?;
+    if !config.rules_file.is_empty() {
+        // Errors name the rules file, its line and the item's field.
+        let rules_path = PathBuf::from(&config.rules_file);
+        let rules_text =
+            std::fs::read_to_string(&rules_path).map_err(|source| ConfigError::Read {
+                path: rules_path.clone(),
+                source,
+            })?;
+        config.rules = parse_original(&rules_path, &rules_text)?.rules;
+    }
+    Ok(config)
 }
 
 /// Load `path` if given, else the default path if it exists, else defaults.
@@ -523,5 +556,49 @@ mod tests {
         load(&dir.join("smarter-device-manager.toml"))?;
         load(&dir.join("conf.yaml"))?;
         Ok(())
+    }
+
+    #[test]
+    fn rules_file_brings_original_rules_to_a_toml_config() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let rules = dir.path().join("conf.yaml");
+        std::fs::write(&rules, "- devicematch: ^snd$\n  nummaxdevices: 20\n")?;
+        let toml = dir.path().join("device-manager.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "metrics_address = \"127.0.0.1:9464\"\nrules_file = \"{}\"\n",
+                rules.display()
+            ),
+        )?;
+        let c = load(&toml)?;
+        assert_eq!(c.metrics_address, "127.0.0.1:9464");
+        assert_eq!(
+            c.rules,
+            Some(vec![RuleConfig::from_devicematch("^snd$", 20)])
+        );
+        // A broken rules file is reported with its own name and field.
+        std::fs::write(&rules, "- devicematch: ^snd$\n  nummaxdevices: 0\n")?;
+        let e = load(&toml).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            e.contains("conf.yaml") && e.contains("nummaxdevices"),
+            "{e}"
+        );
+        std::fs::remove_file(&rules)?;
+        let e = load(&toml).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("conf.yaml"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn rules_file_must_be_absolute_and_alone() {
+        let e = err("a.toml", "rules_file = \"conf.yaml\"\n");
+        assert!(e.contains("rules_file") && e.contains("absolute"), "{e}");
+        let e = err(
+            "a.toml",
+            "rules_file = \"/etc/conf.yaml\"\n[[rules]]\npath = \"^snd$\"\n",
+        );
+        assert!(e.contains("rules_file") && e.contains("[[rules]]"), "{e}");
     }
 }

@@ -11,7 +11,8 @@
 //! * [`plugin`] serves one `DevicePlugin` gRPC server per resource on
 //!   `smarter-<name>.sock` and registers it with the kubelet;
 //!   [`service`] wires scans, inotify ([`watch`]), signals and plugins;
-//!   [`cdi`] writes CDI spec files and [`metrics`] serves `/metrics`.
+//!   [`cdi`] writes CDI spec files and [`metrics`] says what `/metrics` and
+//!   `/readyz` show (served by `smarter_common::metrics`).
 //!
 //! Hotplug: the udev monitor ([`udev_monitor`], cargo feature `udev`, on by
 //! default) where a udev daemon runs, inotify on the device root otherwise

@@ -1,90 +1,121 @@
-//! `/metrics` (Prometheus text format) and `/healthz` on an optional local
-//! address, served by a tiny HTTP/1.0-style handler: one request per
-//! connection, `GET` only. Enough for a scraper and a liveness probe without
-//! pulling in an HTTP stack.
+//! What smarter-device-manager shows on `/metrics` and `/readyz`, served by
+//! the shared server in `smarter_common::metrics` on `metrics_address`.
+//!
+//! Ready means: the first scan has been applied and every resource it
+//! offers is registered with the kubelet (a node without matching devices
+//! has nothing to register and is ready). A kubelet restart or a deleted
+//! socket makes the resource unregistered until it registers again.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use smarter_common::metrics::{Counter, Endpoints, Exposition, Kind, Readiness};
 use tokio::net::TcpListener;
 
 use crate::plugin::Shared;
 
-/// Counters; gauges are computed from the registry at scrape time.
+/// Counters and the registration state; device gauges are computed from the
+/// registry at scrape time.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    registrations: AtomicU64,
-    registration_failures: AtomicU64,
-    allocations: AtomicU64,
-    allocation_failures: AtomicU64,
-    rescans: AtomicU64,
+    registrations: Counter,
+    registration_failures: Counter,
+    allocations: Counter,
+    allocation_failures: Counter,
+    rescans: Counter,
+    /// Resources whose last Register call succeeded and still stands.
+    registered: Mutex<BTreeSet<String>>,
+    /// The first scan has been applied.
+    started: AtomicBool,
 }
 
 impl Metrics {
-    /// A Register call succeeded.
-    pub fn registered(&self) {
-        self.registrations.fetch_add(1, Ordering::Relaxed);
+    /// A Register call for `resource` succeeded.
+    pub fn registered(&self, resource: &str) {
+        self.registrations.inc();
+        self.registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(resource.to_string());
     }
     /// A Register call failed.
-    pub fn registration_failed(&self) {
-        self.registration_failures.fetch_add(1, Ordering::Relaxed);
+    pub fn registration_failed(&self, resource: &str) {
+        self.registration_failures.inc();
+        self.unregistered(resource);
+    }
+    /// `resource` must register again (kubelet restart, socket deleted) or
+    /// is gone.
+    pub fn unregistered(&self, resource: &str) {
+        self.registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(resource);
     }
     /// An Allocate call succeeded.
     pub fn allocated(&self) {
-        self.allocations.fetch_add(1, Ordering::Relaxed);
+        self.allocations.inc();
     }
     /// An Allocate call was refused.
     pub fn allocation_failed(&self) {
-        self.allocation_failures.fetch_add(1, Ordering::Relaxed);
+        self.allocation_failures.inc();
     }
     /// A device-tree rescan ran.
     pub fn rescanned(&self) {
-        self.rescans.fetch_add(1, Ordering::Relaxed);
+        self.rescans.inc();
+    }
+    /// The first scan has been applied: readiness now follows registration.
+    pub fn started(&self) {
+        self.started.store(true, Ordering::Relaxed);
     }
 }
 
-/// Render all metrics.
-pub fn render(shared: &Shared) -> String {
+/// Write every series of the service.
+pub fn write(shared: &Shared, out: &mut Exposition) {
     let m = &shared.metrics;
-    let mut s = String::new();
     for (name, help, v) in [
         (
-            "registrations_total",
+            "smarter_device_manager_registrations_total",
             "Successful Register calls to the kubelet.",
             &m.registrations,
         ),
         (
-            "registration_failures_total",
+            "smarter_device_manager_registration_failures_total",
             "Failed Register calls.",
             &m.registration_failures,
         ),
         (
-            "allocations_total",
+            "smarter_device_manager_allocations_total",
             "Successful Allocate calls.",
             &m.allocations,
         ),
         (
-            "allocation_failures_total",
+            "smarter_device_manager_allocation_failures_total",
             "Refused Allocate calls.",
             &m.allocation_failures,
         ),
         (
-            "rescans_total",
+            "smarter_device_manager_rescans_total",
             "Device tree rescans (events and health checks).",
             &m.rescans,
         ),
     ] {
-        let _ = writeln!(
-            s,
-            "# HELP smarter_device_manager_{name} {help}\n# TYPE smarter_device_manager_{name} counter\nsmarter_device_manager_{name} {}",
-            v.load(Ordering::Relaxed)
-        );
+        out.counter(name, help, v.get());
     }
-    let _ = writeln!(
-        s,
-        "# HELP smarter_device_manager_devices Devices per resource and health.\n# TYPE smarter_device_manager_devices gauge"
+    let registered = m
+        .registered
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .len();
+    out.gauge(
+        "smarter_device_manager_registered_resources",
+        "Resources currently registered with the kubelet.",
+        i64::try_from(registered).unwrap_or(i64::MAX),
+    );
+    out.family(
+        "smarter_device_manager_devices",
+        Kind::Gauge,
+        "Devices per resource and health.",
     );
     let reg = shared
         .registry
@@ -94,67 +125,66 @@ pub fn render(shared: &Shared) -> String {
         if let Some(res) = reg.get(name) {
             let healthy = res.devices.values().filter(|d| d.healthy).count();
             let unhealthy = res.devices.len() - healthy;
-            let _ = writeln!(
-                s,
-                "smarter_device_manager_devices{{resource=\"smarter-devices/{name}\",health=\"Healthy\"}} {healthy}\nsmarter_device_manager_devices{{resource=\"smarter-devices/{name}\",health=\"Unhealthy\"}} {unhealthy}"
-            );
+            let resource = format!("smarter-devices/{name}");
+            for (health, n) in [("Healthy", healthy), ("Unhealthy", unhealthy)] {
+                out.sample(
+                    "smarter_device_manager_devices",
+                    &[("resource", &resource), ("health", health)],
+                    u64::try_from(n).unwrap_or(u64::MAX),
+                );
+            }
         }
     }
-    s
 }
 
-/// Serve `/metrics` and `/healthz` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let mut stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // EMFILE and friends: do not spin.
-                tracing::warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let mut len = 0;
-            // Read until the end of the request head (or 2 KiB / 2 s).
-            let read = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-                while len < buf.len() {
-                    match stream.read(&mut buf[len..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => len += n,
-                    }
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let mut parts = head.split_whitespace();
-            let (status, body, ctype) = match (parts.next(), parts.next()) {
-                (Some("GET"), Some("/metrics")) => {
-                    ("200 OK", render(&shared), "text/plain; version=0.0.4")
-                }
-                (Some("GET"), Some("/healthz")) => ("200 OK", "ok\n".to_string(), "text/plain"),
-                (Some("GET"), _) => ("404 Not Found", "not found\n".to_string(), "text/plain"),
-                _ => (
-                    "405 Method Not Allowed",
-                    "GET only\n".to_string(),
-                    "text/plain",
-                ),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
+/// Render all series (tests and tools; the server uses [`write`]).
+pub fn render(shared: &Shared) -> String {
+    let mut out = Exposition::new();
+    write(shared, &mut out);
+    out.finish()
+}
+
+/// Ready when started and every offered resource is registered.
+pub fn readiness(shared: &Shared) -> Readiness {
+    let m = &shared.metrics;
+    if !m.started.load(Ordering::Relaxed) {
+        return Readiness::not_ready("scanning the device tree");
     }
+    let reg = shared
+        .registry
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
+    let registered = m.registered.lock().unwrap_or_else(PoisonError::into_inner);
+    let offered: Vec<&str> = reg.names().collect();
+    let waiting: Vec<&str> = offered
+        .iter()
+        .copied()
+        .filter(|n| !registered.contains(*n))
+        .collect();
+    match (offered.len(), waiting.as_slice()) {
+        (0, _) => Readiness::ready("no device matches a rule; nothing to register"),
+        (n, []) => Readiness::ready(format!("{n} resources registered with the kubelet")),
+        (n, w) => Readiness::not_ready(format!(
+            "{} of {n} resources not registered with the kubelet yet (e.g. smarter-devices/{})",
+            w.len(),
+            w[0]
+        )),
+    }
+}
+
+struct Probe(Arc<Shared>);
+
+impl Endpoints for Probe {
+    fn metrics(&self, out: &mut Exposition) {
+        write(&self.0, out);
+    }
+    fn readiness(&self) -> Readiness {
+        readiness(&self.0)
+    }
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task
+/// is dropped.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    smarter_common::metrics::serve(listener, Arc::new(Probe(shared))).await;
 }

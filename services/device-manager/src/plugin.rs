@@ -526,17 +526,20 @@ async fn plugin_task(
     while Box::pin(activate(&svc, &ctl, &mut st)).await {
         match ctl.recv().await {
             Ctl::KubeletRestarted => {
+                svc.shared.metrics.unregistered(&svc.name);
                 st.need_register = true;
                 st.backoff = BACKOFF_INITIAL;
             }
             Ctl::SocketDeleted => {
                 tracing::info!(resource = %svc.name, socket = %st.socket.display(), "our socket was deleted");
+                svc.shared.metrics.unregistered(&svc.name);
                 st.need_register = true;
                 st.backoff = BACKOFF_INITIAL;
             }
             Ctl::Stop => break,
         }
     }
+    svc.shared.metrics.unregistered(&svc.name);
     if let Some(s) = st.server.take() {
         Box::pin(s.stop()).await;
     }
@@ -591,12 +594,12 @@ async fn activate(svc: &Arc<PluginService>, ctl: &CtlReceiver, st: &mut TaskStat
         match result {
             Ok(()) => {
                 tracing::info!(resource = %rules::resource_name(name), endpoint = %st.endpoint, "registered with kubelet");
-                svc.shared.metrics.registered();
+                svc.shared.metrics.registered(name);
                 st.need_register = false;
                 return true;
             }
             Err(e) => {
-                svc.shared.metrics.registration_failed();
+                svc.shared.metrics.registration_failed(name);
                 tracing::warn!(resource = %name, error = %e, retry_ms = st.backoff.as_millis() as u64, "registration failed");
                 let until = tokio::time::Instant::now() + st.backoff;
                 st.backoff = (st.backoff * 2).min(BACKOFF_MAX);

@@ -125,7 +125,7 @@ pub async fn run(
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        tracing::info!(addr = %addr, "metrics and healthz listening");
+        tracing::info!(addr = %addr, "metrics, healthz and readyz listening");
         Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
             listener,
             Arc::clone(&shared),
@@ -149,6 +149,7 @@ pub async fn run(
         let d = sup.scan(&mut dev_watch).await;
         sup.apply(&d, Mode::Reload).await;
     }
+    sup.shared.metrics.started();
     tracing::info!(
         resources = sup.plugins.len(),
         dev_root = %sup.config.dev_root.display(),

@@ -322,12 +322,38 @@ async fn pooled_udev_match_preferred_allocation_env_mounts_cdi() -> R {
     Ok(())
 }
 
+/// One GET to the metrics server: the whole answer.
+async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// Poll `path` until its answer starts with `status` (a generous bound, not
+/// a timing assertion).
+async fn wait_http(port: u16, path: &str, status: &str) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..200 {
+        if let Ok(a) = http_get(port, path).await {
+            if a.starts_with(status) {
+                return Ok(a);
+            }
+            last = a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{path} never answered {status:?}; last {last:?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_and_healthz() -> R {
-    if !can_mknod("metrics_and_healthz") {
+async fn metrics_and_probes() -> R {
+    if !can_mknod("metrics_and_probes") {
         return Ok(());
     }
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -336,28 +362,30 @@ async fn metrics_and_healthz() -> R {
         "metrics_address = \"127.0.0.1:{port}\"\n[[rules]]\npath = \"^ttyUSB[0-9]+$\"\n"
     ))?;
     env.mknod("ttyUSB0", 188, 0)?;
-    let k = FakeKubelet::start(&env.plugins)?;
+    // No kubelet yet: alive, but not ready (nothing registered).
     env.spawn(&[])?;
+    let h = wait_http(port, "/healthz", "HTTP/1.1 200").await?;
+    assert!(h.ends_with("\r\n\r\nok\n"), "{h}");
+    let r = wait_http(port, "/readyz", "HTTP/1.1 503").await?;
+    assert!(r.contains("not registered with the kubelet"), "{r}");
+    let k = FakeKubelet::start(&env.plugins)?;
     k.wait_for("smarter-devices/ttyUSB0", T, |p| p.updates >= 1)
         .await?;
-    let get = |path: &'static str| async move {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    let h = get("/healthz").await?;
-    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
-    let m = get("/metrics").await?;
-    assert!(
-        m.contains("smarter_device_manager_registrations_total 1"),
-        "{m}"
-    );
-    assert!(
-        m.contains("smarter_device_manager_devices{resource=\"smarter-devices/ttyUSB0\",health=\"Healthy\"} 1"),
-        "{m}"
+    let r = wait_http(port, "/readyz", "HTTP/1.1 200").await?;
+    assert!(r.contains("1 resources registered"), "{r}");
+    let m = http_get(port, "/metrics").await?;
+    for line in [
+        "smarter_device_manager_registrations_total 1",
+        "smarter_device_manager_registered_resources 1",
+        "smarter_device_manager_devices{resource=\"smarter-devices/ttyUSB0\",health=\"Healthy\"} 1",
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE process_start_time_seconds gauge",
+    ] {
+        assert!(m.lines().any(|l| l == line), "no {line:?} in\n{m}");
+    }
+    assert_eq!(
+        http_get(port, "/nope").await?.lines().next(),
+        Some("HTTP/1.1 404 Not Found")
     );
     Ok(())
 }
