@@ -191,7 +191,10 @@ impl RequestHandler for Handler {
         request: &Request,
         response_handle: R,
     ) -> ResponseInfo {
-        self.respond(request, response_handle).await.0
+        let received = Instant::now();
+        let info = self.respond(request, response_handle).await.0;
+        self.metrics.answered(received.elapsed(), 1);
+        info
     }
 }
 
@@ -445,6 +448,9 @@ pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
             }
         };
         drop(ready);
+        // One clock read per batch (vDSO, no system call): every answer of
+        // the batch is timed from here.
+        let received = Instant::now();
         for i in 0..n {
             let Some((packet, src)) = rx.get(i) else {
                 continue;
@@ -477,17 +483,21 @@ pub async fn serve_udp(socket: UdpSocket, handler: Handler) {
                 Some((_, None)) => {}
                 None => {
                     let s = Arc::clone(&socket);
+                    let metrics = Arc::clone(&handler.metrics);
                     tokio::spawn(async move {
                         if let (_, Some((resp, _))) = fut.await {
                             let _ = s
                                 .async_io(tokio::io::Interest::WRITABLE, |s| s.send_to(&resp, src))
                                 .await;
+                            metrics.answered(received.elapsed(), 1);
                         }
                     });
                 }
             }
         }
+        let answers = tx.len();
         flush(&socket, &mut tx).await;
+        handler.metrics.answered(received.elapsed(), answers);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Wiring: sockets, the watchers, the server and the metrics endpoint.
+//! Wiring: sockets, the watchers, the server and the metrics and probe
+//! endpoint (`/metrics`, `/healthz`, `/readyz`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,7 +7,6 @@ use std::time::Duration;
 
 use hickory_proto::rr::Name;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::config::{Config, Runtime};
@@ -101,34 +101,6 @@ fn set_common(s: &Socket, addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serve Prometheus text on `GET /metrics` (anything else: 404).
-async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if req.starts_with("GET /metrics ") {
-                ("200 OK", metrics.render())
-            } else {
-                ("404 Not Found", String::from("not found\n"))
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = s.write_all(resp.as_bytes()).await;
-        });
-    }
-}
-
 /// The running parts of the service.
 pub struct Running {
     /// Bound DNS addresses (UDP and TCP share them).
@@ -219,14 +191,19 @@ pub fn start(
         names.clone(),
         Arc::clone(&forwarder),
     )?;
+    // Sockets bound (they came bound) and records loaded (Watcher::start
+    // loads them): ready until the watch stops, when answers would go stale.
+    metrics.set_ready(true);
+    let watched = Arc::clone(&metrics);
     tasks.spawn(async move {
         if let Err(error) = watcher.run().await {
             tracing::error!(%error, "watching records stopped");
         }
+        watched.set_ready(false);
     });
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = metrics_listener {
-        tasks.spawn(serve_metrics(l, Arc::clone(&metrics)));
+        tasks.spawn(smarter_common::metrics::serve(l, Arc::clone(&metrics)));
     }
     let handler = Handler::new(names.zone(), forwarder, metrics);
     let (udp, tcp): (Vec<_>, Vec<_>) = sockets.into_iter().unzip();

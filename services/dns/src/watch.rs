@@ -61,12 +61,8 @@ impl LocalNames {
             (store.record_count(), store.zone().name_count())
         });
         if let Some((records, names)) = counts {
-            self.metrics
-                .records
-                .set(u64::try_from(records).unwrap_or(u64::MAX));
-            self.metrics
-                .names
-                .set(u64::try_from(names).unwrap_or(u64::MAX));
+            self.metrics.records.set_count(records);
+            self.metrics.names.set_count(names);
         }
     }
 }

@@ -515,11 +515,24 @@ async fn metrics_endpoint_counts_queries_and_records() -> TestResult {
         assert_eq!(a(server, "camera.").await.len(), 1);
     }
     tcp_query(server, "cluster.local.", RecordType::AXFR).await?;
-    let mut s = tokio::net::TcpStream::connect(maddr).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await?;
+    let get = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(maddr).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    // An answer is timed just after it was sent, so the client may read it
+    // a moment before it is counted: wait (a generous bound) for all four.
     let mut body = String::new();
-    s.read_to_string(&mut body).await?;
+    for _ in 0..100 {
+        body = get("/metrics").await?;
+        if body.contains("\nsmarter_dns_answer_duration_seconds_count 4\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     for line in [
         "smarter_dns_queries_total 4",
@@ -527,12 +540,54 @@ async fn metrics_endpoint_counts_queries_and_records() -> TestResult {
         "smarter_dns_refused_total 1",
         "smarter_dns_records 2",
         "smarter_dns_names 8",
+        "# TYPE smarter_dns_answer_duration_seconds histogram",
+        "smarter_dns_answer_duration_seconds_bucket{le=\"+Inf\"} 4",
+        "smarter_dns_answer_duration_seconds_count 4",
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE process_start_time_seconds gauge",
     ] {
         assert!(
             body.lines().any(|l| l == line),
             "missing {line:?} in\n{body}"
         );
     }
+    // Buckets from 25 us to 5 s, cumulative, and the sum is a duration.
+    let buckets: Vec<(f64, u64)> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("smarter_dns_answer_duration_seconds_bucket{le=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(le, n)| {
+            (
+                le.parse().unwrap_or(f64::INFINITY),
+                n.parse().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    assert_eq!(buckets.first().map(|b| b.0), Some(0.000_025), "{body}");
+    assert_eq!(
+        buckets.iter().rev().nth(1).map(|b| b.0),
+        Some(5.0),
+        "{body}"
+    );
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{buckets:?}"
+    );
+    let sum: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("smarter_dns_answer_duration_seconds_sum "))
+        .and_then(|v| v.parse().ok())
+        .ok_or("no sum")?;
+    assert!(sum > 0.0 && sum < 4.0 * 5.0, "{sum}");
+    let ready = get("/readyz").await?;
+    assert!(ready.starts_with("HTTP/1.1 200 OK"), "{ready}");
+    assert!(
+        ready.ends_with("serving 8 names from 2 records\n"),
+        "{ready}"
+    );
+    assert!(get("/healthz").await?.starts_with("HTTP/1.1 200 OK"));
     let mut s = tokio::net::TcpStream::connect(maddr).await?;
     s.write_all(b"GET /other HTTP/1.1\r\n\r\n").await?;
     let mut body = String::new();
