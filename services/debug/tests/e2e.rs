@@ -609,3 +609,59 @@ fn sighup_reloads_the_agent_and_comms() {
     let o = w.ssh(&alice, &["gateway-18", "echo served"]);
     assert_eq!(stdout(&o), "served\n", "{}", stderr(&o));
 }
+
+/// The agent's `/readyz` follows its tunnel to comms; `/metrics` counts the
+/// tunnel's ups and failures and has the process series.
+#[test]
+fn agent_probes_follow_the_tunnel() {
+    let mut w = World::new();
+    let port = free_port();
+    let key = w.start_agent(
+        "gateway-17",
+        "agent",
+        &format!("metrics_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let get = |path: &str| http(port, "GET", path, None, None);
+    // Not enrolled yet: comms refuses it, so alive but not ready.
+    wait_for("a refused attempt", Duration::from_secs(20), || {
+        get("/metrics").1.lines().any(|l| {
+            l.starts_with("smarter_debug_agent_tunnel_failures_total ") && !l.ends_with(" 0")
+        })
+    });
+    assert_eq!(get("/healthz"), (200, "ok\n".to_string()));
+    let (st, why) = get("/readyz");
+    assert_eq!(st, 503, "{why}");
+    assert!(why.starts_with("tunnel to comms down: "), "{why}");
+    w.enrol("gateway-17", &key);
+    w.wait_connected("gateway-17");
+    wait_for("ready", Duration::from_secs(20), || get("/readyz").0 == 200);
+    let (st, metrics) = get("/metrics");
+    assert_eq!(st, 200);
+    for line in [
+        "smarter_debug_agent_tunnel_up 1",
+        "smarter_debug_agent_tunnel_connects_total 1",
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE process_start_time_seconds gauge",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    // Comms counts it on its own /metrics (API port, no auth).
+    let (st, comms) = http(w.api_port, "GET", "/metrics", None, None);
+    assert_eq!(st, 200);
+    for line in [
+        "smarter_comms_gateways_connected 1",
+        "smarter_comms_sessions 0",
+        "# TYPE process_resident_memory_bytes gauge",
+    ] {
+        assert!(comms.lines().any(|l| l == line), "no {line:?} in\n{comms}");
+    }
+    // Comms gone: the tunnel drops (keepalives) and readiness with it.
+    w.stop_comms();
+    wait_for("not ready", Duration::from_secs(30), || {
+        get("/readyz").0 == 503
+    });
+    assert_eq!(get("/healthz").0, 200);
+}

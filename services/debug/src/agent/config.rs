@@ -42,6 +42,10 @@ pub struct Config {
     /// the real host when the agent runs in a pod with `hostPID: true`; 0
     /// keeps them in the agent's own namespaces (agent installed on the host).
     pub host_namespaces_pid: u32,
+    /// `ip:port` for `/metrics`, `/healthz` and `/readyz` (plain HTTP); empty
+    /// = none. Keep it on loopback: the DaemonSet runs on the host network,
+    /// where the kubelet's probes reach 127.0.0.1 and nothing else may listen.
+    pub metrics_listen: String,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
                 PathBuf::from("/run/containerd/io.containerd.runtime.v2.task/k8s.io"),
             ],
             host_namespaces_pid: 1,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -97,6 +102,15 @@ impl Validate for Config {
             if !p.is_absolute() {
                 return Err(Invalid::new(field, p.display(), "must be an absolute path"));
             }
+        }
+        if !self.metrics_listen.is_empty()
+            && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(Invalid::new(
+                "metrics_listen",
+                &self.metrics_listen,
+                "must be ip:port, e.g. 127.0.0.1:9466, or empty",
+            ));
         }
         if self.keepalive_secs == 0 || self.max_backoff_secs == 0 {
             return Err(Invalid::new(

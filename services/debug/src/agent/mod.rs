@@ -34,6 +34,83 @@ pub enum AgentError {
     /// Comms could not be asked.
     #[error("comms request failed: {0}")]
     Comms(String),
+    /// The metrics address could not be bound.
+    #[error("cannot listen on metrics_listen {addr}: {source}")]
+    Metrics {
+        /// The configured address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The tunnel's state for `/metrics` and `/readyz`.
+#[derive(Debug, Default)]
+pub struct TunnelStatus {
+    up: std::sync::atomic::AtomicBool,
+    connects: smarter_common::metrics::Counter,
+    failures: smarter_common::metrics::Counter,
+    last_error: std::sync::Mutex<String>,
+}
+
+impl TunnelStatus {
+    fn connected(&self) {
+        self.connects.inc();
+        self.up.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn down(&self, why: &str) {
+        self.up.store(false, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why.to_string();
+    }
+
+    fn failed(&self, why: &str) {
+        self.failures.inc();
+        self.down(why);
+    }
+}
+
+impl smarter_common::metrics::Endpoints for TunnelStatus {
+    fn metrics(&self, out: &mut smarter_common::metrics::Exposition) {
+        let up = self.up.load(std::sync::atomic::Ordering::Relaxed);
+        out.gauge(
+            "smarter_debug_agent_tunnel_up",
+            "1 while the tunnel to comms is up.",
+            u8::from(up),
+        );
+        out.counter(
+            "smarter_debug_agent_tunnel_connects_total",
+            "Tunnels to comms established.",
+            self.connects.get(),
+        );
+        out.counter(
+            "smarter_debug_agent_tunnel_failures_total",
+            "Attempts to establish the tunnel to comms that failed.",
+            self.failures.get(),
+        );
+    }
+
+    /// Ready while the tunnel is up: only then can a developer reach the
+    /// gateway, and a new agent version that cannot connect halts a rollout.
+    fn readiness(&self) -> smarter_common::metrics::Readiness {
+        if self.up.load(std::sync::atomic::Ordering::Relaxed) {
+            smarter_common::metrics::Readiness::ready("tunnel to comms up")
+        } else {
+            let why = self
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            smarter_common::metrics::Readiness::not_ready(if why.is_empty() {
+                "connecting to comms".to_string()
+            } else {
+                format!("tunnel to comms down: {why}")
+            })
+        }
+    }
 }
 
 /// How long the agent waits for comms to answer a request.
@@ -262,9 +339,30 @@ pub async fn run(
     mut signals: UnboundedReceiver<Event>,
     reload: impl Fn() -> Option<Config>,
 ) -> Result<(), AgentError> {
+    let status = Arc::new(TunnelStatus::default());
+    // Bound once: a new metrics_listen applies on restart (the tunnel's
+    // reconnects keep the endpoint and its counters).
+    let _metrics = if config.metrics_listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
+            .await
+            .map_err(|source| AgentError::Metrics {
+                addr: config.metrics_listen.clone(),
+                source,
+            })?;
+        tracing::info!(addr = %config.metrics_listen, "metrics, healthz and readyz listening");
+        Some(AbortOnDrop(tokio::spawn(smarter_common::metrics::serve(
+            listener,
+            Arc::clone(&status),
+        ))))
+    };
     loop {
-        match run_with(config, &mut signals, &reload).await? {
-            Some(new) => config = new,
+        match run_with(config, &mut signals, &reload, &status).await? {
+            Some(new) => {
+                status.down("reconnecting with the new tunnel settings");
+                config = new;
+            }
             None => return Ok(()),
         }
     }
@@ -276,6 +374,7 @@ async fn run_with(
     config: Config,
     signals: &mut UnboundedReceiver<Event>,
     reload: &impl Fn() -> Option<Config>,
+    status: &TunnelStatus,
 ) -> Result<Option<Config>, AgentError> {
     let key = keys::load_or_create(&config.state_dir.join("agent_key"))?;
     let comms_key = keys::parse_public(&config.comms_host_key)?;
@@ -333,15 +432,20 @@ async fn run_with(
         match result {
             Ok(closed) => {
                 tracing::info!("tunnel to comms up");
+                status.connected();
                 backoff = Duration::from_secs(1);
                 tokio::select! {
                     _ = closed => {}
                     next = &mut stop => return Ok(next),
                 }
                 *agent.tunnel.write().await = None;
+                status.down("tunnel lost");
                 tracing::warn!("tunnel to comms lost");
             }
-            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "tunnel to comms failed"),
+            Err(e) => {
+                status.failed(&e);
+                tracing::warn!(error = %e, retry_in = ?backoff, "tunnel to comms failed");
+            }
         }
         // Up to 50 % jitter, so a fleet does not reconnect in lockstep after a comms restart.
         let nanos = std::time::SystemTime::now()
@@ -354,5 +458,14 @@ async fn run_with(
             next = &mut stop => return Ok(next),
         }
         backoff = (backoff * 2).min(Duration::from_secs(agent.settings().max_backoff_secs));
+    }
+}
+
+/// Aborts the task when dropped (the metrics server ends with the agent).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -236,6 +236,24 @@ impl Api {
         Ok(resp)
     }
 
+    /// `GET /metrics` (no auth, like `/healthz`: counts only, no names).
+    fn metrics(&self) -> String {
+        let (gateways, sessions) = self.hub.counts();
+        let mut out = smarter_common::metrics::Exposition::new();
+        out.gauge(
+            "smarter_comms_gateways_connected",
+            "Gateways whose agent has its tunnel up.",
+            i64::try_from(gateways).unwrap_or(i64::MAX),
+        );
+        out.gauge(
+            "smarter_comms_sessions",
+            "Live developer sessions.",
+            i64::try_from(sessions).unwrap_or(i64::MAX),
+        );
+        out.process();
+        out.finish()
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Result<Resp, ApiError> {
         let method = req.method().clone();
         let path = req.uri().path().trim_end_matches('/').to_string();
@@ -246,6 +264,13 @@ impl Api {
                 return Ok(text(StatusCode::OK, "application/yaml", OPENAPI));
             }
             (&Method::GET, ["healthz"]) => return Ok(text(StatusCode::OK, "text/plain", "ok\n")),
+            (&Method::GET, ["metrics"]) => {
+                return Ok(text(
+                    StatusCode::OK,
+                    smarter_common::metrics::CONTENT_TYPE,
+                    self.metrics(),
+                ));
+            }
             _ => {}
         }
         if !self.authorised(&req) {

@@ -107,6 +107,12 @@ impl Hub {
         lock(&self.gateways).contains_key(gateway)
     }
 
+    /// How many gateways' agents are connected, and how many developer
+    /// sessions are live.
+    pub fn counts(&self) -> (usize, usize) {
+        (lock(&self.gateways).len(), lock(&self.live).len())
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         *lock(&self.limits)
