@@ -9,7 +9,8 @@ requests and limits on every container, our images pinned to the workspace versi
 deploy/images/build.py (gateway ones in the air-gap bundle), hostPath
 mounts limited to what each service needs, device rules in the original conf.yaml format, the
 recommended app.kubernetes.io/* labels on every object and pod template, no obsolete
-bootstrap-checkpoint annotation, and selectors exactly as released (they are immutable).
+bootstrap-checkpoint annotation, selectors exactly as released (they are immutable), and readiness
+and liveness probes on the loopback port each gateway agent's own config listens on.
 
     policy.py [--self-test] [MANIFEST_DIR]
 
@@ -40,7 +41,8 @@ EDGE_TOLERATION = {"key": "smarter.type", "operator": "Equal", "value": "edge", 
 BOARDS = ("rpi4", "coral", "xavier")
 
 # Per SMARTER workload: the node selector it must have, the image it runs, the capabilities it
-# may add, whether it may be privileged, and the host paths it may mount.
+# may add, whether it may be privileged, the host paths it may mount, and the key of its TOML
+# config that holds the address of its /healthz and /readyz (None: nothing to probe).
 GATEWAY = {
     "smarter-device-manager": {
         "selector": ("smarter-device-manager", "enabled"),
@@ -48,6 +50,7 @@ GATEWAY = {
         "caps": set(),
         "privileged": False,
         "host_paths": {"/var/lib/kubelet/device-plugins", "/dev", "/sys", "/run/udev"},
+        "probe_key": "metrics_address",
     },
     "smarter-cni": {
         "selector": ("smarter.cni", "deploy"),
@@ -55,6 +58,8 @@ GATEWAY = {
         "caps": set(),
         "privileged": False,
         "host_paths": {"/opt/cni/bin", "/etc/cni/net.d", "/run/smarter"},
+        # The installer only copies a file and rewrites another; it serves nothing to probe.
+        "probe_key": None,
     },
     "smarter-dns": {
         "selector": ("smarter.dns", "enabled"),
@@ -62,6 +67,7 @@ GATEWAY = {
         "caps": {"NET_ADMIN", "NET_BIND_SERVICE"},
         "privileged": False,
         "host_paths": {"/run/smarter/cni/records", "/run/k3s/containerd"},
+        "probe_key": "metrics_listen",
     },
     "smarter-debug-agent": {
         "selector": ("smarter.debug", "enabled"),
@@ -72,6 +78,7 @@ GATEWAY = {
         "privileged": False,
         "host_pid": True,
         "host_paths": {"/var/lib/smarter/debug-agent", "/run/k3s/containerd"},
+        "probe_key": "metrics_listen",
     },
     # The OS update agent: RAUC and logind over the system bus as root, no capability; its
     # downloads, the health gate's state (read-only) and the D-Bus socket (services/update/README.md).
@@ -81,6 +88,7 @@ GATEWAY = {
         "caps": set(),
         "privileged": False,
         "host_paths": {"/run/dbus/system_bus_socket", "/data/smarter/update", "/data/smarter/health-gate"},
+        "probe_key": "listen",
     },
 }
 GATEWAY["smarter-update-canary"] = dict(GATEWAY["smarter-update"], selector=("smarter.update/ring", "canary"))
@@ -244,10 +252,59 @@ def check(docs: list[tuple[str, dict]]) -> list[str]:
             elif example and run_as == 0:
                 err(cwhere, "example apps run as non-root")
 
+    errors.extend(check_probes(docs))
     for required in list(GATEWAY) + list(CLOUD):
         if required not in names_seen:
             errors.append(f"missing workload {required}")
     errors.extend(check_board_variants(docs))
+    return errors
+
+
+def check_probes(docs: list[tuple[str, dict]]) -> list[str]:
+    """Every gateway agent that serves probes has an httpGet readiness (/readyz) and liveness
+    (/healthz) probe on 127.0.0.1 at the port its own config (the ConfigMap file its --config
+    names) listens on, and that address is loopback: host network, so the kubelet on the host
+    reaches it there while nothing listens on the gateway's external interfaces."""
+    errors = []
+    configmaps = {d["metadata"]["name"]: d.get("data", {}) for _, d in docs if d.get("kind") == "ConfigMap"}
+    for path, doc in docs:
+        name = doc.get("metadata", {}).get("name")
+        if doc.get("kind") != "DaemonSet" or name not in GATEWAY:
+            continue
+        key = GATEWAY[name]["probe_key"]
+        if key is None:
+            continue
+        where = f"{path} DaemonSet/{name}"
+        spec = doc["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        config_arg = next((a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--config=")), None)
+        if config_arg is None:
+            errors.append(f"{where}: no --config=PATH argument")
+            continue
+        directory, _, file = config_arg.rpartition("/")
+        mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == directory), None)
+        volume = mount and next((v for v in spec.get("volumes", []) if v["name"] == mount["name"]), None)
+        text = volume and configmaps.get(volume.get("configMap", {}).get("name"), {}).get(file)
+        if not text:
+            errors.append(f"{where}: --config {config_arg} is not a file of a ConfigMap it mounts")
+            continue
+        try:
+            address = str(tomllib.loads(text).get(key, ""))
+        except tomllib.TOMLDecodeError as e:
+            errors.append(f"{where}: {config_arg} is not TOML: {e}")
+            continue
+        host, _, port = address.rpartition(":")
+        if host != "127.0.0.1" or not port.isdigit():
+            errors.append(f"{where}: {key} = {address!r} in {config_arg} must be 127.0.0.1:PORT "
+                          "(host network: loopback, where the kubelet's probes reach it)")
+            continue
+        for probe, want_path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            get = c.get(probe, {}).get("httpGet")
+            want = {"host": "127.0.0.1", "path": want_path, "port": int(port)}
+            if get is None:
+                errors.append(f"{where}: no {probe} (httpGet {want_path})")
+            elif {k: get.get(k) for k in want} != want:
+                errors.append(f"{where}: {probe} httpGet {get} must be {want} ({key} in {config_arg})")
     return errors
 
 
@@ -420,6 +477,12 @@ MUTATIONS = {
         "spec"]["volumes"].append({"name": "run-dbus", "hostPath": {"path": "/run/dbus"}}),
     "update agent image not ours": lambda d: _container(d, "smarter-update").update(
         image=f"{IMAGE_REPO}/smarter-update-agent:{VERSION}"),
+    "dns probe port differs from its config": lambda d: _container(d, "smarter-dns")["readinessProbe"][
+        "httpGet"].update(port=9999),
+    "debug agent without liveness probe": lambda d: _container(d, "smarter-debug-agent").pop("livenessProbe"),
+    "device-manager metrics on every address": lambda d: next(
+        doc for _, doc in d if doc.get("kind") == "ConfigMap" and doc["metadata"]["name"] == "smarter-device-manager")[
+        "data"].update({"device-manager.toml": 'metrics_address = "0.0.0.0:9464"\n'}),
     "missing workload": lambda d: d.remove(next(x for x in d if x[1].get("kind") == "DaemonSet"
                                                 and x[1]["metadata"]["name"] == "smarter-debug-agent")),
 }
