@@ -359,3 +359,37 @@ async fn a_slow_loris_is_cut_off_and_does_not_pin_the_server() {
     );
     task.abort();
 }
+
+#[tokio::test]
+async fn start_binds_serves_and_stops_when_dropped() {
+    let service = Arc::new(Service {
+        requests: Counter::default(),
+        latency: Histogram::seconds(&[1.0]),
+        ready: AtomicBool::new(true),
+    });
+    assert!(
+        smarter_common::metrics::start("", Arc::clone(&service))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let running = smarter_common::metrics::start("127.0.0.1:0", Arc::clone(&service))
+        .await
+        .unwrap()
+        .expect("a server");
+    let addr = running.local_addr();
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    drop(running);
+    // The listener goes with the task (a moment after the abort).
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "still listening on {addr} after the drop");
+    let taken = smarter_common::metrics::start(&addr.to_string(), Arc::clone(&service)).await;
+    assert!(taken.is_ok(), "the port is free again");
+}

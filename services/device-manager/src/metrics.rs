@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use smarter_common::metrics::{Counter, Endpoints, Exposition, Kind, Readiness};
-use tokio::net::TcpListener;
 
 use crate::plugin::Shared;
 
@@ -183,8 +182,11 @@ impl Endpoints for Probe {
     }
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task
-/// is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    smarter_common::metrics::serve(listener, Arc::new(Probe(shared))).await;
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` (empty: nowhere)
+/// until the returned handle is dropped.
+pub async fn start(
+    addr: &str,
+    shared: Arc<Shared>,
+) -> std::io::Result<Option<smarter_common::metrics::Running>> {
+    smarter_common::metrics::start(addr, Arc::new(Probe(shared))).await
 }

@@ -112,25 +112,13 @@ pub async fn run(
     };
     let shared = Arc::new(Shared::default());
 
-    let _metrics_task = if config.metrics_address.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&config.metrics_address)
-            .await
-            .map_err(|source| ServiceError::Metrics {
-                addr: config.metrics_address.clone(),
-                source,
-            })?;
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        tracing::info!(addr = %addr, "metrics, healthz and readyz listening");
-        Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
-            listener,
-            Arc::clone(&shared),
-        ))))
-    };
+    // Stops when dropped, at the end of this function.
+    let _metrics = crate::metrics::start(&config.metrics_address, Arc::clone(&shared))
+        .await
+        .map_err(|source| ServiceError::Metrics {
+            addr: config.metrics_address.clone(),
+            source,
+        })?;
 
     let cdi = (!config.cdi_spec_dir.is_empty())
         .then(|| CdiWriter::new(std::path::Path::new(&config.cdi_spec_dir)));
@@ -219,14 +207,6 @@ pub async fn run(
     }
     sup.shutdown().await;
     Ok(())
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Supervisor {

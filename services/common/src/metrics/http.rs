@@ -83,6 +83,44 @@ impl Default for Limits {
     }
 }
 
+/// A server started by [`start`]; dropping it stops it.
+#[derive(Debug)]
+pub struct Running {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Bind `addr` (`ip:port`; empty: no server, `Ok(None)`) and serve there
+/// with the default [`Limits`] until the returned handle is dropped.
+pub async fn start<E: Endpoints>(
+    addr: &str,
+    endpoints: Arc<E>,
+) -> std::io::Result<Option<Running>> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "metrics, healthz and readyz listening");
+    Ok(Some(Running {
+        addr,
+        task: tokio::spawn(serve(listener, endpoints)),
+    }))
+}
+
 /// Serve on `listener` with the default [`Limits`] until the task is
 /// dropped or aborted.
 pub async fn serve<E: Endpoints>(listener: TcpListener, endpoints: Arc<E>) {

@@ -342,21 +342,12 @@ pub async fn run(
     let status = Arc::new(TunnelStatus::default());
     // Bound once: a new metrics_listen applies on restart (the tunnel's
     // reconnects keep the endpoint and its counters).
-    let _metrics = if config.metrics_listen.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&config.metrics_listen)
-            .await
-            .map_err(|source| AgentError::Metrics {
-                addr: config.metrics_listen.clone(),
-                source,
-            })?;
-        tracing::info!(addr = %config.metrics_listen, "metrics, healthz and readyz listening");
-        Some(AbortOnDrop(tokio::spawn(smarter_common::metrics::serve(
-            listener,
-            Arc::clone(&status),
-        ))))
-    };
+    let _metrics = smarter_common::metrics::start(&config.metrics_listen, Arc::clone(&status))
+        .await
+        .map_err(|source| AgentError::Metrics {
+            addr: config.metrics_listen.clone(),
+            source,
+        })?;
     loop {
         match run_with(config, &mut signals, &reload, &status).await? {
             Some(new) => {
@@ -458,14 +449,5 @@ async fn run_with(
             next = &mut stop => return Ok(next),
         }
         backoff = (backoff * 2).min(Duration::from_secs(agent.settings().max_backoff_secs));
-    }
-}
-
-/// Aborts the task when dropped (the metrics server ends with the agent).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
