@@ -27,7 +27,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use http::{Endpoints, Limits, Readiness, Running, serve, serve_with, start};
+pub use http::{Endpoints, Limits, ListenError, Readiness, Running, serve, serve_with, start};
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -187,6 +187,6 @@ impl Endpoints for Probe {
 pub async fn start(
     addr: &str,
     shared: Arc<Shared>,
-) -> std::io::Result<Option<smarter_common::metrics::Running>> {
+) -> Result<Option<smarter_common::metrics::Running>, smarter_common::metrics::ListenError> {
     smarter_common::metrics::start(addr, Arc::new(Probe(shared))).await
 }

@@ -50,14 +50,9 @@ pub enum ServiceError {
     /// inotify failed.
     #[error(transparent)]
     Watch(#[from] WatchError),
-    /// The metrics address could not be bound.
-    #[error("cannot listen on metrics address {addr}: {source}")]
-    Metrics {
-        /// Address.
-        addr: String,
-        /// OS error.
-        source: std::io::Error,
-    },
+    /// `metrics_address` could not be bound.
+    #[error("metrics_address: {0}")]
+    Metrics(#[from] smarter_common::metrics::ListenError),
 }
 
 /// Loads the config again on SIGHUP; the error is shown in the log.
@@ -113,12 +108,7 @@ pub async fn run(
     let shared = Arc::new(Shared::default());
 
     // Stops when dropped, at the end of this function.
-    let _metrics = crate::metrics::start(&config.metrics_address, Arc::clone(&shared))
-        .await
-        .map_err(|source| ServiceError::Metrics {
-            addr: config.metrics_address.clone(),
-            source,
-        })?;
+    let _metrics = crate::metrics::start(&config.metrics_address, Arc::clone(&shared)).await?;
 
     let cdi = (!config.cdi_spec_dir.is_empty())
         .then(|| CdiWriter::new(std::path::Path::new(&config.cdi_spec_dir)));

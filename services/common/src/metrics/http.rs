@@ -103,17 +103,32 @@ impl Drop for Running {
     }
 }
 
+/// The address given to [`start`] could not be listened on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for /metrics, /healthz and /readyz: {source}")]
+pub struct ListenError {
+    /// The address as configured.
+    pub addr: String,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Bind `addr` (`ip:port`; empty: no server, `Ok(None)`) and serve there
 /// with the default [`Limits`] until the returned handle is dropped.
 pub async fn start<E: Endpoints>(
     addr: &str,
     endpoints: Arc<E>,
-) -> std::io::Result<Option<Running>> {
+) -> Result<Option<Running>, ListenError> {
     if addr.is_empty() {
         return Ok(None);
     }
-    let listener = TcpListener::bind(addr).await?;
-    let addr = listener.local_addr()?;
+    let err = |source| ListenError {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
     tracing::info!(%addr, "metrics, healthz and readyz listening");
     Ok(Some(Running {
         addr,

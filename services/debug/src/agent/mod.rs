@@ -34,14 +34,9 @@ pub enum AgentError {
     /// Comms could not be asked.
     #[error("comms request failed: {0}")]
     Comms(String),
-    /// The metrics address could not be bound.
-    #[error("cannot listen on metrics_listen {addr}: {source}")]
-    Metrics {
-        /// The configured address.
-        addr: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    /// `metrics_listen` could not be bound.
+    #[error("metrics_listen: {0}")]
+    Metrics(#[from] smarter_common::metrics::ListenError),
 }
 
 /// The tunnel's state for `/metrics` and `/readyz`.
@@ -342,12 +337,8 @@ pub async fn run(
     let status = Arc::new(TunnelStatus::default());
     // Bound once: a new metrics_listen applies on restart (the tunnel's
     // reconnects keep the endpoint and its counters).
-    let _metrics = smarter_common::metrics::start(&config.metrics_listen, Arc::clone(&status))
-        .await
-        .map_err(|source| AgentError::Metrics {
-            addr: config.metrics_listen.clone(),
-            source,
-        })?;
+    let _metrics =
+        smarter_common::metrics::start(&config.metrics_listen, Arc::clone(&status)).await?;
     loop {
         match run_with(config, &mut signals, &reload, &status).await? {
             Some(new) => {
