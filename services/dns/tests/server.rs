@@ -596,6 +596,73 @@ async fn metrics_endpoint_counts_queries_and_records() -> TestResult {
     Ok(())
 }
 
+/// A forwarded answer (sent by its own task after the upstream answered)
+/// is timed too: the answer histogram counts it, with a time no shorter than
+/// the upstream exchange could take and no longer than the upstream timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_answers_are_timed() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !have("dnsmasq") {
+        smarter_common::testing::skip("dnsmasq not installed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let up: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let _upstream = dnsmasq(up, "fwd.test", "10.0.0.1", None)?;
+    let ready = wait_until(Duration::from_secs(5), || async {
+        udp_query(up, "x.fwd.test.", RecordType::A, Duration::from_millis(50))
+            .await
+            .is_ok_and(|m| m.is_some())
+    })
+    .await;
+    assert!(ready.is_some(), "dnsmasq did not start");
+    std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.1\n")?;
+    let mut cfg = config(dir.path());
+    cfg.upstream_port = port;
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let running = start(
+        &cfg,
+        vec![bind(SocketAddr::new(cfg.listen[0], 0))?],
+        Some(metrics),
+    )?;
+    let server = running.dns_addrs[0];
+    let maddr = running.metrics_addr.ok_or("no metrics address")?;
+    assert_eq!(
+        a(server, "t.fwd.test.").await,
+        vec![std::net::IpAddr::from([10, 0, 0, 1])]
+    );
+    let mut body = String::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(maddr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await?;
+        body.clear();
+        s.read_to_string(&mut body).await?;
+        if body.contains("\nsmarter_dns_answer_duration_seconds_count 1\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for line in [
+        "smarter_dns_cache_misses_total 1",
+        "smarter_dns_answer_duration_seconds_count 1",
+        // Below the upstream timeout (300 ms here): answered, not timed out.
+        "smarter_dns_answer_duration_seconds_bucket{le=\"0.5\"} 1",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+    // An exchange with a process over loopback takes more than 25 us.
+    assert!(
+        body.lines()
+            .any(|l| l == "smarter_dns_answer_duration_seconds_bucket{le=\"0.000025\"} 0"),
+        "{body}"
+    );
+    Ok(())
+}
+
 /// One raw UDP exchange: the answer's bytes.
 async fn raw_exchange(
     server: SocketAddr,
