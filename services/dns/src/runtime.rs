@@ -14,18 +14,20 @@
 //!   at start and at each resync (`runtime_resync_s`).
 //!   Pod addresses come only from the records (the runtime's view of a
 //!   sandbox lags its CNI teardown).
-//! * **Docker**: the Engine API over its unix socket: `GET /containers/json`
-//!   at start, then the `GET /events` stream (start, die, destroy) with a
-//!   `GET /containers/{id}/json` per started container: fully event-driven.
-//!   A ~100-line HTTP/1.0 client is used instead of bollard, which would
-//!   pull hyper's client, serde_with and more for three GET requests.
+//! * **Docker**: the Engine API over its unix socket, through `bollard`:
+//!   `GET /containers/json` at start, then the `GET /events` stream (start,
+//!   die, destroy) with a `GET /containers/{id}/json` per started container:
+//!   fully event-driven. When dockerd stops the stream ends; it is opened
+//!   again after 2 s, followed by a full list (events may have been missed).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
+use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
@@ -38,15 +40,13 @@ use crate::zone::{Pod, app_name};
 /// Talking to the runtime failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The socket could not be reached.
-    #[error("runtime socket {path}: cannot {op}: {message}")]
+    /// The CRI endpoint could not be set up.
+    #[error("CRI socket {}: {source}", path.display())]
     Connect {
         /// The socket.
         path: PathBuf,
-        /// What we were doing.
-        op: &'static str,
         /// Why it failed.
-        message: String,
+        source: tonic::transport::Error,
     },
     /// A CRI call failed.
     #[error("CRI {call}: {status}")]
@@ -56,13 +56,21 @@ pub enum RuntimeError {
         /// The gRPC status.
         status: Box<tonic::Status>,
     },
-    /// A Docker API call failed.
-    #[error("docker {path}: {message}")]
+    /// A Docker Engine API call failed.
+    #[error(
+        "docker API at {}: {call}{}: {source}",
+        socket.display(),
+        container.as_ref().map(|c| format!(" container {c}")).unwrap_or_default()
+    )]
     Docker {
-        /// The request path.
-        path: String,
-        /// What went wrong.
-        message: String,
+        /// The daemon's socket.
+        socket: PathBuf,
+        /// What we asked.
+        call: &'static str,
+        /// The container asked about, if any.
+        container: Option<String>,
+        /// bollard's error (boxed: it is large).
+        source: Box<bollard::errors::Error>,
     },
 }
 
@@ -82,13 +90,11 @@ impl Cri {
     /// reconnects) on calls, so a runtime that starts after us is fine.
     pub fn connect(path: &Path) -> Result<Self, RuntimeError> {
         let p = path.to_path_buf();
-        let err = |e: &dyn std::fmt::Display| RuntimeError::Connect {
-            path: path.to_path_buf(),
-            op: "connect",
-            message: e.to_string(),
-        };
         let channel = Endpoint::try_from("http://[::1]:50051")
-            .map_err(|e| err(&e))?
+            .map_err(|source| RuntimeError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?
             .connect_timeout(Duration::from_secs(5))
             .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
                 let p = p.clone();
@@ -223,110 +229,66 @@ pub fn pod_from_cri(id: &str, resp: &cri::PodSandboxStatusResponse) -> Option<Po
     })
 }
 
-/// A Docker Engine API client over its unix socket.
+/// A Docker Engine API client ([`bollard`]) over its unix socket.
+///
+/// The bollard client is made per call: making one opens nothing (it only
+/// checks that the socket exists) and bollard keeps no idle connections on
+/// unix sockets, so a dockerd that starts or restarts after us is simply
+/// found at the next call, as with a connection per request.
 #[derive(Debug, Clone)]
 pub struct Docker {
     socket: PathBuf,
 }
 
-/// One HTTP/1.0 GET: status line checked, headers skipped, body streamed.
-async fn docker_get(socket: &Path, path: &str) -> Result<BufReader<UnixStream>, RuntimeError> {
-    let err = |message: String| RuntimeError::Docker {
-        path: path.to_string(),
-        message,
-    };
-    let mut s = UnixStream::connect(socket)
-        .await
-        .map_err(|e| RuntimeError::Connect {
-            path: socket.to_path_buf(),
-            op: "connect",
-            message: e.to_string(),
-        })?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nAccept: application/json\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line)
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let status = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    if status != "200" {
-        return Err(err(format!("HTTP status {:?}", line.trim())));
-    }
-    loop {
-        line.clear();
-        let n = r
-            .read_line(&mut line)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        if n == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
-    }
-    Ok(r)
-}
+/// How long one Docker request may take to answer (not the event stream,
+/// whose body stays open: bollard bounds only the wait for the headers).
+const DOCKER_TIMEOUT_S: u64 = 30;
 
-async fn docker_json(socket: &Path, path: &str) -> Result<serde_json::Value, RuntimeError> {
-    let mut r = docker_get(socket, path).await?;
-    let mut body = Vec::new();
-    r.read_to_end(&mut body)
-        .await
-        .map_err(|e| RuntimeError::Docker {
-            path: path.to_string(),
-            message: e.to_string(),
-        })?;
-    serde_json::from_slice(&body).map_err(|e| RuntimeError::Docker {
-        path: path.to_string(),
-        message: format!("bad JSON: {e}"),
-    })
+/// The event stream's filter: container start, die and destroy.
+fn docker_event_filters() -> HashMap<String, Vec<String>> {
+    HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        (
+            "event".to_string(),
+            ["start", "die", "destroy"].map(String::from).to_vec(),
+        ),
+    ])
 }
 
 /// Turn `GET /containers/{id}/json` into a [`Pod`]; `None` when not running.
-pub fn pod_from_docker(v: &serde_json::Value) -> Option<Pod> {
-    let id = v.get("Id")?.as_str()?.to_string();
-    if v.pointer("/State/Running")
-        .and_then(serde_json::Value::as_bool)
-        != Some(true)
-    {
+pub fn pod_from_docker(c: &ContainerInspectResponse) -> Option<Pod> {
+    let id = c.id.clone()?;
+    if c.state.as_ref().and_then(|s| s.running) != Some(true) {
         return None;
     }
-    let labels: HashMap<String, String> = v
-        .pointer("/Config/Labels")
-        .and_then(|l| serde_json::from_value(l.clone()).ok())
-        .unwrap_or_default();
+    let config = c.config.as_ref();
+    let labels = config.and_then(|c| c.labels.clone()).unwrap_or_default();
     // Pods run by cri-dockerd carry their Kubernetes names in labels.
     let name = labels.get("io.kubernetes.pod.name").cloned().or_else(|| {
-        v.get("Name")?
-            .as_str()
+        c.name
+            .as_deref()
             .map(|n| n.trim_start_matches('/').to_string())
     });
     let namespace = labels.get("io.kubernetes.pod.namespace").cloned();
-    let host_network = v
-        .pointer("/HostConfig/NetworkMode")
-        .and_then(|m| m.as_str())
+    let host_network = c
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.as_deref())
         == Some("host");
     let mut ips = Vec::new();
-    if let Some(nets) = v
-        .pointer("/NetworkSettings/Networks")
-        .and_then(|n| n.as_object())
-    {
-        for net in nets.values() {
-            for key in ["IPAddress", "GlobalIPv6Address"] {
-                if let Some(ip) = net
-                    .get(key)
-                    .and_then(|i| i.as_str())
-                    .and_then(|i| i.parse().ok())
-                {
-                    ips.push(ip);
-                }
+    let networks = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref());
+    for net in networks.into_iter().flat_map(HashMap::values) {
+        for ip in [&net.ip_address, &net.global_ipv6_address] {
+            if let Some(ip) = ip.as_deref().and_then(|i| i.parse().ok()) {
+                ips.push(ip);
             }
         }
     }
-    let hostname = v
-        .pointer("/Config/Hostname")
-        .and_then(|h| h.as_str())
+    let hostname = config
+        .and_then(|c| c.hostname.as_deref())
         .filter(|h| !h.is_empty() && !host_network)
         .map(str::to_string);
     Some(Pod {
@@ -348,29 +310,63 @@ impl Docker {
         }
     }
 
+    fn client(&self) -> Result<bollard::Docker, RuntimeError> {
+        bollard::Docker::connect_with_unix(
+            &self.socket.to_string_lossy(),
+            DOCKER_TIMEOUT_S,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|source| self.error("connect", None, source))
+    }
+
+    fn error(
+        &self,
+        call: &'static str,
+        container: Option<&str>,
+        source: bollard::errors::Error,
+    ) -> RuntimeError {
+        RuntimeError::Docker {
+            socket: self.socket.clone(),
+            call,
+            container: container.map(str::to_string),
+            source: Box::new(source),
+        }
+    }
+
     /// One container, `None` when gone or not running.
     pub async fn pod(&self, id: &str) -> Result<Option<Pod>, RuntimeError> {
+        // Ids come from record files and events: only a plain id or name
+        // may become a request path.
         if !id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            || id.starts_with('.')
         {
             return Ok(None);
         }
-        match docker_json(&self.socket, &format!("/containers/{id}/json")).await {
-            Ok(v) => Ok(pod_from_docker(&v)),
-            Err(RuntimeError::Docker { message, .. }) if message.contains("404") => Ok(None),
-            Err(e) => Err(e),
+        match self
+            .client()?
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(pod_from_docker(&c)),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.error("inspect", Some(id), e)),
         }
     }
 
     /// Every running container.
     pub async fn list(&self) -> Result<Vec<Pod>, RuntimeError> {
-        let v = docker_json(&self.socket, "/containers/json").await?;
+        let containers = self
+            .client()?
+            .list_containers(None::<ListContainersOptions>)
+            .await
+            .map_err(|e| self.error("list containers", None, e))?;
         let mut pods = Vec::new();
-        for c in v.as_array().into_iter().flatten() {
-            if let Some(id) = c.get("Id").and_then(|i| i.as_str())
-                && let Some(p) = self.pod(id).await?
-            {
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            if let Some(p) = self.pod(&id).await? {
                 pods.push(p);
             }
         }
@@ -378,31 +374,22 @@ impl Docker {
     }
 
     /// Stream container start/die/destroy events as `(action, id)` into
-    /// `tx` until the stream ends.
+    /// `tx` until the stream ends (dockerd stopped or restarted).
     pub async fn events(
         &self,
         tx: mpsc::UnboundedSender<(String, String)>,
     ) -> Result<(), RuntimeError> {
-        let path = "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22start%22%2C%22die%22%2C%22destroy%22%5D%7D";
-        let r = docker_get(&self.socket, path).await?;
-        let mut lines = r.lines();
-        while let Some(line) = lines.next_line().await.map_err(|e| RuntimeError::Docker {
-            path: "/events".into(),
-            message: e.to_string(),
-        })? {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let action = v
-                .get("Action")
-                .or_else(|| v.get("status"))
-                .and_then(|a| a.as_str());
-            let id = v
-                .pointer("/Actor/ID")
-                .or_else(|| v.get("id"))
-                .and_then(|a| a.as_str());
-            if let (Some(a), Some(id)) = (action, id)
-                && tx.send((a.to_string(), id.to_string())).is_err()
+        let client = self.client()?;
+        let options = EventsOptions {
+            filters: Some(docker_event_filters()),
+            ..Default::default()
+        };
+        let mut stream = client.events(Some(options));
+        while let Some(ev) = stream.next().await {
+            let ev = ev.map_err(|e| self.error("events", None, e))?;
+            let id = ev.actor.and_then(|a| a.id);
+            if let (Some(a), Some(id)) = (ev.action, id)
+                && tx.send((a, id)).is_err()
             {
                 break;
             }
@@ -518,5 +505,49 @@ async fn lookup(source: &Source, names: &LocalNames, id: &str) {
             s.remove_pod(id);
         }),
         Err(error) => tracing::warn!(id, %error, "cannot get pod metadata"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn docker_errors_name_the_socket_call_and_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        // No daemon: the socket is named.
+        let e = Docker::new(&socket).list().await.unwrap_err().to_string();
+        assert!(e.contains(&socket.display().to_string()), "{e}");
+        // A daemon answering 500: the container and Docker's message too.
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let body = r#"{"message":"daemon is sulking"}"#;
+                let _ = conn
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let e = Docker::new(&socket).pod("c0ffee").await.unwrap_err();
+        let msg = e.to_string();
+        for part in [
+            socket.display().to_string().as_str(),
+            "inspect container c0ffee",
+            "daemon is sulking",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from {msg:?}");
+        }
+        // Ids that would change the request path are not asked about.
+        assert!(Docker::new(&socket).pod("../info").await.unwrap().is_none());
     }
 }

@@ -6,20 +6,32 @@
 //! (the sandbox's network, IPC and UTS), and the first one listed that is
 //! not the sandbox gives the application's mount and PID namespaces.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+
+/// How long one Docker Engine API request may take.
+const DOCKER_TIMEOUT_S: u64 = 30;
 
 /// Errors finding a pod.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     /// Talking to the container runtime failed.
-    #[error("docker API at {path}: {message}")]
-    Runtime {
-        /// Socket.
-        path: String,
-        /// What went wrong.
-        message: String,
+    #[error(
+        "docker API at {}: {call}{}: {source}",
+        socket.display(),
+        container.as_ref().map(|c| format!(" container {c}")).unwrap_or_default()
+    )]
+    Docker {
+        /// The daemon's socket.
+        socket: PathBuf,
+        /// What we asked.
+        call: &'static str,
+        /// The container asked about, if any.
+        container: Option<String>,
+        /// bollard's error (boxed: it is large).
+        source: Box<bollard::errors::Error>,
     },
     /// No running container belongs to the pod.
     #[error("no running container for pod {namespace}/{pod}")]
@@ -31,87 +43,77 @@ pub enum PodError {
     },
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-async fn get(socket: &Path, path: &str) -> Result<serde_json::Value, String> {
-    let mut s = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nAccept: application/json\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
-    let head = String::from_utf8_lossy(&resp[..split]);
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(format!("GET {path}: HTTP {status}"));
-    }
-    serde_json::from_slice(&resp[split + 4..]).map_err(|e| format!("GET {path}: {e}"))
-}
-
 /// The host PID of a running process of pod `namespace/pod`.
 pub async fn find_pid(socket: &Path, namespace: &str, pod: &str) -> Result<u32, PodError> {
-    if !socket.exists() {
-        // No Docker on this gateway: the pod is simply not there.
-        return Err(PodError::NotFound {
-            namespace: namespace.into(),
-            pod: pod.into(),
-        });
-    }
-    let rt = |message: String| PodError::Runtime {
-        path: socket.display().to_string(),
-        message,
-    };
-    let filters = serde_json::json!({
-        "label": [
-            format!("io.kubernetes.pod.namespace={namespace}"),
-            format!("io.kubernetes.pod.name={pod}"),
-        ],
-        "status": ["running"],
-    });
-    let list = get(
-        socket,
-        &format!(
-            "/containers/json?filters={}",
-            percent_encode(&filters.to_string())
-        ),
-    )
-    .await
-    .map_err(rt)?;
-    let containers = list.as_array().cloned().unwrap_or_default();
-    // Prefer an application container over the pause/sandbox one.
-    let is_sandbox =
-        |c: &serde_json::Value| c["Labels"]["io.kubernetes.docker.type"] == "podsandbox";
-    let mut ids: Vec<&serde_json::Value> = containers.iter().filter(|c| !is_sandbox(c)).collect();
-    ids.extend(containers.iter().filter(|c| is_sandbox(c)));
-    for c in ids {
-        let Some(id) = c["Id"].as_str() else { continue };
-        let info = get(socket, &format!("/containers/{}/json", percent_encode(id)))
-            .await
-            .map_err(rt)?;
-        if let Some(pid) = info["State"]["Pid"].as_u64().filter(|p| *p > 0) {
-            return Ok(pid as u32);
-        }
-    }
-    Err(PodError::NotFound {
+    let not_found = || PodError::NotFound {
         namespace: namespace.into(),
         pod: pod.into(),
-    })
+    };
+    if !socket.exists() {
+        // No Docker on this gateway: the pod is simply not there.
+        return Err(not_found());
+    }
+    let err = |call: &'static str, container: Option<&str>| {
+        let container = container.map(str::to_string);
+        move |source| PodError::Docker {
+            socket: socket.to_path_buf(),
+            call,
+            container,
+            source: Box::new(source),
+        }
+    };
+    // Made per lookup: it opens nothing until asked, and follows
+    // `docker_socket` when the settings are reloaded.
+    let docker = bollard::Docker::connect_with_unix(
+        &socket.to_string_lossy(),
+        DOCKER_TIMEOUT_S,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .map_err(err("connect", None))?;
+    let filters = HashMap::from([
+        (
+            "label".to_string(),
+            vec![
+                format!("io.kubernetes.pod.namespace={namespace}"),
+                format!("io.kubernetes.pod.name={pod}"),
+            ],
+        ),
+        ("status".to_string(), vec!["running".to_string()]),
+    ]);
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(err("list containers", None))?;
+    // Prefer an application container over the pause/sandbox one.
+    let is_sandbox = |c: &&bollard::models::ContainerSummary| {
+        c.labels
+            .as_ref()
+            .and_then(|l| l.get("io.kubernetes.docker.type"))
+            .is_some_and(|t| t == "podsandbox")
+    };
+    let ids = containers
+        .iter()
+        .filter(|c| !is_sandbox(c))
+        .chain(containers.iter().filter(is_sandbox))
+        .filter_map(|c| c.id.as_deref());
+    for id in ids {
+        // Ids are the daemon's own (hex); anything else must not become a path.
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let info = docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(err("inspect", Some(id)))?;
+        let pid = info.state.and_then(|s| s.pid).unwrap_or(0);
+        if let Ok(pid @ 1..) = u32::try_from(pid) {
+            return Ok(pid);
+        }
+    }
+    Err(not_found())
 }
 
 /// The host PID of a running container of pod `namespace/pod`, from
@@ -176,6 +178,40 @@ mod tests {
         std::fs::write(t.join("init.pid"), pid.to_string()).unwrap();
     }
 
+    #[tokio::test]
+    async fn docker_errors_name_the_socket_and_call() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let d = tempfile::tempdir().unwrap();
+        let socket = d.path().join("docker.sock");
+        // No socket: no Docker on this gateway, so no such pod.
+        let e = find_pid(&socket, "apps", "web").await.unwrap_err();
+        assert!(matches!(e, PodError::NotFound { .. }), "{e}");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let body = r#"{"message":"daemon is sulking"}"#;
+                let reply = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        let msg = find_pid(&socket, "apps", "web")
+            .await
+            .unwrap_err()
+            .to_string();
+        for part in [
+            socket.display().to_string().as_str(),
+            "list containers",
+            "daemon is sulking",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from {msg:?}");
+        }
+    }
+
     #[test]
     fn containerd_state_lookup() {
         let d = tempfile::tempdir().unwrap();
@@ -193,10 +229,5 @@ mod tests {
             Some(1),
             "falls back to the sandbox"
         );
-    }
-
-    #[test]
-    fn encoding() {
-        assert_eq!(percent_encode("a=b c"), "a%3Db%20c");
     }
 }
