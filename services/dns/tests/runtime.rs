@@ -540,3 +540,131 @@ async fn docker_mode_serves_running_containers_by_name_hostname_and_label() -> T
     assert!(gone.is_some(), "removed container still served");
     Ok(())
 }
+
+/// Containers a fake dockerd knows: id → `GET /containers/{id}/json` body.
+type FakeContainers = Arc<Mutex<HashMap<String, serde_json::Value>>>;
+
+fn fake_container(id: &str, app: &str, ip: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Id": id,
+        "Name": format!("/{app}-pod"),
+        "State": {"Running": true, "Pid": 1},
+        "Config": {"Hostname": format!("{app}host"), "Labels": {"app": app}},
+        "HostConfig": {"NetworkMode": "bridge"},
+        "NetworkSettings": {"Networks": {"bridge": {"IPAddress": ip}}}
+    })
+}
+
+/// A dockerd stand-in on `socket` speaking the Engine API's HTTP/1.1: list,
+/// inspect, and an `/events` stream held open (sending nothing) until the
+/// returned task is aborted, which closes every connection, as a stopping
+/// dockerd does.
+fn fake_dockerd(
+    socket: &Path,
+    containers: FakeContainers,
+) -> Result<tokio::task::JoinHandle<()>, std::io::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    Ok(tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let containers = Arc::clone(&containers);
+            conns.spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let path = path.split('?').next().unwrap_or("");
+                if path == "/events" {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+                        .await;
+                    // Held open until dockerd "stops".
+                    let _ = conn.read(&mut buf).await;
+                    std::future::pending::<()>().await;
+                }
+                let map = containers.lock().map(|m| m.clone()).unwrap_or_default();
+                let (status, body) = if path == "/containers/json" {
+                    let list: Vec<_> = map.keys().map(|id| serde_json::json!({"Id": id})).collect();
+                    ("200 OK", serde_json::Value::from(list).to_string())
+                } else if let Some(c) = path
+                    .strip_prefix("/containers/")
+                    .and_then(|p| p.strip_suffix("/json"))
+                    .and_then(|id| map.get(id))
+                {
+                    ("200 OK", c.to_string())
+                } else {
+                    ("404 Not Found", r#"{"message":"no such container"}"#.to_string())
+                };
+                let _ = conn
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    }))
+}
+
+/// dockerd stops (the event stream ends), changes while it is down, and
+/// starts again: the changes are served without any event, from the full
+/// list smarter-dns makes once the stream is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_mode_catches_up_after_dockerd_restarts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(dir.path());
+    cfg.runtime = Runtime::Docker;
+    cfg.docker_socket = dir.path().join("docker.sock");
+    // Long resync: only the reconnect can find what changed.
+    cfg.runtime_resync_s = 3600;
+    let containers = FakeContainers::default();
+    containers.lock().map_err(|_| "lock")?.insert(
+        "aaa111".into(),
+        fake_container("aaa111", "alpha", "172.30.0.2"),
+    );
+    let dockerd = fake_dockerd(&cfg.docker_socket, Arc::clone(&containers))?;
+    let (_running, dns) = start_on(&cfg)?;
+    let alpha = vec![IpAddr::from([172, 30, 0, 2])];
+    let listed = wait_until(Duration::from_secs(5), || async {
+        a(dns, "alpha.").await == alpha
+    })
+    .await;
+    assert!(listed.is_some(), "container not listed at start");
+
+    // dockerd stops; while it is down alpha goes and beta comes.
+    dockerd.abort();
+    let _ = dockerd.await;
+    std::fs::remove_file(&cfg.docker_socket)?;
+    {
+        let mut m = containers.lock().map_err(|_| "lock")?;
+        m.remove("aaa111");
+        m.insert(
+            "bbb222".into(),
+            fake_container("bbb222", "beta", "172.30.0.3"),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Down: still the old view (nothing to ask).
+    assert_eq!(a(dns, "alpha.").await, alpha);
+    let _dockerd = fake_dockerd(&cfg.docker_socket, Arc::clone(&containers))?;
+    let beta = vec![IpAddr::from([172, 30, 0, 3])];
+    let caught_up = wait_until(Duration::from_secs(6), || async {
+        a(dns, "beta.").await == beta && a(dns, "alpha.").await.is_empty()
+    })
+    .await;
+    assert!(
+        caught_up.is_some(),
+        "changes made while dockerd was down not served after it came back"
+    );
+    Ok(())
+}
