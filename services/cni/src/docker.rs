@@ -44,14 +44,40 @@ pub enum DockerError {
         /// Docker's `message`.
         message: String,
     },
-    /// The answer was not HTTP/JSON as expected.
-    #[error("docker {target}: malformed response: {detail}")]
-    Malformed {
+    /// The answer was not the HTTP the daemon speaks.
+    #[error("docker {method} {target}: malformed HTTP response: {problem}")]
+    Http {
+        /// HTTP method.
+        method: &'static str,
         /// Request path.
         target: String,
         /// What was wrong.
-        detail: String,
+        problem: HttpProblem,
     },
+    /// The body was not the JSON expected.
+    #[error("docker {method} {target}: response is not JSON: {source}")]
+    Json {
+        /// HTTP method.
+        method: &'static str,
+        /// Request path.
+        target: String,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+}
+
+/// How an HTTP response was malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HttpProblem {
+    /// The connection closed before the end of the headers.
+    #[error("no end of headers")]
+    NoHeaderEnd,
+    /// The status line has no numeric status.
+    #[error("no status code")]
+    NoStatus,
+    /// `Transfer-Encoding: chunked` framing is broken.
+    #[error("bad chunked encoding")]
+    BadChunks,
 }
 
 impl DockerError {
@@ -98,13 +124,13 @@ impl Docker {
         }
     }
 
-    /// One request; returns the JSON body (`Null` when empty).
-    pub fn request(
+    /// One request; returns the HTTP status and the (de-chunked) body.
+    fn exchange(
         &self,
         method: &'static str,
         target: &str,
         body: Option<&Value>,
-    ) -> Result<Value, DockerError> {
+    ) -> Result<(u16, Vec<u8>), DockerError> {
         let io = |op| {
             let path = self.socket.display().to_string();
             move |source| DockerError::Io { path, op, source }
@@ -127,46 +153,80 @@ impl Docker {
         s.write_all(req.as_bytes()).map_err(io("write"))?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).map_err(io("read"))?;
-        let malformed = |detail: &str| DockerError::Malformed {
+        let malformed = |problem| DockerError::Http {
+            method,
             target: target.to_string(),
-            detail: detail.to_string(),
+            problem,
         };
-        let head_end = find(&raw, b"\r\n\r\n").ok_or_else(|| malformed("no header end"))?;
+        let head_end = find(&raw, b"\r\n\r\n").ok_or(malformed(HttpProblem::NoHeaderEnd))?;
         let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
         let status: u16 = head
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| malformed("no status"))?;
+            .ok_or(malformed(HttpProblem::NoStatus))?;
         let chunked = head.lines().any(|l| {
             let l = l.to_ascii_lowercase();
             l.starts_with("transfer-encoding:") && l.contains("chunked")
         });
         let body = &raw[head_end + 4..];
         let body = if chunked {
-            dechunk(body).ok_or_else(|| malformed("bad chunked encoding"))?
+            dechunk(body).ok_or(malformed(HttpProblem::BadChunks))?
         } else {
             body.to_vec()
         };
-        let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
+        Ok((status, body))
+    }
+
+    /// One request; returns the JSON body (`Null` when empty).
+    pub fn request(
+        &self,
+        method: &'static str,
+        target: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, DockerError> {
+        let (status, body) = self.exchange(method, target, body)?;
+        let parsed = if body.iter().all(u8::is_ascii_whitespace) {
+            Ok(Value::Null)
         } else {
-            serde_json::from_slice(&body).map_err(|e| malformed(&e.to_string()))?
+            serde_json::from_slice(&body)
         };
         if (200..300).contains(&status) {
-            Ok(value)
+            parsed.map_err(|source| DockerError::Json {
+                method,
+                target: target.to_string(),
+                source,
+            })
         } else {
+            // Docker's error bodies are `{"message": ...}`; anything else
+            // still reports the status.
             Err(DockerError::Status {
                 method,
                 target: target.to_string(),
                 status,
-                message: value
-                    .get("message")
+                message: parsed
+                    .ok()
+                    .as_ref()
+                    .and_then(|v| v.get("message"))
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string(),
             })
         }
+    }
+
+    /// `GET /_ping`: the daemon answers 200 (its body is plain `OK`).
+    pub fn ping(&self) -> Result<(), DockerError> {
+        let (status, body) = self.exchange("GET", "/_ping", None)?;
+        if status == 200 {
+            return Ok(());
+        }
+        Err(DockerError::Status {
+            method: "GET",
+            target: "/_ping".into(),
+            status,
+            message: String::from_utf8_lossy(&body).trim().to_string(),
+        })
     }
 }
 
@@ -332,8 +392,8 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<(), CniError> {
 /// STATUS: the daemon answers.
 pub fn status(conf: &NetConf) -> Result<(), CniError> {
     let d = client(conf);
-    match d.request("GET", "/_ping", None) {
-        Ok(_) | Err(DockerError::Malformed { .. }) => Ok(()),
+    match d.ping() {
+        Ok(()) => Ok(()),
         Err(e) => Err(
             CniError::new(code::NOT_AVAILABLE, "Docker is not reachable")
                 .with_details(e.to_string()),
@@ -344,6 +404,51 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A daemon that answers every connection with `reply`.
+    fn daemon(reply: &'static [u8]) -> (tempfile::TempDir, Docker) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(reply);
+            }
+        });
+        (dir, Docker::new(&socket))
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        let (_d, ok) = daemon(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK");
+        assert!(ok.ping().is_ok());
+        assert!(matches!(
+            ok.request("GET", "/containers/x/json", None),
+            Err(DockerError::Json { .. })
+        ));
+        let (_d, gone) = daemon(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n{\"message\":\"no x\"}\r\n\r\n0\r\n\r\n",
+        );
+        let e = gone.request("GET", "/containers/x/json", None).unwrap_err();
+        assert_eq!(e.status(), Some(404));
+        assert_eq!(
+            e.to_string(),
+            "docker GET /containers/x/json: HTTP 404: no x"
+        );
+        let (_d, cut) = daemon(b"HTTP/1.1 200 OK\r\n");
+        assert!(matches!(
+            cut.ping(),
+            Err(DockerError::Http {
+                problem: HttpProblem::NoHeaderEnd,
+                ..
+            })
+        ));
+        let missing = Docker::new(Path::new("/nonexistent/docker.sock"));
+        let e = missing.ping().unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/docker.sock"), "{e}");
+    }
 
     #[test]
     fn dechunks() {
