@@ -18,6 +18,9 @@
 //! * `netlink` (feature `netlink`): the synchronous rtnetlink client of
 //!   `smarter-cni` (bridge, veth, addresses, routes) and `smarter-dns` (its
 //!   dummy interface), the one place a netlink socket is opened.
+//! * `docker` (feature `docker`): the Docker Engine API client (`bollard`
+//!   over the unix socket) of `smarter-dns` and `smarter-debug-agent`, with
+//!   one error naming the socket, the call and the container.
 //! * `generated` (feature `test-util`, tests only): checks that committed
 //!   gRPC code is what `tonic-prost-build` makes from its `.proto` today.
 //! * `testing` (feature `test-util`, tests only): skip a test whose peer or
@@ -30,6 +33,8 @@ pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod console;
+#[cfg(feature = "docker")]
+pub mod docker;
 #[cfg(feature = "test-util")]
 pub mod generated;
 pub mod logging;

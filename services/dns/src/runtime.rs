@@ -24,10 +24,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bollard::models::ContainerInspectResponse;
-use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
 use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
+use smarter_common::docker::bollard::models::ContainerInspectResponse;
+use smarter_common::docker::bollard::query_parameters::EventsOptions;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
@@ -57,21 +57,8 @@ pub enum RuntimeError {
         status: Box<tonic::Status>,
     },
     /// A Docker Engine API call failed.
-    #[error(
-        "docker API at {}: {call}{}: {source}",
-        socket.display(),
-        container.as_ref().map(|c| format!(" container {c}")).unwrap_or_default()
-    )]
-    Docker {
-        /// The daemon's socket.
-        socket: PathBuf,
-        /// What we asked.
-        call: &'static str,
-        /// The container asked about, if any.
-        container: Option<String>,
-        /// bollard's error (boxed: it is large).
-        source: Box<bollard::errors::Error>,
-    },
+    #[error(transparent)]
+    Docker(#[from] smarter_common::docker::DockerError),
 }
 
 /// Application name from a label map.
@@ -229,21 +216,6 @@ pub fn pod_from_cri(id: &str, resp: &cri::PodSandboxStatusResponse) -> Option<Po
     })
 }
 
-/// A Docker Engine API client ([`bollard`]) over its unix socket.
-///
-/// The bollard client is made per call: making one opens nothing (it only
-/// checks that the socket exists) and bollard keeps no idle connections on
-/// unix sockets, so a dockerd that starts or restarts after us is simply
-/// found at the next call, as with a connection per request.
-#[derive(Debug, Clone)]
-pub struct Docker {
-    socket: PathBuf,
-}
-
-/// How long one Docker request may take to answer (not the event stream,
-/// whose body stays open: bollard bounds only the wait for the headers).
-const DOCKER_TIMEOUT_S: u64 = 30;
-
 /// The event stream's filter: container start, die and destroy.
 fn docker_event_filters() -> HashMap<String, Vec<String>> {
     HashMap::from([
@@ -302,68 +274,33 @@ pub fn pod_from_docker(c: &ContainerInspectResponse) -> Option<Pod> {
     })
 }
 
+/// Docker as a pod metadata source.
+#[derive(Debug, Clone)]
+pub struct Docker {
+    api: smarter_common::docker::Docker,
+}
+
 impl Docker {
-    /// A client for the socket at `socket` (connections are per request).
+    /// The daemon at `socket` (a connection per request).
     pub fn new(socket: &Path) -> Self {
         Self {
-            socket: socket.to_path_buf(),
-        }
-    }
-
-    fn client(&self) -> Result<bollard::Docker, RuntimeError> {
-        bollard::Docker::connect_with_unix(
-            &self.socket.to_string_lossy(),
-            DOCKER_TIMEOUT_S,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(|source| self.error("connect", None, source))
-    }
-
-    fn error(
-        &self,
-        call: &'static str,
-        container: Option<&str>,
-        source: bollard::errors::Error,
-    ) -> RuntimeError {
-        RuntimeError::Docker {
-            socket: self.socket.clone(),
-            call,
-            container: container.map(str::to_string),
-            source: Box::new(source),
+            api: smarter_common::docker::Docker::new(socket),
         }
     }
 
     /// One container, `None` when gone or not running.
     pub async fn pod(&self, id: &str) -> Result<Option<Pod>, RuntimeError> {
-        // Ids come from record files and events: only a plain id or name
-        // may become a request path.
-        if !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-            || id.starts_with('.')
-        {
-            return Ok(None);
-        }
-        match self
-            .client()?
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-        {
-            Ok(c) => Ok(pod_from_docker(&c)),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
-            Err(e) => Err(self.error("inspect", Some(id), e)),
-        }
+        Ok(self
+            .api
+            .inspect(id)
+            .await?
+            .as_ref()
+            .and_then(pod_from_docker))
     }
 
     /// Every running container.
     pub async fn list(&self) -> Result<Vec<Pod>, RuntimeError> {
-        let containers = self
-            .client()?
-            .list_containers(None::<ListContainersOptions>)
-            .await
-            .map_err(|e| self.error("list containers", None, e))?;
+        let containers = self.api.list(HashMap::new()).await?;
         let mut pods = Vec::new();
         for id in containers.into_iter().filter_map(|c| c.id) {
             if let Some(p) = self.pod(&id).await? {
@@ -379,14 +316,13 @@ impl Docker {
         &self,
         tx: mpsc::UnboundedSender<(String, String)>,
     ) -> Result<(), RuntimeError> {
-        let client = self.client()?;
         let options = EventsOptions {
             filters: Some(docker_event_filters()),
             ..Default::default()
         };
-        let mut stream = client.events(Some(options));
+        let mut stream = self.api.client()?.events(Some(options));
         while let Some(ev) = stream.next().await {
-            let ev = ev.map_err(|e| self.error("events", None, e))?;
+            let ev = ev.map_err(self.api.error("events", None))?;
             let id = ev.actor.and_then(|a| a.id);
             if let (Some(a), Some(id)) = (ev.action, id)
                 && tx.send((a, id)).is_err()
@@ -505,49 +441,5 @@ async fn lookup(source: &Source, names: &LocalNames, id: &str) {
             s.remove_pod(id);
         }),
         Err(error) => tracing::warn!(id, %error, "cannot get pod metadata"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[tokio::test]
-    async fn docker_errors_name_the_socket_call_and_container() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("docker.sock");
-        // No daemon: the socket is named.
-        let e = Docker::new(&socket).list().await.unwrap_err().to_string();
-        assert!(e.contains(&socket.display().to_string()), "{e}");
-        // A daemon answering 500: the container and Docker's message too.
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf).await;
-                let body = r#"{"message":"daemon is sulking"}"#;
-                let _ = conn
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            }
-        });
-        let e = Docker::new(&socket).pod("c0ffee").await.unwrap_err();
-        let msg = e.to_string();
-        for part in [
-            socket.display().to_string().as_str(),
-            "inspect container c0ffee",
-            "daemon is sulking",
-        ] {
-            assert!(msg.contains(part), "{part:?} missing from {msg:?}");
-        }
-        // Ids that would change the request path are not asked about.
-        assert!(Docker::new(&socket).pod("../info").await.unwrap().is_none());
     }
 }

@@ -7,32 +7,16 @@
 //! not the sandbox gives the application's mount and PID namespaces.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
-
-/// How long one Docker Engine API request may take.
-const DOCKER_TIMEOUT_S: u64 = 30;
+use smarter_common::docker::{Docker, DockerError};
 
 /// Errors finding a pod.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     /// Talking to the container runtime failed.
-    #[error(
-        "docker API at {}: {call}{}: {source}",
-        socket.display(),
-        container.as_ref().map(|c| format!(" container {c}")).unwrap_or_default()
-    )]
-    Docker {
-        /// The daemon's socket.
-        socket: PathBuf,
-        /// What we asked.
-        call: &'static str,
-        /// The container asked about, if any.
-        container: Option<String>,
-        /// bollard's error (boxed: it is large).
-        source: Box<bollard::errors::Error>,
-    },
+    #[error(transparent)]
+    Docker(#[from] DockerError),
     /// No running container belongs to the pod.
     #[error("no running container for pod {namespace}/{pod}")]
     NotFound {
@@ -53,23 +37,8 @@ pub async fn find_pid(socket: &Path, namespace: &str, pod: &str) -> Result<u32, 
         // No Docker on this gateway: the pod is simply not there.
         return Err(not_found());
     }
-    let err = |call: &'static str, container: Option<&str>| {
-        let container = container.map(str::to_string);
-        move |source| PodError::Docker {
-            socket: socket.to_path_buf(),
-            call,
-            container,
-            source: Box::new(source),
-        }
-    };
-    // Made per lookup: it opens nothing until asked, and follows
-    // `docker_socket` when the settings are reloaded.
-    let docker = bollard::Docker::connect_with_unix(
-        &socket.to_string_lossy(),
-        DOCKER_TIMEOUT_S,
-        bollard::API_DEFAULT_VERSION,
-    )
-    .map_err(err("connect", None))?;
+    // Per lookup: follows `docker_socket` when the settings are reloaded.
+    let docker = Docker::new(socket);
     let filters = HashMap::from([
         (
             "label".to_string(),
@@ -80,15 +49,9 @@ pub async fn find_pid(socket: &Path, namespace: &str, pod: &str) -> Result<u32, 
         ),
         ("status".to_string(), vec!["running".to_string()]),
     ]);
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(err("list containers", None))?;
+    let containers = docker.list(filters).await?;
     // Prefer an application container over the pause/sandbox one.
-    let is_sandbox = |c: &&bollard::models::ContainerSummary| {
+    let is_sandbox = |c: &&smarter_common::docker::bollard::models::ContainerSummary| {
         c.labels
             .as_ref()
             .and_then(|l| l.get("io.kubernetes.docker.type"))
@@ -100,14 +63,10 @@ pub async fn find_pid(socket: &Path, namespace: &str, pod: &str) -> Result<u32, 
         .chain(containers.iter().filter(is_sandbox))
         .filter_map(|c| c.id.as_deref());
     for id in ids {
-        // Ids are the daemon's own (hex); anything else must not become a path.
-        if !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        // Gone since the list: try the next one.
+        let Some(info) = docker.inspect(id).await? else {
             continue;
-        }
-        let info = docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-            .map_err(err("inspect", Some(id)))?;
+        };
         let pid = info.state.and_then(|s| s.pid).unwrap_or(0);
         if let Ok(pid @ 1..) = u32::try_from(pid) {
             return Ok(pid);
@@ -179,37 +138,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn docker_errors_name_the_socket_and_call() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn no_docker_socket_means_no_such_pod() {
         let d = tempfile::tempdir().unwrap();
-        let socket = d.path().join("docker.sock");
-        // No socket: no Docker on this gateway, so no such pod.
-        let e = find_pid(&socket, "apps", "web").await.unwrap_err();
-        assert!(matches!(e, PodError::NotFound { .. }), "{e}");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf).await;
-                let body = r#"{"message":"daemon is sulking"}"#;
-                let reply = format!(
-                    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(reply.as_bytes()).await;
-            }
-        });
-        let msg = find_pid(&socket, "apps", "web")
+        let e = find_pid(&d.path().join("docker.sock"), "apps", "web")
             .await
-            .unwrap_err()
-            .to_string();
-        for part in [
-            socket.display().to_string().as_str(),
-            "list containers",
-            "daemon is sulking",
-        ] {
-            assert!(msg.contains(part), "{part:?} missing from {msg:?}");
-        }
+            .unwrap_err();
+        assert!(matches!(e, PodError::NotFound { .. }), "{e}");
     }
 
     #[test]
