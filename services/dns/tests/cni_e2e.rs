@@ -223,59 +223,56 @@ impl Drop for Runtime {
     }
 }
 
-/// Removes what the plugin leaves for the next pod: the bridge, its nft
-/// tables and its iptables accepts (Docker hosts).
+/// The network the plugin keeps between pods (bridge, nftables tables,
+/// iptables FORWARD accepts on Docker hosts), torn down by the plugin's own
+/// `smarter_cni::native::remove_network`, so which rules exist is stated
+/// only in the cni crate. On drop (a failed run, or after
+/// [`NetworkGuard::remove`] found something left) it tears down again, best
+/// effort, so a failure does not leave the host dirty for the next run.
 struct NetworkGuard {
     network: String,
     bridge: String,
 }
 
+impl NetworkGuard {
+    /// Tear the network down and check, with `ip`, `nft` and `iptables`
+    /// themselves, that nothing of it is left on the host.
+    fn remove(self) -> Result<(), Error> {
+        smarter_cni::native::remove_network(&self.network, &self.bridge)?;
+        let link = Command::new("ip")
+            .args(["link", "show", "dev", &self.bridge])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if link.success() {
+            return Err(format!("bridge {} left behind", self.bridge).into());
+        }
+        let table = smarter_cni::nft::table_name(&self.network);
+        let tables = run(&["nft", "list", "tables"])?;
+        let left: Vec<_> = tables
+            .lines()
+            .filter(|l| l.split_whitespace().last() == Some(table.as_str()))
+            .collect();
+        if !left.is_empty() {
+            return Err(format!("nft tables left behind: {left:?}").into());
+        }
+        if have("iptables") {
+            let forward = run(&["iptables", "-w", "-S", "FORWARD"])?;
+            let left: Vec<_> = forward
+                .lines()
+                .filter(|l| l.split_whitespace().any(|w| w == self.bridge))
+                .collect();
+            if !left.is_empty() {
+                return Err(format!("iptables FORWARD rules left behind: {left:?}").into());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for NetworkGuard {
     fn drop(&mut self) {
-        let quiet = |args: &[&str]| {
-            Command::new(args[0])
-                .args(&args[1..])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        quiet(&["ip", "link", "del", &self.bridge]);
-        let table = format!("smarter-cni-{}", self.network);
-        quiet(&["nft", "delete", "table", "ip", &table]);
-        quiet(&["nft", "delete", "table", "bridge", &table]);
-        let b = self.bridge.as_str();
-        let accepts: [&[&str]; 2] = [
-            &[
-                "-i",
-                b,
-                "-m",
-                "comment",
-                "--comment",
-                "smarter-cni",
-                "-j",
-                "ACCEPT",
-            ],
-            &[
-                "-o",
-                b,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "RELATED,ESTABLISHED",
-                "-m",
-                "comment",
-                "--comment",
-                "smarter-cni",
-                "-j",
-                "ACCEPT",
-            ],
-        ];
-        for rule in accepts {
-            let mut args = vec!["iptables", "-w", "-D", "FORWARD"];
-            args.extend_from_slice(rule);
-            while quiet(&args) {}
-        }
+        let _ = smarter_cni::native::remove_network(&self.network, &self.bridge);
     }
 }
 
@@ -352,7 +349,7 @@ fn pods_find_each_other_by_name_through_cni_records() -> TestResult {
     let octet = 20 + pid % 200;
     let subnet = format!("10.231.{octet}.0/24");
     let gateway = Ipv4Addr::new(10, 231, u8::try_from(octet)?, 1);
-    let _network = NetworkGuard {
+    let network_guard = NetworkGuard {
         network: network.clone(),
         bridge: bridge.clone(),
     };
@@ -531,5 +528,23 @@ fn pods_find_each_other_by_name_through_cni_records() -> TestResult {
     assert_eq!(out.trim(), ip_a);
 
     runtime.del(&id_a)?;
+    // While it was up the plugin did make the rules the teardown must
+    // remove (so the checks below can fail).
+    let table = smarter_cni::nft::table_name(&network);
+    assert!(
+        run(&["nft", "list", "tables"])?
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(table.as_str())),
+        "no nft table {table} while the network was up"
+    );
+    if have("iptables") {
+        assert!(
+            run(&["iptables", "-w", "-S", "FORWARD"])?
+                .lines()
+                .any(|l| l.split_whitespace().any(|w| w == bridge)),
+            "no iptables FORWARD accept for {bridge} while the network was up"
+        );
+    }
+    network_guard.remove()?;
     Ok(())
 }
