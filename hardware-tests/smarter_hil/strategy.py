@@ -16,8 +16,10 @@ Images and the provisioning file come from the environment's `images:`
 section (`gateway`, `provisioning`); tools from `tools:` (`smarter-flash`).
 """
 
+import atexit
 import enum
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -82,6 +84,9 @@ class SmarterStrategy(Strategy):
         (smarter-flash --image-only: the same validation as every flash)."""
         if self._workdir is None:
             self._workdir = tempfile.mkdtemp(prefix="smarter-hil-")
+            # The copy is a whole disk image (GBs apparent): gone when the run ends, whatever
+            # way it ends, or every run would leave one behind.
+            atexit.register(shutil.rmtree, self._workdir, ignore_errors=True)
         copy = os.path.join(self._workdir, os.path.basename(image))
         # Images are sparse (a few hundred MB of data in GBs): keep them so.
         subprocess.run(["cp", "--sparse=always", image, copy], check=True)
