@@ -429,6 +429,10 @@ def run(g: Guest, kills: int, out_dir: Path) -> None:
             # Cut by what has reached the other slot's partition, not by time: how fast RAUC
             # writes depends on what else the machine runs.
             part = {"A": "vda3", "B": "vda2"}.get(before, "?")
+            # Bundles are adaptive: RAUC skips writing blocks the target slot already holds, and
+            # after the earlier installs it holds nearly all of them. Zeroed first, the slot must
+            # be written whole, which is the case these cuts are about (a slot of other content).
+            g.sh(f"dd if=/dev/zero of=/dev/{part} bs=4M oflag=direct status=none", 600)
             base = int(g.ok(f"cat /sys/class/block/{part}/stat").split()[6])
             g.ok("rauc install /mnt/update.raucb > /run/smarter-install.log 2>&1 &")
             end = time.monotonic() + 900
