@@ -565,9 +565,13 @@ def agent_update(g: Guest, server: BundleServer, out_dir: Path, marker: str) -> 
     FIGURES["agent_resumed_download_mib"] = sent / 2**20
     check(ok, "update agent: after the reboot the download resumes, RAUC installs it, and the agent waits "
           "for its reboot window", last)
-    check(bool(resumed) and resumed[0][1] == partial and sent == size - partial,
-          "update agent: the resumed download asks from the partial file's end and moves only the rest",
-          f"requests {resumed}, sent {sent} of {size}, partial {partial}")
+    # The resume starts at the partial file's length on disk after the power cut: what the kernel
+    # had not yet written back when the power went is fetched again, nothing else.
+    start = resumed[0][1] if resumed else 0
+    FIGURES["agent_lost_to_power_cut_mib"] = (partial - start) / 2**20
+    check(bool(resumed) and 0 < start <= partial and sent == size - start,
+          "update agent: the resumed download asks from the partial file's end on disk and moves only the rest",
+          f"requests {resumed}, sent {sent} of {size}, partial before the cut {partial}")
     status, body = agent_get(g, "/metrics")
     check(status == 200 and re.search(r"^smarter_update_downloads_completed_total 1$", body, re.M) is not None,
           "update agent: /metrics counts the completed download", body[-400:])
