@@ -39,11 +39,16 @@ DEB_ARCH = {"amd64": "amd64", "arm64": "arm64", "arm": "armhf"}
 
 # Crates each binary must link (STATIC_LINK), and crates it must not: another service's key
 # crates, a dev-only dependency (tempfile), proc-macros (compiled for the build host).
-COMMON = {"tokio", "libc", "smarter-common"}
+# The release build is one `cargo build --workspace`, so smarter-common is compiled once with the
+# union of its features: its netlink client (netlink-packet-route, for smarter-cni and
+# smarter-dns) and its Docker client (bollard and hyper, for smarter-dns and the debug agent) are
+# in every binary's link, and the SBOMs say so. What stays one service's own is checked below.
+COMMON = {"tokio", "libc", "smarter-common", "netlink-packet-route", "bollard"}
 MUST_LINK = {
     "smarter-dns": COMMON | {"hickory-proto", "tonic"},
-    "smarter-cni": COMMON | {"netlink-packet-route"},
-    "smarter-device-manager": COMMON | {"udev", "tonic"},
+    "smarter-cni": COMMON,
+    # Its own HTTP/2 server (smarter-h2), not tonic: tonic is a test-only dependency there.
+    "smarter-device-manager": COMMON | {"udev", "smarter-h2", "prost"},
     "smarter-debug-agent": COMMON | {"russh"},
     "smarter-comms": COMMON | {"russh"},
     # The OS update agent: D-Bus to RAUC and logind, HTTPS downloads, the bundle's SHA-256.
@@ -55,12 +60,12 @@ NEVER_LINKED = {"tempfile", "serde_derive", "syn", "proc-macro2", "windows-sys"}
 LINKED_ANYWAY = {"smarter-update": {"syn", "proc-macro2"}}
 UPDATE_ONLY = {"zbus", "ureq"}
 MUST_NOT_LINK = {
-    "smarter-dns": {"udev", "russh", "netlink-packet-route"} | UPDATE_ONLY,
-    "smarter-cni": {"udev", "russh", "hickory-proto", "tonic", "hyper"} | UPDATE_ONLY,
-    "smarter-device-manager": {"russh", "hickory-proto", "netlink-packet-route"} | UPDATE_ONLY,
-    "smarter-debug-agent": {"udev", "hickory-proto", "netlink-packet-route"} | UPDATE_ONLY,
-    "smarter-comms": {"udev", "hickory-proto", "netlink-packet-route"} | UPDATE_ONLY,
-    "smarter-update": {"udev", "russh", "hickory-proto", "netlink-packet-route", "tonic", "hyper"},
+    "smarter-dns": {"udev", "russh", "smarter-h2"} | UPDATE_ONLY,
+    "smarter-cni": {"udev", "russh", "hickory-proto", "tonic", "smarter-h2"} | UPDATE_ONLY,
+    "smarter-device-manager": {"russh", "hickory-proto", "tonic"} | UPDATE_ONLY,
+    "smarter-debug-agent": {"udev", "hickory-proto", "smarter-h2"} | UPDATE_ONLY,
+    "smarter-comms": {"udev", "hickory-proto", "smarter-h2"} | UPDATE_ONLY,
+    "smarter-update": {"udev", "russh", "hickory-proto", "tonic", "smarter-h2"},
 }
 
 
