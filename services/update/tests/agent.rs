@@ -481,20 +481,21 @@ async fn bad_input_is_reported_while_the_agent_keeps_serving() {
     assert_eq!(get(agent.port, "/healthz").await.0, 200);
     // SIGTERM: a clean exit.
     let mut agent = agent;
-    signal(&agent, "-TERM");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    stops_on_sigterm(&mut agent, 60, "no exit after SIGTERM").await;
+}
+
+/// SIGTERM `agent` and assert it exits with status 0 within `secs`.
+async fn stops_on_sigterm(agent: &mut AgentProcess, secs: u64, what: &str) {
+    signal(agent, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(secs);
     let status = loop {
         if let Some(status) = agent.child.try_wait().expect("wait") {
             break status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no exit after SIGTERM:\n{}",
-            agent.log()
-        );
+        assert!(Instant::now() < deadline, "{what}:\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(status.success(), "{status}");
+    assert!(status.success(), "{status}: {}", agent.log());
 }
 
 fn signal(agent: &AgentProcess, which: &str) {
@@ -604,20 +605,12 @@ async fn a_wedged_system_bus_is_reported_and_sigterm_still_stops_the_agent() {
         !held.lock().expect("lock").is_empty()
     })
     .await;
-    signal(&agent, "-TERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = agent.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "SIGTERM did not stop the agent while it waited for the bus:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status}: {}", agent.log());
+    stops_on_sigterm(
+        &mut agent,
+        10,
+        "SIGTERM did not stop the agent while it waited for the bus",
+    )
+    .await;
 }
 
 /// With `streaming = true` the agent hands RAUC the bundle's URL and fetches
