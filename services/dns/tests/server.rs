@@ -374,6 +374,22 @@ fn free_port() -> Result<u16, std::io::Error> {
     Ok(s.local_addr()?.port())
 }
 
+/// A dnsmasq upstream on 127.0.0.1 answering `*.fwd.test` with 10.0.0.1,
+/// once it answers: (its port, the process guard).
+async fn fwd_upstream() -> Result<(u16, ChildGuard), Box<dyn std::error::Error>> {
+    let port = free_port()?;
+    let up: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let upstream = dnsmasq(up, "fwd.test", "10.0.0.1", None)?;
+    let ready = wait_until(Duration::from_secs(5), || async {
+        udp_query(up, "x.fwd.test.", RecordType::A, Duration::from_millis(50))
+            .await
+            .is_ok_and(|m| m.is_some())
+    })
+    .await;
+    assert!(ready.is_some(), "dnsmasq did not start");
+    Ok((port, upstream))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_caches_and_fails_over_to_dnsmasq() -> TestResult {
     if !have("dnsmasq") {
@@ -607,16 +623,7 @@ async fn forwarded_answers_are_timed() -> TestResult {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let up: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let _upstream = dnsmasq(up, "fwd.test", "10.0.0.1", None)?;
-    let ready = wait_until(Duration::from_secs(5), || async {
-        udp_query(up, "x.fwd.test.", RecordType::A, Duration::from_millis(50))
-            .await
-            .is_ok_and(|m| m.is_some())
-    })
-    .await;
-    assert!(ready.is_some(), "dnsmasq did not start");
+    let (port, _upstream) = fwd_upstream().await?;
     std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.1\n")?;
     let mut cfg = config(dir.path());
     cfg.upstream_port = port;
@@ -708,16 +715,7 @@ async fn repeated_questions_replay_exact_answers() -> TestResult {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let up: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let _upstream = dnsmasq(up, "fwd.test", "10.0.0.1", None)?;
-    let ready = wait_until(Duration::from_secs(5), || async {
-        udp_query(up, "x.fwd.test.", RecordType::A, Duration::from_millis(50))
-            .await
-            .is_ok_and(|m| m.is_some())
-    })
-    .await;
-    assert!(ready.is_some(), "dnsmasq did not start");
+    let (port, _upstream) = fwd_upstream().await?;
     std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.1\n")?;
     let mut cfg = config(dir.path());
     cfg.upstream_port = port;
