@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CI's part of the hardware-in-the-loop suite:
 #   hardware-tests/test.sh            the environment files of every board load in labgrid with
-#                                     the resources and drivers they need (no board attached)
+#                                     the resources and drivers they need, and the app test's
+#                                     k3s back end is checked against a stand-in gateway and
+#                                     CRI's schema (no board attached; needs protoc)
 #   hardware-tests/test.sh --qemu     also the gateway tests on the emulated gateway
 #                                     (out/emulated/disk.img, built by ./dev release; the
 #                                     update tests' bundles are built when missing)
@@ -25,7 +27,8 @@ fi
 out=$root/out/hil
 mkdir -p "$out"
 cd "$here"
-"$venv/bin/pytest" -q -p no:cacheprovider --junitxml="$out/environments.xml" tests/test_environments.py
+"$venv/bin/pytest" -q -p no:cacheprovider --junitxml="$out/environments.xml" \
+    tests/test_environments.py tests/test_apps_offline.py
 if [ -n "$qemu" ]; then
     # The update tests' bundles (images/test.sh builds them too; built here when missing).
     for v in update broken; do
