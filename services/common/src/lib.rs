@@ -21,8 +21,6 @@
 //! * `docker` (feature `docker`): the Docker Engine API client (`bollard`
 //!   over the unix socket) of `smarter-dns` and `smarter-debug-agent`, with
 //!   one error naming the socket, the call and the container.
-//! * `generated` (feature `test-util`, tests only): checks that committed
-//!   gRPC code is what `tonic-prost-build` makes from its `.proto` today.
 //! * `testing` (feature `test-util`, tests only): skip a test whose peer or
 //!   privilege is missing, or fail it when CI requires every peer.
 //!
@@ -35,8 +33,6 @@ pub mod config;
 pub mod console;
 #[cfg(feature = "docker")]
 pub mod docker;
-#[cfg(feature = "test-util")]
-pub mod generated;
 pub mod logging;
 pub mod metrics;
 #[cfg(feature = "netlink")]

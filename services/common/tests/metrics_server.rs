@@ -381,15 +381,14 @@ async fn start_binds_serves_and_stops_when_dropped() {
     assert_eq!(get(addr, "/readyz").await.0, 200);
     drop(running);
     // The listener goes with the task (a moment after the abort).
-    let mut refused = false;
-    for _ in 0..100 {
-        if TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "still listening on {addr} after the drop");
+    smarter_test_support::wait_until_async(
+        format_args!("{addr} to stop listening after the drop"),
+        Duration::from_secs(1),
+        Duration::from_millis(10),
+        || async { TcpStream::connect(addr).await.is_err() },
+    )
+    .await
+    .unwrap();
     let taken = smarter_common::metrics::start(&addr.to_string(), Arc::clone(&service)).await;
     assert!(taken.is_ok(), "the port is free again");
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use smarter_common::netlink::{Ipv4Prefix, Netlink, NetlinkError, Route4};
-use smarter_common::testing::{is_root, skip};
+use smarter_test_support::require_root;
 
 /// `n` sockets in one new, empty network namespace.
 fn sockets_in_new_netns(n: usize) -> Vec<Netlink> {
@@ -27,14 +27,6 @@ fn sockets_in_new_netns(n: usize) -> Vec<Netlink> {
     })
     .join()
     .unwrap_or_else(|_| panic!("the namespace thread panicked"))
-}
-
-fn root_or_skip() -> bool {
-    if is_root() {
-        return true;
-    }
-    skip("needs root for network namespaces");
-    false
 }
 
 /// The stable addresses: 10.1.0.0/32 onwards, `n` of them on `lo`.
@@ -151,7 +143,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 #[test]
 fn an_interrupted_dump_is_reported_when_retries_run_out() {
-    if !root_or_skip() {
+    if !require_root("network namespaces") {
         return;
     }
     let mut c = Churn::start();
@@ -190,7 +182,7 @@ fn an_interrupted_dump_is_reported_when_retries_run_out() {
 
 #[test]
 fn an_interrupted_dump_is_read_again_and_the_result_is_consistent() {
-    if !root_or_skip() {
+    if !require_root("network namespaces") {
         return;
     }
     let mut c = Churn::start();
@@ -231,7 +223,7 @@ fn an_interrupted_dump_is_read_again_and_the_result_is_consistent() {
 
 #[test]
 fn links_addresses_and_routes_round_trip() {
-    if !root_or_skip() {
+    if !require_root("network namespaces") {
         return;
     }
     let mut nl = sockets_in_new_netns(1).pop().expect("one socket");
@@ -283,7 +275,7 @@ fn links_addresses_and_routes_round_trip() {
 
 #[test]
 fn the_kernel_without_a_link_type_says_not_supported() {
-    if !root_or_skip() {
+    if !require_root("network namespaces") {
         return;
     }
     let mut nl = sockets_in_new_netns(1).pop().expect("one socket");

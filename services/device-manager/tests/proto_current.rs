@@ -10,7 +10,7 @@ use std::path::Path;
 #[test]
 fn generated_messages_are_current() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    smarter_common::generated::check_current_with(
+    smarter_test_support::generated::check_current_with(
         &root.join("proto/deviceplugin_v1beta1.proto"),
         &root.join("proto"),
         "v1beta1.rs",
@@ -23,7 +23,7 @@ fn generated_messages_are_current() -> Result<(), Box<dyn std::error::Error>> {
 #[test]
 fn generated_test_services_are_current() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    smarter_common::generated::check_current_with(
+    smarter_test_support::generated::check_current_with(
         &root.join("proto/deviceplugin_v1beta1.proto"),
         &root.join("proto"),
         "v1beta1.rs",

@@ -7,7 +7,7 @@ use std::path::Path;
 #[test]
 fn generated_code_is_current() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    smarter_common::generated::check_current(
+    smarter_test_support::generated::check_current(
         &root.join("proto/cri_runtime_v1.proto"),
         &root.join("proto"),
         "runtime.v1.rs",

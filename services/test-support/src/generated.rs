@@ -31,7 +31,7 @@ pub fn check_current_with(
     configure: impl FnOnce(tonic_prost_build::Builder) -> tonic_prost_build::Builder,
 ) -> Result<bool, Box<dyn std::error::Error>> {
     if !Path::new("/usr/bin/protoc").exists() && std::env::var_os("PROTOC").is_none() {
-        crate::testing::skip("protoc not installed (Debian protobuf-compiler); cannot regenerate");
+        crate::require::skip("protoc not installed (Debian protobuf-compiler); cannot regenerate");
         return Ok(false);
     }
     let out = tempfile::tempdir()?;

@@ -1,0 +1,166 @@
+//! Ports for servers under test, without a bind-then-release race.
+//!
+//! A server in the test's own process binds port 0 and reads its address
+//! back; nothing here is needed for that. A peer in another process that
+//! cannot report the port it bound (dnsmasq, sshd, a child binary given a
+//! port in its config) is started by [`start_with_retry`]: it picks a port,
+//! starts the peer on it, and when the peer reports "address in use" picks
+//! another, a bounded number of times. Binding a port to learn a free one
+//! and releasing it before the peer binds leaves a window in which another
+//! test can take it; a retry closes that window.
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Ports are picked below Linux's default ephemeral range (32768-60999),
+/// so that outgoing connections of other tests never hold them.
+const FIRST: u16 = 20_000;
+const COUNT: u32 = 12_000;
+
+/// Why one start attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The port was taken: pick another and try again.
+    #[error("address in use: {0}")]
+    AddrInUse(String),
+    /// Anything else: give up.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StartError {
+    /// `AddrInUse` when `text` (a peer's log or stderr) says the address is
+    /// in use, else `Other` carrying `text`.
+    pub fn from_output(text: &str) -> Self {
+        if says_addr_in_use(text) {
+            StartError::AddrInUse(text.trim().to_string())
+        } else {
+            StartError::Other(text.trim().to_string().into())
+        }
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::AddrInUse(e.to_string())
+        } else {
+            StartError::Other(Box::new(e))
+        }
+    }
+}
+
+/// Whether a peer's output says its port was taken (the wording of
+/// strerror(EADDRINUSE), as dnsmasq, sshd and Rust's io::Error print it).
+pub fn says_addr_in_use(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("address already in use") || t.contains("address in use")
+}
+
+/// Every start attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The peer failed for another reason than a taken port.
+    #[error("starting {what} on port {port}: {source}")]
+    Failed {
+        what: String,
+        port: u16,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Every port tried was in use.
+    #[error("starting {what}: {attempts} ports in a row were in use (last: {last})")]
+    Exhausted {
+        what: String,
+        attempts: u32,
+        last: String,
+    },
+}
+
+/// Start `what` with `start(port)` on a picked port; on
+/// [`StartError::AddrInUse`] pick another, at most `attempts` times.
+/// Returns what `start` returned and the port it got.
+pub fn start_with_retry<T>(
+    what: impl Display,
+    attempts: u32,
+    mut start: impl FnMut(u16) -> Result<T, StartError>,
+) -> Result<(T, u16), PortError> {
+    let mut last = String::new();
+    for _ in 0..attempts.max(1) {
+        let port = pick();
+        match start(port) {
+            Ok(v) => return Ok((v, port)),
+            Err(StartError::AddrInUse(why)) => last = format!("{port}: {why}"),
+            Err(StartError::Other(source)) => {
+                return Err(PortError::Failed {
+                    what: what.to_string(),
+                    port,
+                    source,
+                });
+            }
+        }
+    }
+    Err(PortError::Exhausted {
+        what: what.to_string(),
+        attempts: attempts.max(1),
+        last,
+    })
+}
+
+/// A port in [FIRST, FIRST + COUNT): spread by process id and a counter so
+/// that concurrent tests and test binaries rarely pick the same one (a
+/// collision only costs a retry).
+fn pick() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mix = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(nanos)
+        .wrapping_add(n.wrapping_mul(7_919));
+    // COUNT fits u16 once reduced, and FIRST + COUNT < u16::MAX.
+    FIRST + u16::try_from(mix % COUNT).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn retries_on_address_in_use_and_stops_on_other_errors() {
+        // The first port picked is taken (held here), so the peer retries.
+        let mut held = Vec::new();
+        let mut tries = 0;
+        let (listener, port) = start_with_retry("a listener", 5, |port| {
+            tries += 1;
+            if tries == 1 {
+                held.push(TcpListener::bind(("127.0.0.1", port))?);
+            }
+            Ok(TcpListener::bind(("127.0.0.1", port))?)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tries, 2);
+        assert_eq!(listener.local_addr().map(|a| a.port()).ok(), Some(port));
+        assert!((FIRST..FIRST + 12_000).contains(&port));
+
+        let e = start_with_retry("a taken port", 3, |_| {
+            Err::<(), _>(StartError::from_output("bind: Address already in use"))
+        });
+        assert!(
+            matches!(e, Err(PortError::Exhausted { attempts: 3, .. })),
+            "{e:?}"
+        );
+
+        let mut calls = 0;
+        let e = start_with_retry("a broken peer", 3, |_| {
+            calls += 1;
+            Err::<(), _>(StartError::from_output("no such option"))
+        });
+        assert!(matches!(e, Err(PortError::Failed { .. })), "{e:?}");
+        assert_eq!(calls, 1);
+    }
+}
