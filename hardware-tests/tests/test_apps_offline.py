@@ -300,7 +300,8 @@ class FakeK3sGateway:
         (r"^k3s crictl start \S+$", lambda self, m: ([], 0)),
         (r"^k3s crictl inspectp -o json (\S+)$", inspectp),
         (r"^k3s crictl exec -s --timeout \d+ (\S+) (.*)$", exec),
-        (r"^k3s ctr -n k8s.io images rm docker.io/library/smarter-hil-probe:1 ", remove_image),
+        (r"^k3s crictl rmi docker.io/library/smarter-hil-probe:1 .*\|\| "
+         r"k3s ctr -n k8s.io images rm docker.io/library/smarter-hil-probe:1 ", remove_image),
         (r"^rm -rf /run/smarter-hil/cri$", lambda self, m: ([], 0)),
     ]
 
@@ -348,7 +349,7 @@ def test_crictl_back_end_runs_both_apps_and_leaves_nothing(schema, monkeypatch):
 
 def test_crictl_back_end_cleans_up_when_the_name_never_resolves(monkeypatch):
     gateway = FakeK3sGateway(resolvable=False)
-    with pytest.raises(AssertionError, match="resolved hil-app-a to \\[\\]"):
+    with pytest.raises(AssertionError, match="resolved hil-app-a to nothing"):
         _run(gateway, monkeypatch)
     _assert_left_clean(gateway)
 
