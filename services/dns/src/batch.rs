@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn ipv6_senders_come_back_whole() {
         let Ok(server) = std::net::UdpSocket::bind("[::1]:0") else {
-            smarter_common::testing::skip("no IPv6 loopback");
+            smarter_test_support::skip("no IPv6 loopback");
             return;
         };
         server.set_nonblocking(true).unwrap();

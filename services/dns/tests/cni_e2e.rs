@@ -17,15 +17,18 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ChildGuard, TestResult, addrs, dnsmasq, have, is_root, query_bytes, rcode};
+use common::{
+    ChildGuard, TestResult, addrs, dnsmasqs, have, query_bytes, rcode, require_peer, require_root,
+    skip,
+};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
+use smarter_test_support::{Netns, wait_until};
 
 const DNS_BIN: &str = env!("CARGO_BIN_EXE_smarter-dns");
 
@@ -53,7 +56,7 @@ fn run(args: &[&str]) -> Result<String, Error> {
 /// `/etc/netns/<name>` (the pod's resolv.conf, bind-mounted by
 /// `ip netns exec`).
 struct Pod {
-    name: String,
+    ns: Netns,
     path: PathBuf,
     /// Whether we created `/etc/netns` (removed again on drop if empty).
     made_etc_netns: bool,
@@ -61,18 +64,12 @@ struct Pod {
 
 impl Pod {
     fn new(name: String) -> Result<Self, Error> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        run(&["ip", "netns", "add", &name])?;
-        let pod = Self {
-            path: PathBuf::from(format!("/var/run/netns/{name}")),
-            name,
+        let ns = Netns::new(&name)?;
+        Ok(Self {
+            path: ns.path().to_path_buf(),
+            ns,
             made_etc_netns: false,
-        };
-        pod.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(pod)
+        })
     }
 
     /// What the kubelet writes for a pod with `cluster-dns` = `server`.
@@ -91,48 +88,35 @@ impl Pod {
     }
 
     fn etc_dir(&self) -> PathBuf {
-        PathBuf::from(format!("/etc/netns/{}", self.name))
+        PathBuf::from(format!("/etc/netns/{}", self.ns.name()))
     }
 
     fn exec(&self, args: &[&str]) -> Result<String, Error> {
-        let mut v = vec!["ip", "netns", "exec", &self.name];
-        v.extend_from_slice(args);
-        run(&v)
+        let out = self.ns.exec(args)?;
+        if !out.status.success() {
+            return Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `dig` inside the pod; its output whatever the status.
     fn dig(&self, args: &[&str]) -> Result<String, Error> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "dig", "+tries=1", "+time=1"])
-            .args(args)
-            .output()?;
+        let mut v = vec!["dig", "+tries=1", "+time=1"];
+        v.extend_from_slice(args);
+        let out = self.ns.exec(&v)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// A UDP socket that lives in the pod's namespace (made on a thread that
-    /// entered it), for polling faster than spawning `dig`.
+    /// A UDP socket that lives in the pod's namespace, for polling faster
+    /// than spawning `dig`.
     fn udp_socket(&self) -> Result<UdpSocket, Error> {
-        let path = self.path.clone();
-        let made = std::thread::spawn(move || -> std::io::Result<UdpSocket> {
-            let ns = std::fs::File::open(&path)?;
-            // SAFETY: setns(2) with an open namespace fd; it switches only
-            // this short-lived thread, which makes one socket and exits.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            UdpSocket::bind("0.0.0.0:0")
-        })
-        .join()
-        .map_err(|_| "setns thread panicked")?;
-        Ok(made?)
+        Ok(self.ns.run(|| UdpSocket::bind("0.0.0.0:0"))??)
     }
 }
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        // The namespace itself goes with `ns`.
         let _ = std::fs::remove_dir_all(self.etc_dir());
         if self.made_etc_netns {
             let _ = std::fs::remove_dir("/etc/netns");
@@ -308,34 +292,44 @@ fn ask(sock: &UdpSocket, server: SocketAddr, name: &str) -> Result<Option<Messag
     }
 }
 
-/// Poll `f` every 2 ms until it holds or `limit` passes; the time it took.
+/// Poll `f` every 2 ms until it holds or `limit` passes; the time it took,
+/// `None` on timeout, or the first error `f` returned.
 fn poll(
     limit: Duration,
     mut f: impl FnMut() -> Result<bool, Error>,
 ) -> Result<Option<Duration>, Error> {
     let start = Instant::now();
-    while start.elapsed() < limit {
-        if f()? {
-            return Ok(Some(start.elapsed()));
+    let outcome = wait_until("a condition", limit, Duration::from_millis(2), || {
+        match f() {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
         }
-        std::thread::sleep(Duration::from_millis(2));
+    });
+    match outcome {
+        Ok(r) => r.map(|()| Some(start.elapsed())),
+        Err(_) => Ok(None),
     }
-    Ok(None)
 }
 
 #[test]
 fn pods_find_each_other_by_name_through_cni_records() -> TestResult {
-    if !is_root() {
-        smarter_common::testing::skip("needs root (network namespaces, bridge, nftables, port 53)");
+    if !require_root("network namespaces, bridge, nftables, port 53") {
         return Ok(());
     }
     let Some(cni) = cni_bin() else {
-        smarter_common::testing::skip("smarter-cni not built (run cargo test --workspace)");
+        skip("smarter-cni not built (run cargo test --workspace)");
         return Ok(());
     };
-    for tool in ["ip", "nft", "ping", "dig", "getent", "dnsmasq"] {
-        if !have(tool) {
-            smarter_common::testing::skip(format!("needs {tool}"));
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("ping", "iputils-ping"),
+        ("dig", "bind9-dnsutils"),
+        ("getent", "libc-bin"),
+        ("dnsmasq", "dnsmasq"),
+    ] {
+        if !require_peer(tool, package) {
             return Ok(());
         }
     }
@@ -357,25 +351,8 @@ fn pods_find_each_other_by_name_through_cni_records() -> TestResult {
     let records = dir.path().join("records");
 
     // The upstream: dnsmasq on loopback, answering *.fwd.test.
-    let upstream_port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-    let upstream: SocketAddr = SocketAddr::from(([127, 0, 0, 1], upstream_port));
-    let _dnsmasq = dnsmasq(upstream, "fwd.test", "192.0.2.53", None)?;
-    let port = upstream_port.to_string();
-    let up = poll(Duration::from_secs(5), || {
-        let out = Command::new("dig")
-            .args([
-                "+tries=1",
-                "+time=1",
-                "+short",
-                "-p",
-                &port,
-                "@127.0.0.1",
-                "x.fwd.test",
-            ])
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim() == "192.0.2.53")
-    })?;
-    assert!(up.is_some(), "dnsmasq upstream on {upstream} did not start");
+    let (_dnsmasq, upstream_port) =
+        dnsmasqs(&[(Ipv4Addr::LOCALHOST.into(), "192.0.2.53")], "fwd.test")?;
 
     // smarter-dns in the gateway (host) namespace, on the bridge address,
     // which does not exist yet (the first ADD creates the bridge).

@@ -20,15 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use smarter_test_support::{have, is_root, skip};
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// A kernel in /boot and the dummy module built for it.
 fn kernel_and_dummy() -> Option<(PathBuf, PathBuf)> {
@@ -182,18 +176,11 @@ fn boot(kernel: &Path, image: &Path, accel: &str) -> Result<String, Box<dyn std:
         let _ = stdout.read_to_end(&mut s);
         String::from_utf8_lossy(&s).into_owned()
     });
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let out = reader.join().unwrap_or_default();
-            return Err(format!("VM did not finish in 240 s; console:\n{out}").into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if let Err(e) = smarter_test_support::wait_exit(&mut child, Duration::from_secs(240)) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let out = reader.join().unwrap_or_default();
+        return Err(format!("the VM did not finish: {e}; console:\n{out}").into());
     }
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
@@ -208,14 +195,13 @@ fn boot(kernel: &Path, image: &Path, accel: &str) -> Result<String, Box<dyn std:
 
 #[test]
 fn dummy_interface_carries_the_cluster_dns_address_in_a_vm() -> TestResult {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = is_root();
     let kernel = kernel_and_dummy();
     let tools = ["qemu-system-x86_64", "cpio", "ldd"].into_iter().all(have);
     let (Some((kernel, dummy)), true, true, true) =
         (kernel, root, tools, cfg!(target_arch = "x86_64"))
     else {
-        smarter_common::testing::skip(
+        skip(
             "needs root, x86_64, qemu-system-x86_64, cpio and a /boot kernel with dummy.ko \
              (apt-get install qemu-system-x86 cpio linux-image-amd64)",
         );

@@ -7,74 +7,31 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
+use smarter_test_support::{Netns, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smarter-dns");
 
-/// A network namespace deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Result<Self, Box<dyn std::error::Error>> {
-        let name = format!("smdns-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        run(&["ip", "netns", "add", &name])?;
-        let ns = Self(name);
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    fn ip(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-        let mut v = vec!["ip", "-n", &self.0];
-        v.extend_from_slice(args);
-        run(&v)
-    }
-
-    fn dig(&self, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-        let mut v = vec!["ip", "netns", "exec", &self.0, "dig", "+tries=1", "+time=1"];
-        v.extend_from_slice(args);
-        let out = Command::new(v[0]).args(&v[1..]).output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-    let out = Command::new(args[0]).args(&args[1..]).output()?;
-    if !out.status.success() {
-        return Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
+/// `dig` inside `ns`; its output whatever the status.
+fn dig(ns: &Netns, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let mut v = vec!["dig", "+tries=1", "+time=1"];
+    v.extend_from_slice(args);
+    let out = ns.exec(&v)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
 }
 
 #[test]
 fn binary_serves_cluster_dns_address_and_bridge_only() -> TestResult {
-    if !is_root() || !have("ip") || !have("dig") || !have("dnsmasq") {
-        smarter_common::testing::skip("needs root, ip, dig and dnsmasq");
+    if !require_root("network namespaces")
+        || !require_peer("ip", "iproute2")
+        || !require_peer("dig", "bind9-dnsutils")
+        || !require_peer("dnsmasq", "dnsmasq")
+    {
         return Ok(());
     }
-    let ns = Netns::new("bin")?;
+    let ns = Netns::unique("smdns-bin")?;
     // A stand-in bridge (internal) and an external interface.
     ns.ip(&["link", "add", "smartnet0", "type", "bridge"])?;
     ns.ip(&["addr", "add", "172.39.0.1/16", "dev", "smartnet0"])?;
@@ -87,7 +44,7 @@ fn binary_serves_cluster_dns_address_and_bridge_only() -> TestResult {
     ns.ip(&["link", "set", "eth9p", "up"])?;
 
     let up: SocketAddr = "127.0.0.2:53".parse()?;
-    let _upstream = dnsmasq(up, "fwd.test", "10.0.0.1", Some(&ns.0))?;
+    let _upstream = dnsmasq(up, "fwd.test", "10.0.0.1", Some(ns.name()))?;
 
     let dir = tempfile::tempdir()?;
     let records = dir.path().join("records");
@@ -101,8 +58,9 @@ fn binary_serves_cluster_dns_address_and_bridge_only() -> TestResult {
             dir.path().join("resolv.conf").display()
         ),
     )?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, BIN, "--config"])
+    let child = ns
+        .command(BIN)
+        .arg("--config")
         .arg(&cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -113,11 +71,12 @@ fn binary_serves_cluster_dns_address_and_bridge_only() -> TestResult {
         &records,
         &record("c1", "camera", "iot", &["172.39.0.5", "fd00::5"]),
     )?;
-    let ready = wait_for(Duration::from_secs(10), || {
-        ns.dig(&["@169.254.0.2", "+short", "camera"])
-            .is_ok_and(|o| o.trim() == "172.39.0.5")
-    });
-    assert!(ready, "no answer on 169.254.0.2");
+    wait_until(
+        "an answer on 169.254.0.2",
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || dig(&ns, &["@169.254.0.2", "+short", "camera"]).is_ok_and(|o| o.trim() == "172.39.0.5"),
+    )?;
 
     // The dummy interface carries the cluster DNS address and is up; on a
     // kernel without dummy support, lo carries it.
@@ -136,50 +95,48 @@ fn binary_serves_cluster_dns_address_and_bridge_only() -> TestResult {
                 "camera.svc.cluster.local",
                 "camera.cluster.local",
             ] {
-                let out = ns.dig(&[server, proto, "+short", name])?;
+                let out = dig(&ns, &[server, proto, "+short", name])?;
                 assert_eq!(out.trim(), "172.39.0.5", "{server} {proto} {name}");
             }
-            let out = ns.dig(&[server, proto, "+short", "camera", "AAAA"])?;
+            let out = dig(&ns, &[server, proto, "+short", "camera", "AAAA"])?;
             assert_eq!(out.trim(), "fd00::5");
-            let out = ns.dig(&[server, proto, "+short", "-x", "172.39.0.5"])?;
+            let out = dig(&ns, &[server, proto, "+short", "-x", "172.39.0.5"])?;
             assert_eq!(out.trim(), "camera.iot.svc.cluster.local.");
-            let out = ns.dig(&[server, proto, "+short", "www.fwd.test"])?;
+            let out = dig(&ns, &[server, proto, "+short", "www.fwd.test"])?;
             assert_eq!(out.trim(), "10.0.0.1", "forwarded via {server} {proto}");
         }
     }
     // The short TTL is what we configured.
-    let out = ns.dig(&["@169.254.0.2", "+noall", "+answer", "camera"])?;
+    let out = dig(&ns, &["@169.254.0.2", "+noall", "+answer", "camera"])?;
     assert!(out.split_whitespace().nth(1) == Some("7"), "{out}");
     // Zone transfer refused.
-    let out = ns.dig(&["@169.254.0.2", "cluster.local", "AXFR"])?;
+    let out = dig(&ns, &["@169.254.0.2", "cluster.local", "AXFR"])?;
     assert!(out.contains("Transfer failed"), "{out}");
     // Nothing answers on the external address.
-    let out = ns.dig(&["@192.0.2.10", "camera"])?;
+    let out = dig(&ns, &["@192.0.2.10", "camera"])?;
     assert!(
         !out.contains("172.39.0.5") && !out.contains("status:"),
         "{out}"
     );
-    let out = ns.dig(&["@192.0.2.10", "+tcp", "camera"])?;
+    let out = dig(&ns, &["@192.0.2.10", "+tcp", "camera"])?;
     assert!(!out.contains("status:"), "{out}");
 
     // Removal: NXDOMAIN.
     smarter_common::records::remove(&records, "c1", "eth0")?;
-    let gone = wait_for(Duration::from_secs(2), || {
-        ns.dig(&["@169.254.0.2", "camera.iot.svc.cluster.local"])
-            .is_ok_and(|o| o.contains("status: NXDOMAIN"))
-    });
-    assert!(gone);
+    wait_until(
+        "NXDOMAIN for a removed record",
+        Duration::from_secs(2),
+        Duration::from_millis(5),
+        || {
+            dig(&ns, &["@169.254.0.2", "camera.iot.svc.cluster.local"])
+                .is_ok_and(|o| o.contains("status: NXDOMAIN"))
+        },
+    )?;
 
     // SIGTERM stops it cleanly.
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    assert_eq!(rc, 0);
-    let mut status = None;
-    let stopped = wait_for(Duration::from_secs(5), || {
-        status = child.0.try_wait().ok().flatten();
-        status.is_some()
-    });
-    assert!(stopped && status.is_some_and(|s| s.success()), "{status:?}");
+    child.signal(libc::SIGTERM)?;
+    let status = child.wait_exit(Duration::from_secs(5))?;
+    assert!(status.success(), "{status:?}");
     Ok(())
 }
 

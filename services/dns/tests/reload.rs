@@ -6,29 +6,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use hickory_proto::rr::RecordType;
+use smarter_test_support::{StartError, start_with_retry};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smarter-dns");
-
-/// Kills the server if the test fails before stopping it.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16, std::io::Error> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 fn write_config(dir: &Path, port: u16, ttl: u32) -> std::io::Result<()> {
     std::fs::write(
@@ -40,15 +25,6 @@ fn write_config(dir: &Path, port: u16, ttl: u32) -> std::io::Result<()> {
             resolv = dir.join("resolv.conf").display(),
         ),
     )
-}
-
-fn signal(child: &Child, sig: libc::c_int) -> std::io::Result<()> {
-    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
-    // SAFETY: kill(2) with a pid we own and a valid signal number.
-    if unsafe { libc::kill(pid, sig) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The TTL of the first answer for `camera.`, once the server gives one.
@@ -63,8 +39,6 @@ async fn ttl(server: SocketAddr) -> Option<u32> {
 async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestResult {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("resolv.conf"), "")?;
-    let first = free_port()?;
-    write_config(dir.path(), first, 30)?;
     write_record(
         &dir.path().join("records"),
         &record("c1", "camera", "iot", &["172.39.0.5"]),
@@ -72,17 +46,36 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
     // The log goes to a file the test reads while the server runs: a reload's outcome is
     // known from its log line, not from how long the test waited.
     let log_path = dir.path().join("smarter-dns.log");
-    let mut server = Server(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(dir.path().join("dns.toml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
-            .spawn()?,
-    );
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let limit = Duration::from_secs(5);
+    let poll = Duration::from_millis(5);
+    let in_use = std::io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
+    // The server binds the port itself; a port taken meanwhile is retried.
+    let (mut server, first) = start_with_retry("smarter-dns", 10, |port| {
+        write_config(dir.path(), port, 30)?;
+        let mut child = ChildGuard(
+            Command::new(BIN)
+                .arg("--config")
+                .arg(dir.path().join("dns.toml"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log_path)?)
+                .spawn()?,
+        );
+        let serving =
+            smarter_test_support::wait_until("smarter-dns to serve or exit", limit, poll, || {
+                if child.0.try_wait().ok().flatten().is_some() {
+                    return Some(false);
+                }
+                log().contains("serving").then_some(true)
+            })
+            .map_err(|e| StartError::Other(e.into()))?;
+        if serving {
+            Ok(child)
+        } else {
+            Err(StartError::from_output(&log()))
+        }
+    })?;
     assert!(
         wait_until(limit, || async { ttl(at(first)).await == Some(30) })
             .await
@@ -90,21 +83,33 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
         "the server never answered with the first config's TTL"
     );
 
-    // A good config: new TTL, new port.
-    let second = free_port()?;
-    write_config(dir.path(), second, 77)?;
-    signal(&server.0, libc::SIGHUP)?;
-    assert!(
-        wait_until(limit, || async { ttl(at(second)).await == Some(77) })
-            .await
-            .is_some(),
-        "SIGHUP did not apply the new TTL and port"
-    );
+    // A good config: new TTL, new port (retried when the port is taken,
+    // which the server rejects with the OS reason and keeps the old one).
+    let rt = tokio::runtime::Handle::current();
+    let (_, second) = start_with_retry("smarter-dns on a reloaded port", 10, |port| {
+        let rejected_before = log().matches(&in_use).count();
+        write_config(dir.path(), port, 77)?;
+        server.signal(libc::SIGHUP)?;
+        let applied =
+            smarter_test_support::wait_until("SIGHUP's new TTL and port", limit, poll, || {
+                if log().matches(&in_use).count() > rejected_before {
+                    return Some(false);
+                }
+                let got = tokio::task::block_in_place(|| rt.block_on(ttl(at(port))));
+                (got == Some(77)).then_some(true)
+            })
+            .map_err(|e| StartError::Other(e.into()))?;
+        if applied {
+            Ok(())
+        } else {
+            Err(StartError::AddrInUse(format!("port {port}")))
+        }
+    })?;
     assert_eq!(ttl(at(first)).await, None, "the old port still answers");
 
     // A broken config: rejected, the server keeps answering as before.
     std::fs::write(dir.path().join("dns.toml"), "ttl = \"soon\"\n")?;
-    signal(&server.0, libc::SIGHUP)?;
+    server.signal(libc::SIGHUP)?;
     assert!(
         wait_until(limit, || async { log().contains("new config rejected") })
             .await
@@ -120,10 +125,10 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
 
     // A config whose port is taken: rejected with the OS reason (once),
     // and the old sockets are bound again.
-    let in_use = std::io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
+    let rejected_before = log().matches(&in_use).count();
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     write_config(dir.path(), taken.local_addr()?.port(), 88)?;
-    signal(&server.0, libc::SIGHUP)?;
+    server.signal(libc::SIGHUP)?;
     assert!(
         wait_until(limit, || async { log().contains(&in_use) })
             .await
@@ -139,7 +144,7 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
     );
     drop(taken);
 
-    signal(&server.0, libc::SIGTERM)?;
+    server.signal(libc::SIGTERM)?;
     let status = server.0.wait()?;
     let log = log();
     assert!(status.success(), "exit {status:?}; log:\n{log}");
@@ -149,7 +154,7 @@ async fn sighup_applies_a_good_config_and_keeps_running_on_a_bad_one() -> TestRe
     );
     assert_eq!(
         log.matches(&in_use).count(),
-        1,
+        rejected_before + 1,
         "the taken port's OS reason is not in the log exactly once:\n{log}"
     );
     Ok(())

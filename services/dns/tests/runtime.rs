@@ -391,8 +391,10 @@ fn sh(args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_mode_serves_running_containers_by_name_hostname_and_label() -> TestResult {
-    if !is_root() || !have("docker") || !have("cc") || !Path::new("/var/run/docker.sock").exists() {
-        smarter_common::testing::skip("needs root, docker (running dockerd) and cc");
+    if !require_root("docker containers")
+        || !require_peer("docker", "docker.io")
+        || !require_peer("cc", "gcc")
+    {
         return Ok(());
     }
     if Command::new("docker")
@@ -401,7 +403,7 @@ async fn docker_mode_serves_running_containers_by_name_hostname_and_label() -> T
         .map(|o| !o.status.success())
         .unwrap_or(true)
     {
-        smarter_common::testing::skip("dockerd not running");
+        skip("dockerd not running");
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

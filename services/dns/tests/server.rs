@@ -368,49 +368,28 @@ async fn zone_transfers_refused_and_garbage_survived() -> TestResult {
     Ok(())
 }
 
-/// A free UDP port on 127.0.0.x, for upstreams.
-fn free_port() -> Result<u16, std::io::Error> {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    Ok(s.local_addr()?.port())
-}
-
 /// A dnsmasq upstream on 127.0.0.1 answering `*.fwd.test` with 10.0.0.1,
 /// once it answers: (its port, the process guard).
 async fn fwd_upstream() -> Result<(u16, ChildGuard), Box<dyn std::error::Error>> {
-    let port = free_port()?;
-    let up: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let upstream = dnsmasq(up, "fwd.test", "10.0.0.1", None)?;
-    let ready = wait_until(Duration::from_secs(5), || async {
-        udp_query(up, "x.fwd.test.", RecordType::A, Duration::from_millis(50))
-            .await
-            .is_ok_and(|m| m.is_some())
-    })
-    .await;
-    assert!(ready.is_some(), "dnsmasq did not start");
+    let (mut guards, port) = dnsmasqs(&[(LO1, "10.0.0.1")], "fwd.test")?;
+    let upstream = guards.pop().ok_or("no dnsmasq")?;
     Ok((port, upstream))
 }
 
+const LO1: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_caches_and_fails_over_to_dnsmasq() -> TestResult {
-    if !have("dnsmasq") {
-        smarter_common::testing::skip("dnsmasq not installed");
+    if !require_peer("dnsmasq", "dnsmasq") {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let up1: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let up2: SocketAddr = format!("127.0.0.2:{port}").parse()?;
-    let mut first = Some(dnsmasq(up1, "fwd.test", "10.0.0.1", None)?);
-    let _second = dnsmasq(up2, "fwd.test", "10.0.0.2", None)?;
-    for up in [up1, up2] {
-        let ready = wait_until(Duration::from_secs(5), || async {
-            udp_query(up, "x.fwd.test.", RecordType::A, Duration::from_millis(50))
-                .await
-                .is_ok_and(|m| m.is_some())
-        })
-        .await;
-        assert!(ready.is_some(), "dnsmasq {up} did not start");
-    }
+    let (mut upstreams, port) = dnsmasqs(
+        &[(LO1, "10.0.0.1"), ("127.0.0.2".parse()?, "10.0.0.2")],
+        "fwd.test",
+    )?;
+    let _second = upstreams.pop();
+    let mut first = upstreams.pop();
     std::fs::write(
         dir.path().join("resolv.conf"),
         "nameserver 127.0.0.1\nnameserver 127.0.0.2\n",
@@ -453,25 +432,14 @@ async fn forwards_caches_and_fails_over_to_dnsmasq() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolv_conf_change_switches_upstream() -> TestResult {
-    if !have("dnsmasq") {
-        smarter_common::testing::skip("dnsmasq not installed");
+    if !require_peer("dnsmasq", "dnsmasq") {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let up1: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let up3: SocketAddr = format!("127.0.0.3:{port}").parse()?;
-    let _g1 = dnsmasq(up1, "rc.test", "10.0.1.1", None)?;
-    let _g3 = dnsmasq(up3, "rc.test", "10.0.1.3", None)?;
-    for up in [up1, up3] {
-        let ready = wait_until(Duration::from_secs(5), || async {
-            udp_query(up, "x.rc.test.", RecordType::A, Duration::from_millis(50))
-                .await
-                .is_ok_and(|m| m.is_some())
-        })
-        .await;
-        assert!(ready.is_some(), "dnsmasq {up} did not start");
-    }
+    let (_upstreams, port) = dnsmasqs(
+        &[(LO1, "10.0.1.1"), ("127.0.0.3".parse()?, "10.0.1.3")],
+        "rc.test",
+    )?;
     let rc = dir.path().join("resolv.conf");
     std::fs::write(&rc, "nameserver 127.0.0.1\n")?;
     let mut cfg = config(dir.path());
@@ -618,8 +586,7 @@ async fn metrics_endpoint_counts_queries_and_records() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_answers_are_timed() -> TestResult {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if !have("dnsmasq") {
-        smarter_common::testing::skip("dnsmasq not installed");
+    if !require_peer("dnsmasq", "dnsmasq") {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -710,8 +677,7 @@ fn ttls(answer: &[u8]) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
 /// age by the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_questions_replay_exact_answers() -> TestResult {
-    if !have("dnsmasq") {
-        smarter_common::testing::skip("dnsmasq not installed");
+    if !require_peer("dnsmasq", "dnsmasq") {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

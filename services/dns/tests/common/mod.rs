@@ -1,32 +1,22 @@
 //! Helpers shared by the integration tests: a tiny DNS client, record
 //! files, and guards for processes and network namespaces.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use smarter_common::records::{self, Record};
+pub use smarter_test_support::{ChildGuard, have, is_root, require_peer, require_root, skip};
+use smarter_test_support::{StartError, port::PortError, start_with_retry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-pub fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 pub fn record(id: &str, pod: &str, ns: &str, ips: &[&str]) -> Record {
     Record {
@@ -113,16 +103,6 @@ pub fn rcode(m: &Option<Message>) -> Option<ResponseCode> {
     m.as_ref().map(|m| m.metadata.response_code)
 }
 
-/// A child process killed (and reaped) on drop.
-pub struct ChildGuard(pub Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// dnsmasq answering `*.<domain>` with `answer`, listening on `addr`.
 pub fn dnsmasq(
     addr: SocketAddr,
@@ -130,6 +110,86 @@ pub fn dnsmasq(
     answer: &str,
     netns: Option<&str>,
 ) -> std::io::Result<ChildGuard> {
+    let child = dnsmasq_command(addr, domain, answer, netns)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(ChildGuard(child))
+}
+
+/// One dnsmasq per `(ip, answer)`, all on one port (a server's
+/// `upstream_port` is one for all its upstreams), each answering
+/// `*.<domain>` with its answer: started on a port dnsmasq binds itself,
+/// picked again when one says the address is in use; returned once each
+/// answers. No port is bound and released first.
+pub fn dnsmasqs(
+    upstreams: &[(IpAddr, &str)],
+    domain: &str,
+) -> Result<(Vec<ChildGuard>, u16), PortError> {
+    start_with_retry(format_args!("dnsmasq for {domain}"), 20, |port| {
+        let mut guards = Vec::new();
+        for (ip, answer) in upstreams {
+            let addr = SocketAddr::new(*ip, port);
+            let mut g = ChildGuard(
+                dnsmasq_command(addr, domain, answer, None)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()?,
+            );
+            let probe = format!("x.{domain}.");
+            // Some(true): it answers; Some(false): it exited.
+            let up = smarter_test_support::wait_until(
+                format_args!("dnsmasq on {addr} to answer"),
+                Duration::from_secs(5),
+                Duration::from_millis(5),
+                || {
+                    if g.0.try_wait().ok().flatten().is_some() {
+                        return Some(false);
+                    }
+                    answers_now(addr, &probe).then_some(true)
+                },
+            )
+            .map_err(|e| StartError::Other(e.into()))?;
+            if !up {
+                let mut err = String::new();
+                if let Some(mut e) = g.0.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(StartError::from_output(&err));
+            }
+            guards.push(g);
+        }
+        Ok(guards)
+    })
+}
+
+/// Whether `server` answers an A question for `name` within 50 ms
+/// (blocking: used while nothing else runs yet).
+fn answers_now(server: SocketAddr, name: &str) -> bool {
+    let Ok((id, bytes)) = query_bytes(name, RecordType::A) else {
+        return false;
+    };
+    let bind = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let Ok(s) = std::net::UdpSocket::bind(bind) else {
+        return false;
+    };
+    if s.set_read_timeout(Some(Duration::from_millis(50))).is_err()
+        || s.send_to(&bytes, server).is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    s.recv_from(&mut buf)
+        .ok()
+        .and_then(|(n, _)| Message::from_vec(&buf[..n]).ok())
+        .is_some_and(|m| m.metadata.id == id)
+}
+
+fn dnsmasq_command(addr: SocketAddr, domain: &str, answer: &str, netns: Option<&str>) -> Command {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -154,25 +214,22 @@ pub fn dnsmasq(
     if !is_root() {
         cmd.arg("--user=");
     }
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-    Ok(ChildGuard(child))
+    cmd
 }
 
 /// Poll `f` every millisecond until it returns true or `limit` passes;
-/// returns the time it took.
-pub async fn wait_until<F, Fut>(limit: Duration, mut f: F) -> Option<Duration>
+/// returns the time it took (these tests assert on latencies), `None` on
+/// timeout.
+pub async fn wait_until<F, Fut>(limit: Duration, f: F) -> Option<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
-    while start.elapsed() < limit {
-        if f().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    None
+    smarter_test_support::wait_until_async("a condition", limit, Duration::from_millis(1), f)
+        .await
+        .ok()
+        .map(|()| start.elapsed())
 }
 
 pub fn write_record(dir: &Path, r: &Record) -> Result<(), records::RecordError> {
