@@ -173,7 +173,7 @@ fn support_mknod(path: &std::path::Path) -> bool {
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
     let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(116, 0)) };
     if rc != 0 {
-        smarter_common::testing::skip("part of list test: cannot mknod (not root)");
+        smarter_test_support::skip("part of list test: cannot mknod (not root)");
     }
     rc == 0
 }

@@ -3,9 +3,13 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use smarter_test_support::wait_until_async;
 use support::{Env, FakeKubelet, R, T, can_mknod, healthy, hotplug_cycle, unhealthy};
+
+/// How often a wait polls what it cannot be told about (files, the log).
+const POLL: Duration = Duration::from_millis(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn original_conf_yaml_registers_lists_and_allocates() -> R {
@@ -159,11 +163,7 @@ async fn registers_after_kubelet_appears_late() -> R {
     env.spawn(&[])?;
     // No kubelet yet: the plugin serves and retries with backoff.
     let sock = env.plugins.join("smarter-ttyUSB0.sock");
-    let end = Instant::now() + T;
-    while !sock.exists() && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(sock.exists());
+    wait_until_async("the plugin's socket", T, POLL, || async { sock.exists() }).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let k = FakeKubelet::start(&env.plugins)?;
     k.wait_for("smarter-devices/ttyUSB0", T, |p| {
@@ -224,21 +224,23 @@ async fn sighup_reload_changes_only_changed_resources() -> R {
         k.plugin("smarter-devices/video0").map(|p| p.registrations),
         Some(1)
     );
-    let end = Instant::now() + T;
-    while env.plugins.join("smarter-snd.sock").exists() && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(!env.plugins.join("smarter-snd.sock").exists());
+    wait_until_async("smarter-snd.sock to go", T, POLL, || async {
+        !env.plugins.join("smarter-snd.sock").exists()
+    })
+    .await?;
     let a = k.allocate("smarter-devices/serial", &["ttyUSB0.2"]).await?;
     assert_eq!(a.devices[0].permissions, "rwm");
 
     // A broken config is refused; the last good one keeps serving.
     env.write_config("[[rules]]\npath = \"^tty(\"\n")?;
     env.signal(libc::SIGHUP);
-    let end = Instant::now() + T;
-    while !env.log_text().contains("keeping the last good config") && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_async(
+        "the broken config's refusal in the log",
+        T,
+        POLL,
+        || async { env.log_text().contains("keeping the last good config") },
+    )
+    .await?;
     assert!(
         env.log_text().contains("rules[0].path"),
         "{}",
@@ -336,17 +338,29 @@ async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 /// Poll `path` until its answer starts with `status` (a generous bound, not
 /// a timing assertion).
 async fn wait_http(port: u16, path: &str, status: &str) -> Result<String, String> {
-    let mut last = String::new();
-    for _ in 0..200 {
-        if let Ok(a) = http_get(port, path).await {
+    let last = std::sync::Mutex::new(String::new());
+    wait_until_async(
+        format_args!("{path} to answer {status:?}"),
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let a = http_get(port, path).await.ok()?;
             if a.starts_with(status) {
-                return Ok(a);
+                return Some(a);
             }
-            last = a;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("{path} never answered {status:?}; last {last:?}"))
+            if let Ok(mut l) = last.lock() {
+                *l = a;
+            }
+            None
+        },
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "{e}; last {:?}",
+            last.lock().map(|l| l.clone()).unwrap_or_default()
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{Env, FakeKubelet, R, T, can_mknod};
 
@@ -33,11 +33,13 @@ async fn removed_resource_ends_its_stream_others_stay() -> R {
     env.write_config("watch_config = false\n[[rules]]\npath = \"^ttyUSB[0-9]+$\"\n")?;
     env.signal(libc::SIGHUP);
     k.wait_for(video, T, |p| p.streams_ended >= 1).await?;
-    let end = Instant::now() + T;
-    while env.plugins.join("smarter-video0.sock").exists() && Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!env.plugins.join("smarter-video0.sock").exists());
+    smarter_test_support::wait_until_async(
+        "smarter-video0.sock to go",
+        T,
+        Duration::from_millis(20),
+        || async { !env.plugins.join("smarter-video0.sock").exists() },
+    )
+    .await?;
 
     // The other resource's stream is untouched and still answers.
     tokio::time::sleep(Duration::from_millis(200)).await;

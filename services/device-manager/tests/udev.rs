@@ -16,17 +16,17 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// udevd with `rules`, or print why the test skips.
 fn udevd(test: &str, rules: &str) -> Option<Udevd> {
     if !cfg!(feature = "udev") {
-        smarter_common::testing::skip(format!("{test}: built without the udev feature"));
+        smarter_test_support::skip(format!("{test}: built without the udev feature"));
         return None;
     }
     if !std::path::Path::new("/dev/loop-control").exists() {
-        smarter_common::testing::skip(format!("{test}: no /dev/loop-control (loop driver)"));
+        smarter_test_support::skip(format!("{test}: no /dev/loop-control (loop driver)"));
         return None;
     }
     match Udevd::ensure(rules) {
         Ok(u) => Some(u),
         Err(why) => {
-            smarter_common::testing::skip(format!("{test}: {why}"));
+            smarter_test_support::skip(format!("{test}: {why}"));
             None
         }
     }

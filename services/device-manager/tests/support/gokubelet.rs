@@ -133,15 +133,12 @@ pub fn binary(test: &str) -> Result<Option<PathBuf>, String> {
         Built::Ok(p) => Ok(Some(p.clone())),
         Built::Failed(e) => Err(e.clone()),
         Built::Missing(why) => {
-            let required = ["CI", "SMARTER_REQUIRE_PEERS"]
-                .iter()
-                .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
-            if required {
+            if smarter_test_support::peers_required() {
                 return Err(format!(
                     "{test}: the grpc-go kubelet is required (CI or SMARTER_REQUIRE_PEERS set) but {why}"
                 ));
             }
-            smarter_common::testing::skip(format!("{test}: {why}"));
+            smarter_test_support::skip(format!("{test}: {why}"));
             Ok(None)
         }
     }

@@ -94,7 +94,7 @@ pub fn can_mknod(test: &str) -> bool {
     match mknod(&t.path().join("probe"), 1, 3) {
         Ok(()) => true,
         Err(e) => {
-            smarter_common::testing::skip(format!(
+            smarter_test_support::skip(format!(
                 "{test}: cannot mknod ({e}); run as root (CI does)"
             ));
             false
@@ -188,16 +188,9 @@ impl Env {
 
     /// Wait for exit (after a signal), at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let c = self.child.as_mut()?;
-        let end = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < end {
-            if let Ok(Some(st)) = c.try_wait() {
-                self.child = None;
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        let st = smarter_test_support::wait_exit(self.child.as_mut()?, timeout).ok()?;
+        self.child = None;
+        Some(st)
     }
 
     pub fn log_text(&self) -> String {
@@ -206,16 +199,13 @@ impl Env {
 
     /// Wait until the log contains `needle`; false after `timeout`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let end = std::time::Instant::now() + timeout;
-        loop {
-            if self.log_text().contains(needle) {
-                return true;
-            }
-            if std::time::Instant::now() > end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        smarter_test_support::wait_until(
+            format_args!("{needle:?} in the log"),
+            timeout,
+            Duration::from_millis(10),
+            || self.log_text().contains(needle),
+        )
+        .is_ok()
     }
 }
 

@@ -63,8 +63,7 @@ impl Udevd {
     /// Make sure a udevd runs with `rules` (udev rules text) loaded; `Err`
     /// says why a test must skip.
     pub fn ensure(rules: &str) -> Result<Self, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !smarter_test_support::is_root() {
             return Err("not root (udevd, loop devices)".into());
         }
         let udevd = find_udevd().ok_or("no systemd-udevd: apt-get install udev")?;
@@ -138,21 +137,24 @@ exec "$udevd""#;
             added_rule: None,
             tmp,
         };
-        let end = Instant::now() + Duration::from_secs(5);
-        while !udevd_live() {
-            if let Some(c) = me.child.as_mut()
-                && let Ok(Some(st)) = c.try_wait()
-            {
-                me.child = None;
-                return Err(format!("systemd-udevd exited ({st}): {}", me.log()));
-            }
-            if Instant::now() > end {
-                return Err(format!(
-                    "systemd-udevd not listening after 5 s: {}",
-                    me.log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        // Listening (None), or exited (its status).
+        let exited = smarter_test_support::wait_until(
+            "systemd-udevd to listen",
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            || {
+                if let Some(c) = me.child.as_mut()
+                    && let Ok(Some(st)) = c.try_wait()
+                {
+                    return Some(Some(st));
+                }
+                udevd_live().then_some(None)
+            },
+        )
+        .map_err(|e| format!("{e}: {}", me.log()))?;
+        if let Some(st) = exited {
+            me.child = None;
+            return Err(format!("systemd-udevd exited ({st}): {}", me.log()));
         }
         Ok(me)
     }
@@ -191,10 +193,8 @@ impl Drop for Udevd {
                 // SAFETY: kill(2) on our own child's pid.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
-            let end = Instant::now() + Duration::from_secs(3);
-            while !matches!(c.try_wait(), Ok(Some(_))) && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            // Killed below when it has not stopped by then.
+            let _ = smarter_test_support::wait_exit(&mut c, Duration::from_secs(3));
             let _ = c.kill();
             let _ = c.wait();
             if self.created_run_dir {
