@@ -102,10 +102,31 @@ struct Lease {
     delegated: Option<CniResult>,
 }
 
-fn lease(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Lease, CniError> {
+/// The built-in IPAM's store of this network, locked; `None` with a
+/// delegated IPAM. Each command opens it once and passes it down, so one
+/// ADD takes the lock once and sees one consistent state.
+fn open_store(conf: &NetConf) -> Result<Option<Store>, CniError> {
+    match &conf.ipam {
+        Ipam::Builtin(b) => Store::open(&b.data_dir, &conf.name)
+            .map(Some)
+            .map_err(ipam_err),
+        Ipam::Delegate(_) => Ok(None),
+    }
+}
+
+fn no_store() -> CniError {
+    CniError::new(code::PLUGIN, "built-in IPAM state is not open")
+}
+
+fn lease(
+    conf: &NetConf,
+    env: &Env,
+    stdin: &[u8],
+    store: Option<&Store>,
+) -> Result<Lease, CniError> {
     match &conf.ipam {
         Ipam::Builtin(b) => {
-            let store = Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?;
+            let store = store.ok_or_else(no_store)?;
             let ip = store
                 .allocate(b.range_start, b.range_end, &[b.gateway], &owner(env))
                 .map_err(ipam_err)?;
@@ -148,11 +169,11 @@ fn lease(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<Lease, CniError> {
     }
 }
 
-fn release(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
+fn release(conf: &NetConf, env: &Env, stdin: &[u8], store: Option<&Store>) -> Result<(), CniError> {
     match &conf.ipam {
-        Ipam::Builtin(b) => {
-            let store = Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?;
+        Ipam::Builtin(_) => {
             store
+                .ok_or_else(no_store)?
                 .release(&env.container_id, &env.ifname)
                 .map_err(ipam_err)?;
             Ok(())
@@ -165,11 +186,14 @@ fn release(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
 }
 
 /// Another attachment (per the built-in IPAM) whose host veth is `host`.
-fn other_owner_of(conf: &NetConf, env: &Env, host: &str) -> Result<Option<String>, CniError> {
-    let Ipam::Builtin(b) = &conf.ipam else {
+fn other_owner_of(
+    store: Option<&Store>,
+    env: &Env,
+    host: &str,
+) -> Result<Option<String>, CniError> {
+    let Some(store) = store else {
         return Ok(None);
     };
-    let store = Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?;
     Ok(store
         .list()
         .map_err(ipam_err)?
@@ -254,14 +278,15 @@ fn boot_id() -> String {
 /// isolation, with the current pods). With masquerade only, the script is
 /// applied once per boot and config (a marker in the IPAM state directory
 /// remembers it), so most ADDs run no `nft` at all.
-fn sync_rules(conf: &NetConf, subnet: Ipv4Net, force: bool) -> Result<(), CniError> {
+fn sync_rules(
+    conf: &NetConf,
+    store: Option<&Store>,
+    subnet: Ipv4Net,
+    force: bool,
+) -> Result<(), CniError> {
     let nft_err =
         |e: nft::NftError| CniError::new(code::PLUGIN, "nftables").with_details(e.to_string());
-    let store = match &conf.ipam {
-        Ipam::Builtin(b) => Some(Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?),
-        Ipam::Delegate(_) => None,
-    };
-    let pods = match (&store, conf.isolation.enabled) {
+    let pods = match (store, conf.isolation.enabled) {
         (Some(s), true) => pods_by_namespace(s)?,
         _ => BTreeMap::new(),
     };
@@ -275,7 +300,7 @@ fn sync_rules(conf: &NetConf, subnet: Ipv4Net, force: bool) -> Result<(), CniErr
         pods,
     };
     let script = rules.script();
-    let marker = store.as_ref().map(|s| s.dir().join("nft-applied"));
+    let marker = store.map(|s| s.dir().join("nft-applied"));
     let stamp = format!("{}\n{}", boot_id(), script);
     if !force
         && !conf.isolation.enabled
@@ -359,9 +384,20 @@ pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<CniResult, CniErro
         .as_deref()
         .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is not set"))?;
     let ns = open_netns(netns_path)?;
-    let lease = lease(conf, env, stdin)?;
+    // Held to the end of the ADD: allocation, the veth-name owner check and
+    // the rules all see the same allocations.
+    let store = open_store(conf)?;
+    let lease = lease(conf, env, stdin, store.as_ref())?;
     let mut created_veth = false;
-    match attach(conf, env, &ns, netns_path, &lease, &mut created_veth) {
+    match attach(
+        conf,
+        env,
+        store.as_ref(),
+        &ns,
+        netns_path,
+        &lease,
+        &mut created_veth,
+    ) {
         Ok(mut result) => {
             if let Some(d) = &lease.delegated {
                 result.dns = d.dns.clone();
@@ -381,7 +417,7 @@ pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<CniResult, CniErro
             {
                 let _ = nl.del_link(l.index);
             }
-            if let Err(r) = release(conf, env, stdin) {
+            if let Err(r) = release(conf, env, stdin, store.as_ref()) {
                 tracing::warn!(error = %r, "releasing the address after a failed ADD failed");
             }
             Err(e)
@@ -392,6 +428,7 @@ pub fn add(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<CniResult, CniErro
 fn attach(
     conf: &NetConf,
     env: &Env,
+    store: Option<&Store>,
     ns: &File,
     netns_path: &Path,
     lease: &Lease,
@@ -408,7 +445,7 @@ fn attach(
         // Normally left by an ADD of this attachment that was killed half-way:
         // start again. Never take it from another live attachment whose name
         // hashes the same (32-bit hash, so rare but possible).
-        if let Some(owner) = other_owner_of(conf, env, &host)? {
+        if let Some(owner) = other_owner_of(store, env, &host)? {
             return Err(CniError::new(
                 code::PLUGIN,
                 format!("host veth name {host} is already used by {owner}"),
@@ -465,7 +502,7 @@ fn attach(
             gw: Some(IpAddr::V4(lease.gateway)),
         });
     }
-    sync_rules(conf, lease.subnet, created)?;
+    sync_rules(conf, store, lease.subnet, created)?;
     Ok(CniResult {
         interfaces: vec![
             Interface {
@@ -500,10 +537,11 @@ fn attach(
 /// DEL in native mode: remove the veth, the address, the rules; anything
 /// already gone is fine.
 pub fn del(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
+    let store = open_store(conf)?;
     let mut nl = Netlink::new().map_err(nl_err)?;
     let host = host_veth_name(&env.container_id, &env.ifname);
     if let Some(l) = nl.link_by_name(&host).map_err(nl_err)?
-        && other_owner_of(conf, env, &host)?.is_none()
+        && other_owner_of(store.as_ref(), env, &host)?.is_none()
     {
         match nl.del_link(l.index) {
             Ok(()) => {}
@@ -519,11 +557,11 @@ pub fn del(conf: &NetConf, env: &Env, stdin: &[u8]) -> Result<(), CniError> {
     {
         let _ = cnl.del_link(l.index);
     }
-    release(conf, env, stdin)?;
+    release(conf, env, stdin, store.as_ref())?;
     if conf.isolation.enabled
         && let Ipam::Builtin(b) = &conf.ipam
     {
-        sync_rules(conf, b.subnet, true)?;
+        sync_rules(conf, store.as_ref(), b.subnet, true)?;
     }
     Ok(())
 }
@@ -642,8 +680,11 @@ pub fn gc(
     b: Option<&BuiltinIpam>,
 ) -> Result<GcReport, CniError> {
     let mut report = GcReport::default();
-    if let Some(b) = b {
-        let store = Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?;
+    let store = match b {
+        Some(b) => Some(Store::open(&b.data_dir, &conf.name).map_err(ipam_err)?),
+        None => None,
+    };
+    if let Some(store) = &store {
         for (_, owner) in store.gc(valid).map_err(ipam_err)? {
             if let Some(o) = owner {
                 report.released.push((o.container_id, o.ifname));
@@ -670,7 +711,7 @@ pub fn gc(
         }
     }
     if let Some(b) = b {
-        sync_rules(conf, b.subnet, true)?;
+        sync_rules(conf, store.as_ref(), b.subnet, true)?;
     }
     Ok(report)
 }
