@@ -793,3 +793,77 @@ fn veth_name_collision_fails_the_add_without_harming_the_owner() {
     assert!(pa.ping(&n.gateway), "the owner survives the other's DEL");
     assert_eq!(Call::new("DEL", &a, Some(&pa.path)).run(&n.conf).0, 0);
 }
+
+/// DEL hands the kernel's veth teardown to a forked child (see
+/// `native::delete_link_detached`). When DEL exits the pair must already be
+/// gone from both namespaces, and the child must hold nothing of the
+/// runtime's or of the next ADD's: not the stdout pipe (a runtime reads it
+/// to its end), not the IPAM lock. The child lives some 20 ms after DEL
+/// exits, so the pipe check fails if the child kept the pipe open (checked
+/// by removing the redirection).
+#[test]
+fn del_returns_with_the_pair_gone_and_holds_nothing() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    if !can_run() {
+        return;
+    }
+    let n = net("1.1.0", "10.211.0.0/24", json!({}));
+    let name = n.conf["name"].as_str().unwrap_or_default().to_string();
+    let pod = Netns::new(&format!("cnid{}", tag()));
+    for round in 0..3 {
+        let id = format!("del{round}");
+        let (code, r) = Call::new("ADD", &id, Some(&pod.path)).run(&n.conf);
+        assert_eq!(code, 0, "ADD {round}: {r}");
+        let veth = smarter_cni::native::host_veth_name(&id, "eth0");
+        assert!(host_link_exists(&veth));
+
+        let mut child = Call::new("DEL", &id, Some(&pod.path))
+            .command(BIN, &n.conf)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn DEL: {e}"));
+        if let Some(mut w) = child.stdin.take() {
+            let _ = w.write_all(n.conf.to_string().as_bytes());
+        }
+        let mut stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let status = child.wait().unwrap_or_else(|e| panic!("wait DEL: {e}"));
+        assert!(status.success(), "DEL {round}");
+        // No writer left on the pipe: a read ends at once (EOF), it does
+        // not block (EAGAIN) while a forked child still holds it.
+        nix::fcntl::fcntl(
+            &stdout,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap_or_else(|e| panic!("fcntl: {e}"));
+        let mut buf = [0u8; 64];
+        match stdout.read(&mut buf) {
+            Ok(0) => {}
+            other => panic!("DEL's stdout still open after it exited: {other:?}"),
+        }
+        // The IPAM lock is free now.
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(n.data.join(&name).join("lock"))
+            .unwrap_or_else(|e| panic!("open lock: {e}"));
+        match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => drop(l),
+            Err((_, e)) => panic!("IPAM lock still held after DEL: {e}"),
+        }
+        // The pair is gone from both sides, and its name free for the
+        // next pod in the same namespace.
+        assert!(!host_link_exists(&veth), "host end left after DEL {round}");
+        let inside = pod.exec(&["ip", "link", "show", "dev", "eth0"]);
+        assert!(!inside.status.success(), "eth0 left in the pod");
+        assert_eq!(allocations(&n), 0);
+    }
+    // DEL then an immediate ADD of the same attachment: the same host veth
+    // name while the kernel may still be tearing the old one down.
+    for _ in 0..3 {
+        let (code, r) = Call::new("ADD", "again", Some(&pod.path)).run(&n.conf);
+        assert_eq!(code, 0, "{r}");
+        assert!(pod.ping(&n.gateway));
+        assert_eq!(Call::new("DEL", "again", Some(&pod.path)).run(&n.conf).0, 0);
+    }
+}
