@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::bundle_server::{Server, bundle, target};
 use common::bus::{Bus, FakeRauc, Plan, Slots, private_bus, serve_logind, serve_rauc, slots};
+use smarter_test_support::wait_until_async;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The agent process; killed when dropped.
@@ -107,30 +108,41 @@ async fn get(port: u16, path: &str) -> (u16, String) {
 /// Wait (a generous bound, not a timing assertion) until `/readyz` answers
 /// `code` with a body containing `needle`.
 async fn wait_ready(agent: &AgentProcess, code: u16, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut last = (0, String::new());
-    while Instant::now() < deadline {
-        last = get(agent.port, "/readyz").await;
-        if last.0 == code && last.1.contains(needle) {
-            return last.1;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "/readyz never answered {code} with {needle:?}; last {last:?}; agent log:\n{}",
-        agent.log()
-    );
+    let last = std::sync::Mutex::new((0, String::new()));
+    let answered = wait_until_async(
+        format_args!("/readyz to answer {code} with {needle:?}"),
+        Duration::from_secs(90),
+        Duration::from_millis(100),
+        || async {
+            let got = get(agent.port, "/readyz").await;
+            let ok = (got.0 == code && got.1.contains(needle)).then(|| got.1.clone());
+            if let Ok(mut l) = last.lock() {
+                *l = got;
+            }
+            ok
+        },
+    )
+    .await;
+    answered.unwrap_or_else(|e| {
+        panic!(
+            "{e}; last {:?}; agent log:\n{}",
+            last.lock().map(|l| l.clone()).unwrap_or_default(),
+            agent.log()
+        )
+    })
 }
 
 async fn wait_for(what: &str, agent: &AgentProcess, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let done = wait_until_async(
+        what,
+        Duration::from_secs(90),
+        Duration::from_millis(100),
+        || std::future::ready(check()),
+    )
+    .await;
+    if let Err(e) = done {
+        panic!("{e}; agent log:\n{}", agent.log());
     }
-    panic!("{what} never happened; agent log:\n{}", agent.log());
 }
 
 /// Everything one gateway needs, in a temp dir.
@@ -487,14 +499,14 @@ async fn bad_input_is_reported_while_the_agent_keeps_serving() {
 /// SIGTERM `agent` and assert it exits with status 0 within `secs`.
 async fn stops_on_sigterm(agent: &mut AgentProcess, secs: u64, what: &str) {
     signal(agent, "-TERM");
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Some(status) = agent.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "{what}:\n{}", agent.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_until_async(
+        what,
+        Duration::from_secs(secs),
+        Duration::from_millis(50),
+        || std::future::ready(agent.child.try_wait().ok().flatten()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}:\n{}", agent.log()));
     assert!(status.success(), "{status}: {}", agent.log());
 }
 

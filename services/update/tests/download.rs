@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::bundle_server::{ETAG, Server, bundle, target};
+use smarter_test_support::{ChildGuard, StartError};
 use smarter_update::download::{
     CaCerts, DownloadError, Downloader, Options, PART_FILE, Progress, STATE_FILE, Target,
 };
@@ -326,8 +327,7 @@ fn with_small_tmpfs(size_kib: u64, f: impl FnOnce(&Path) + Send + 'static) {
 
 #[test]
 fn a_full_data_partition_is_reported_and_given_back() {
-    if !smarter_common::testing::is_root() {
-        smarter_common::testing::skip("mounting a small tmpfs needs root");
+    if !smarter_test_support::require_root("mounting a small tmpfs") {
         return;
     }
     let bytes = bundle(SIZE);
@@ -358,11 +358,13 @@ fn a_full_data_partition_is_reported_and_given_back() {
             d.fetch(&tt, &mut no_progress)
         });
         let part = down.join(PART_FILE);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while file_len(&part) == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(file_len(&part) > 0, "download started");
+        smarter_test_support::wait_until(
+            "the download to start",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || file_len(&part) > 0,
+        )
+        .expect("download started");
         // Fill the file system.
         let mut filler = std::fs::File::create(dir.join("filler")).expect("filler");
         let block = vec![0u8; 64 * 1024];
@@ -380,17 +382,6 @@ fn a_full_data_partition_is_reported_and_given_back() {
 
 /// `openssl s_server -WWW` (HTTP/1.0, whole files, no ranges) over TLS with a
 /// certificate from a private CA; killed when dropped.
-struct TlsServer {
-    child: std::process::Child,
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn openssl(dir: &Path, args: &[&str]) -> bool {
     std::process::Command::new("openssl")
         .args(args)
@@ -431,7 +422,7 @@ fn https_from_a_server_with_a_private_ca_needs_its_ca_file() {
         .concat(),
     );
     if !made {
-        smarter_common::testing::skip("openssl cannot run; install Debian's openssl package");
+        smarter_test_support::skip("openssl cannot run; install Debian's openssl package");
         return;
     }
     std::fs::write(
@@ -477,39 +468,53 @@ fn https_from_a_server_with_a_private_ca_needs_its_ca_file() {
     ));
     let bytes = bundle(300 * 1024);
     std::fs::write(d.join("b.raucb"), &bytes).expect("bundle");
-    // A port that was free a moment ago (s_server cannot report one it chose).
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let _server = TlsServer {
-        child: std::process::Command::new("openssl")
-            .args([
-                "s_server",
-                "-accept",
-                &format!("127.0.0.1:{port}"),
-                "-cert",
-                "srv.pem",
-                "-key",
-                "srv.key",
-                "-WWW",
-                "-quiet",
-            ])
-            .current_dir(d)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("openssl s_server"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "s_server did not listen on {port}"
+    // s_server cannot report a port it chose: it gets a picked one, and
+    // another when it says the address is in use.
+    let (_server, port) = smarter_test_support::start_with_retry("openssl s_server", 10, |port| {
+        let mut child = ChildGuard(
+            std::process::Command::new("openssl")
+                .args([
+                    "s_server",
+                    "-accept",
+                    &format!("127.0.0.1:{port}"),
+                    "-cert",
+                    "srv.pem",
+                    "-key",
+                    "srv.key",
+                    "-WWW",
+                    "-quiet",
+                ])
+                .current_dir(d)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()?,
         );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        // Listening (true), or exited (false).
+        let listening = smarter_test_support::wait_until(
+            format_args!("s_server to listen on {port}"),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || {
+                if child.0.try_wait().ok().flatten().is_some() {
+                    return Some(false);
+                }
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .is_ok()
+                    .then_some(true)
+            },
+        )
+        .map_err(|e| StartError::Other(e.into()))?;
+        if listening {
+            return Ok(child);
+        }
+        let mut err = String::new();
+        if let Some(mut e) = child.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        Err(StartError::from_output(&err))
+    })
+    .expect("openssl s_server");
     let mut sha = [0u8; 32];
     sha.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     let t = Target {

@@ -236,7 +236,7 @@ fn real_rauc(bus: &Bus) -> Option<RealRauc> {
     match child {
         Ok(child) => Some(RealRauc { child, dir }),
         Err(e) => {
-            smarter_common::testing::skip(format!(
+            smarter_test_support::skip(format!(
                 "rauc cannot run ({e}); install Debian's rauc package"
             ));
             None
@@ -249,13 +249,14 @@ fn real_rauc(bus: &Bus) -> Option<RealRauc> {
 async fn wait_for_name(conn: &zbus::Connection, name: &str) {
     let dbus = zbus::fdo::DBusProxy::new(conn).await.expect("DBus proxy");
     let name = zbus::names::BusName::try_from(name).expect("bus name");
-    for _ in 0..300 {
-        if dbus.name_has_owner(name.clone()).await.unwrap_or(false) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} did not appear on the bus within 30 s");
+    smarter_test_support::wait_until_async(
+        format_args!("{name} on the bus"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { dbus.name_has_owner(name.clone()).await.unwrap_or(false) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,7 @@ pub fn private_bus() -> Option<Bus> {
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
-            smarter_common::testing::skip(format!(
+            smarter_test_support::skip(format!(
                 "dbus-daemon cannot run ({e}); install Debian's dbus package"
             ));
             return None;
