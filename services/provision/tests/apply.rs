@@ -241,8 +241,7 @@ fn a_stale_staging_dir_from_a_power_cut_is_discarded() {
 /// namespace (`unshare --uts`) so the host keeps its name. Needs root.
 #[test]
 fn sets_the_hostname_in_a_uts_namespace() {
-    if !smarter_common::testing::is_root() {
-        smarter_common::testing::skip("sets_the_hostname_in_a_uts_namespace needs root");
+    if !smarter_test_support::require_root("a UTS namespace") {
         return;
     }
     let g = Gateway::new();

@@ -35,23 +35,22 @@ const MIB: u64 = 1 << 20;
 /// Loop devices are few and shared: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn on_path(p: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(p).is_file()))
-}
-
 fn can_run() -> bool {
-    let missing: Vec<&str> = PEERS.iter().copied().filter(|p| !on_path(p)).collect();
+    let missing: Vec<&str> = PEERS
+        .iter()
+        .copied()
+        .filter(|p| !smarter_test_support::have(p))
+        .collect();
     let reason = if !missing.is_empty() {
         format!("missing peers {missing:?} (cross/setup-debian.sh installs them)")
-    } else if !smarter_common::testing::is_root() {
+    } else if !smarter_test_support::is_root() {
         "needs root (loop devices)".to_string()
     } else if !Path::new("/dev/loop-control").exists() {
         "no /dev/loop-control".to_string()
     } else {
         return true;
     };
-    smarter_common::testing::skip(format!("flasher tests cannot run: {reason}"));
+    smarter_test_support::skip(format!("flasher tests cannot run: {reason}"));
     false
 }
 
