@@ -35,7 +35,7 @@ fn docker_usable() -> bool {
         .status()
         .is_ok_and(|s| s.success())
     {
-        smarter_common::testing::skip("dockerd is not reachable (start it: dockerd &)");
+        smarter_test_support::skip("dockerd is not reachable (start it: dockerd &)");
         return false;
     }
     let busybox = std::path::Path::new("/bin/busybox");

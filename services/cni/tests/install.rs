@@ -4,29 +4,19 @@
 //! removed, and stops on SIGTERM.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smarter-cni");
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use smarter_test_support::ChildGuard as Kill;
 
 /// Wait (bounded) until `f` holds; the bound only guards against a hang.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    smarter_test_support::wait_until(what, Duration::from_secs(20), Duration::from_millis(20), f)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn read_json(p: &Path) -> Option<Value> {

@@ -704,25 +704,29 @@ fn chained_portmap_maps_a_host_port_to_the_pod() {
     assert_eq!(code, 0, "portmap accepts our result: {chained}");
     assert_eq!(chained["ips"], ours["ips"]);
     // A one-shot server in the pod; the host reaches it through the mapping.
-    let server = std::process::Command::new("ip")
-        .args(["netns", "exec", &pod.name, "python3", "-c",
+    let server = pod
+        .command("python3")
+        .args(["-c",
             "import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',8081));s.listen(1);s.settimeout(15);c,_=s.accept();c.sendall(b'hello from pod');c.close()"])
         .spawn();
     let mut server = server.unwrap_or_else(|e| panic!("python3: {e}"));
     let target: std::net::SocketAddr = format!("{}:18081", n.gateway)
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut got = String::new();
-    for _ in 0..100 {
-        if let Ok(mut s) =
-            std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(1))
-        {
-            use std::io::Read;
-            let _ = s.read_to_string(&mut got);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let got = smarter_test_support::wait_until(
+        format_args!("the pod's server through {target}"),
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(50),
+        || {
+            let mut s =
+                std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(1))
+                    .ok()?;
+            let mut got = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut got);
+            Some(got)
+        },
+    )
+    .unwrap_or_default();
     let _ = server.kill();
     let _ = server.wait();
     let mut pm_del = pm_conf.clone();

@@ -7,54 +7,38 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use serde_json::json;
+use smarter_test_support::{ChildGuard, wait_until};
 
 const SERVER: &str = "import socket,sys\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind((sys.argv[1],int(sys.argv[2])));s.listen(4);s.settimeout(20)\nwhile True:\n c,a=s.accept();c.sendall(a[0].encode());c.close()";
 const CLIENT: &str = "import socket,sys\ns=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=1)\nprint(s.recv(100).decode())";
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn server(ns: &Netns, ip: &str, port: u16) -> Server {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "python3",
-            "-c",
-            SERVER,
-            ip,
-            &port.to_string(),
-        ])
+fn server(ns: &Netns, ip: &str, port: u16) -> ChildGuard {
+    let child = ns
+        .command("python3")
+        .args(["-c", SERVER, ip, &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("python3: {e}"));
-    Server(child)
+    ChildGuard(child)
 }
 
 /// Connect from `ns` and return what the server said (its view of our
-/// address), retrying briefly while the server starts.
+/// address), retrying for about `tries` times 50 ms while the server starts.
 fn connect(ns: &Netns, ip: &str, port: u16, tries: u32) -> Option<String> {
-    for _ in 0..tries {
+    let poll = Duration::from_millis(50);
+    wait_until(format_args!("{ip}:{port}"), poll * tries, poll, || {
         let out = ns.exec(&["python3", "-c", CLIENT, ip, &port.to_string()]);
-        if out.status.success() {
-            return Some(String::from_utf8_lossy(&out.stdout).trim().to_string());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    })
+    .ok()
 }
 
 fn ip_in(ns: &Netns, args: &[&str]) {

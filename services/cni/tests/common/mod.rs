@@ -12,29 +12,13 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_smarter-cni");
 
-/// Root, and the tools we need: else print why and skip.
+/// Root, and the tools we need: else print why and skip (or fail, under
+/// CI).
 pub fn can_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        smarter_common::testing::skip("needs root (network namespaces, bridges, nftables)");
-        return false;
-    }
-    for tool in ["ip", "nft", "ping"] {
-        if Command::new(tool).arg("-V").output().is_err()
-            && Command::new(tool).arg("--version").output().is_err()
-        {
-            // Running as root (CI): a missing tool is a broken setup, not a skip.
-            panic!("{tool} is not installed (Debian: iproute2, nftables, iputils-ping)");
-        }
-    }
-    true
+    smarter_test_support::require_root("network namespaces, bridges, nftables")
+        && smarter_test_support::require_peer("ip", "iproute2")
+        && smarter_test_support::require_peer("nft", "nftables")
+        && smarter_test_support::require_peer("ping", "iputils-ping")
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -135,49 +119,38 @@ impl<'a> Call<'a> {
     }
 }
 
-/// `ip netns add`; deleted on drop.
+/// A network namespace (smarter-test-support's, deleted on drop), with
+/// its name and path at hand as the plugin's callers need them.
 pub struct Netns {
     pub name: String,
     pub path: PathBuf,
+    ns: smarter_test_support::Netns,
 }
 
 impl Netns {
     pub fn new(name: &str) -> Self {
-        let ok = Command::new("ip")
-            .args(["netns", "add", name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name}");
-        let _ = Command::new("ip")
-            .args(["netns", "exec", name, "ip", "link", "set", "lo", "up"])
-            .status();
+        let ns = smarter_test_support::Netns::new(name)
+            .unwrap_or_else(|e| panic!("network namespace {name}: {e}"));
         Self {
-            name: name.to_string(),
-            path: PathBuf::from(format!("/var/run/netns/{name}")),
+            name: ns.name().to_string(),
+            path: ns.path().to_path_buf(),
+            ns,
         }
     }
 
+    /// `program` run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        self.ns.command(program)
+    }
+
     pub fn exec(&self, args: &[&str]) -> std::process::Output {
-        let mut full = vec!["netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        match Command::new("ip").args(&full).output() {
-            Ok(o) => o,
-            Err(e) => panic!("ip {full:?}: {e}"),
-        }
+        self.ns.exec(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn ping(&self, ip: &str) -> bool {
         self.exec(&["ping", "-c", "1", "-W", "1", "-q", ip])
             .status
             .success()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
