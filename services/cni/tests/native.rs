@@ -871,3 +871,102 @@ fn del_returns_with_the_pair_gone_and_holds_nothing() {
         assert_eq!(Call::new("DEL", "again", Some(&pod.path)).run(&n.conf).0, 0);
     }
 }
+
+/// Run `call` with `nft` replaced by a wrapper that logs each run to `log`
+/// and then runs the real `nft`.
+fn run_counting_nft(call: &Call, conf: &Value, wrapper: &Path) -> (i32, Value) {
+    use std::io::Write;
+    let mut cmd = call.command(BIN, conf);
+    cmd.env("SMARTER_CNI_NFT", wrapper);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn: {e}"));
+    if let Some(mut w) = child.stdin.take() {
+        let _ = w.write_all(conf.to_string().as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// ADD skips `nft` when the rules it would write are the ones already
+/// applied in this boot, and rewrites them when they are not: a changed
+/// config, a marker from another boot, a new bridge. Each step fails if
+/// the skip goes wrong in its direction (a needless run, or a missed one).
+#[test]
+fn rules_are_rewritten_only_when_they_changed() {
+    if !can_run() {
+        return;
+    }
+    let n = net("1.1.0", "10.212.0.0/24", json!({}));
+    let name = n.conf["name"].as_str().unwrap_or_default().to_string();
+    let table = format!("smarter-cni-{name}");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("runs");
+    let wrapper = dir.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho run >> {}\nexec nft \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755));
+    let runs = || {
+        std::fs::read_to_string(&log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let listing = || {
+        let out = std::process::Command::new("nft")
+            .args(["list", "table", "ip", &table])
+            .output()
+            .unwrap_or_else(|e| panic!("nft: {e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pod = Netns::new(&format!("cnin{}", tag()));
+    let cycle = |conf: &Value, id: &str| {
+        let (code, r) = run_counting_nft(&Call::new("ADD", id, Some(&pod.path)), conf, &wrapper);
+        assert_eq!(code, 0, "ADD {id}: {r}");
+        let (code, r) = run_counting_nft(&Call::new("DEL", id, Some(&pod.path)), conf, &wrapper);
+        assert_eq!(code, 0, "DEL {id}: {r}");
+    };
+
+    cycle(&n.conf, "r1");
+    assert_eq!(runs(), 1, "first ADD (new bridge) writes the rules");
+    assert!(listing().contains("masquerade"), "{}", listing());
+    assert!(listing().contains("chain forward"), "{}", listing());
+    cycle(&n.conf, "r2");
+    cycle(&n.conf, "r3");
+    assert_eq!(runs(), 1, "unchanged rules: no nft");
+
+    let mut changed = n.conf.clone();
+    changed["denyInbound"] = json!(false);
+    cycle(&changed, "r4");
+    assert_eq!(runs(), 2, "changed config: rules rewritten");
+    assert!(!listing().contains("chain forward"), "{}", listing());
+    cycle(&changed, "r5");
+    assert_eq!(runs(), 2, "unchanged again: no nft");
+
+    // The marker of another boot: the kernel's tables are gone after a
+    // reboot, whatever the marker says.
+    let marker = n.data.join(&name).join("nft-applied");
+    let text = std::fs::read_to_string(&marker).unwrap_or_else(|e| panic!("marker: {e}"));
+    let (_, script) = text.split_once('\n').unwrap_or_else(|| panic!("{text}"));
+    std::fs::write(&marker, format!("another-boot\n{script}")).unwrap_or_else(|e| panic!("{e}"));
+    cycle(&changed, "r6");
+    assert_eq!(runs(), 3, "marker from another boot: rules rewritten");
+
+    // A new bridge (deleted behind our back) gets its rules again.
+    assert!(
+        std::process::Command::new("ip")
+            .args(["link", "del", &n.bridge])
+            .status()
+            .is_ok_and(|s| s.success())
+    );
+    cycle(&changed, "r7");
+    assert_eq!(runs(), 4, "new bridge: rules rewritten");
+}
