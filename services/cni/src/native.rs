@@ -594,7 +594,7 @@ fn single_threaded() -> bool {
 /// its peer, has already been unlinked: no name, no index, no carrier,
 /// nothing left to observe or to reach. So a forked child sends the
 /// request and sits out that wait, while this process looks the name up
-/// until it no longer resolves to `index`, and goes on. A sent request
+/// ([`still_named`]) until it no longer resolves to `index`, and goes on. A sent request
 /// completes even if the child is then killed. If the process has other
 /// threads (forking would not be safe), the fork fails, the child gives up,
 /// or the link is still there after [`DETACHED_DELETE_DEADLINE`], the link
@@ -620,11 +620,7 @@ fn delete_link_detached(nl: &mut Netlink, name: &str, index: u32) -> Result<(), 
     };
     let deadline = Instant::now() + DETACHED_DELETE_DEADLINE;
     let mut child_done = false;
-    loop {
-        match nl.link_by_name(name)? {
-            Some(l) if l.index == index => {}
-            _ => break,
-        }
+    while still_named(nl, name, index)? {
         if !child_done {
             // Anything but "still running" means the child will send nothing more.
             child_done = !matches!(
@@ -647,6 +643,21 @@ fn delete_link_detached(nl: &mut Netlink, name: &str, index: u32) -> Result<(), 
         let _ = waitpid(child, Some(WaitPidFlag::WNOHANG));
     }
     Ok(())
+}
+
+/// Whether `name` still resolves to `index` in this process's namespace.
+///
+/// Asked with `if_nametoindex` (an ioctl answered under RCU) rather than
+/// rtnetlink: the kernel drops the name as the first step of the delete,
+/// while an rtnetlink request would queue for the RTNL lock that the
+/// child's delete holds for its grace periods (measured 1-8 ms under load).
+fn still_named(nl: &mut Netlink, name: &str, index: u32) -> Result<bool, NetlinkError> {
+    match nix::net::if_::if_nametoindex(name) {
+        Ok(i) => Ok(i == index),
+        Err(nix::Error::ENODEV) => Ok(false),
+        // Cannot tell this way (e.g. no descriptor left): ask rtnetlink.
+        Err(_) => Ok(nl.link_by_name(name)?.is_some_and(|l| l.index == index)),
+    }
 }
 
 /// The forked child of [`delete_link_detached`]: delete the link, exit.
