@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Benchmark: copy a file with scp through smarter-comms + smarter-debug-agent and, in the
-# same run, directly to an OpenSSH sshd on loopback; print both throughputs and the ratio
-# (target >= 0.8). Also time `ssh` start to the remote command's output through the
-# tunnel (target < 1 s). Everything runs on 127.0.0.1; nothing is left behind.
+# same run, directly to an OpenSSH sshd on loopback, in both directions (upload: developer
+# to gateway; download: gateway to developer); print the throughputs and the ratio per
+# direction (target >= 0.8 each). Also time `ssh` start to the remote command's output
+# through the tunnel (target < 1 s). Everything runs on 127.0.0.1; nothing is left behind.
 #
-#   bench/debug/scp-through-comms.sh [SIZE_MB]      (default 100)
+#   bench/debug/scp-through-comms.sh [SIZE_MB]      (default 200, in MiB)
 #
 # Uses release binaries from $BIN_DIR (default: builds them with cargo --release).
 # Needs: openssh-client, openssh-server (/usr/sbin/sshd), curl. sshd runs as the caller
 # (root in CI) with its own config and keys in a temp dir.
 set -euo pipefail
 
-SIZE_MB=${1:-100}
+SIZE_MB=${1:-200}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 if [[ -z "${BIN_DIR:-}" ]]; then
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -40,6 +41,7 @@ state_dir = "$T/comms"
 admin_token_sha256 = "$HASH"
 EOF
 "$BIN_DIR/smarter-comms" --config "$T/comms.toml" --log-level warn 2>"$T/comms.log" &
+COMMS_PID=$!
 PIDS+=($!)
 for _ in $(seq 100); do [[ -f "$T/comms/host_key.pub" ]] && curl -s "127.0.0.1:$API_PORT/healthz" >/dev/null && break; sleep 0.1; done
 
@@ -52,6 +54,7 @@ state_dir = "$T/agent"
 host_namespaces_pid = 0
 EOF
 "$BIN_DIR/smarter-debug-agent" --config "$T/agent.toml" --log-level warn 2>"$T/agent.log" &
+AGENT_PID=$!
 PIDS+=($!)
 for _ in $(seq 100); do [[ -f "$T/agent/agent_key.pub" ]] && break; sleep 0.1; done
 
@@ -118,21 +121,44 @@ timed_scp() { # dest...
 ssh -F "$T/ssh_config" -J comms bench-gw true
 ssh -F "$T/ssh_config" direct true
 
-ours=$(timed_scp -J comms "$T/payload" "bench-gw:$T/through-comms")
-peer=$(timed_scp "$T/payload" "direct:$T/direct")
-cmp -s "$T/payload" "$T/through-comms" || { echo "copy through comms differs" >&2; exit 1; }
-cmp -s "$T/payload" "$T/direct" || { echo "direct copy differs" >&2; exit 1; }
+# CPU time (user + system, all threads, in clock ticks) comms and the agent have used so
+# far: the tunnel's cost per MiB, which a loaded machine does not blur as it does throughput.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+tunnel_cpu() { echo "$(cpu_ticks "$COMMS_PID") $(cpu_ticks "$AGENT_PID")"; }
+
+# Each direction: through comms, then direct, back to back, so both see the same load.
+up_cpu0=$(tunnel_cpu)
+up_ours=$(timed_scp -J comms "$T/payload" "bench-gw:$T/up-through-comms")
+up_cpu1=$(tunnel_cpu)
+up_peer=$(timed_scp "$T/payload" "direct:$T/up-direct")
+cmp -s "$T/payload" "$T/up-through-comms" || { echo "upload through comms differs" >&2; exit 1; }
+cmp -s "$T/payload" "$T/up-direct" || { echo "direct upload differs" >&2; exit 1; }
+rm -f "$T/up-through-comms" "$T/up-direct"
+down_cpu0=$(tunnel_cpu)
+down_ours=$(timed_scp -J comms "bench-gw:$T/payload" "$T/down-through-comms")
+down_cpu1=$(tunnel_cpu)
+down_peer=$(timed_scp "direct:$T/payload" "$T/down-direct")
+cmp -s "$T/payload" "$T/down-through-comms" || { echo "download through comms differs" >&2; exit 1; }
+cmp -s "$T/payload" "$T/down-direct" || { echo "direct download differs" >&2; exit 1; }
+rm -f "$T/down-through-comms" "$T/down-direct"
 
 # Time from ssh start to the remote command's output through the tunnel.
 a=$(secs); out=$(ssh -F "$T/ssh_config" -J comms bench-gw echo ready); b=$(secs)
 [[ "$out" == ready ]] || { echo "unexpected output $out" >&2; exit 1; }
 
-python3 - "$SIZE_MB" "$ours" "$peer" "$a" "$b" <<'EOF'
-import sys
-size, ours, peer, a, b = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-o, p = size / ours, size / peer
-print(f"scp {size:.0f} MB through smarter-comms+agent: {o:8.1f} MB/s ({ours:.2f} s)")
-print(f"scp {size:.0f} MB direct to OpenSSH sshd:      {p:8.1f} MB/s ({peer:.2f} s)")
-print(f"ratio (ours / direct): {o / p:.2f}  (target >= 0.80)")
+python3 - "$SIZE_MB" "$up_ours" "$up_peer" "$down_ours" "$down_peer" "$a" "$b" "$(getconf CLK_TCK)" \
+    $up_cpu0 $up_cpu1 $down_cpu0 $down_cpu1 <<'EOF'
+import os, sys
+size = float(sys.argv[1])
+up_ours, up_peer, down_ours, down_peer, a, b, hz = map(float, sys.argv[2:9])
+c = [float(x) for x in sys.argv[9:]]
+cpu = {"upload  ": (c[2] - c[0], c[3] - c[1]), "download": (c[6] - c[4], c[7] - c[5])}
+for name, ours, peer in (("upload  ", up_ours, up_peer), ("download", down_ours, down_peer)):
+    o, p = size / ours, size / peer
+    print(f"{name} {size:.0f} MiB through smarter-comms+agent: {o:7.1f} MiB/s ({ours:.2f} s)"
+          f" | direct to OpenSSH sshd: {p:7.1f} MiB/s ({peer:.2f} s) | ratio {o / p:.2f} (target >= 0.80)")
+    comms, agent = (t / hz * 1000 / size for t in cpu[name])
+    print(f"{name} CPU per MiB: comms {comms:.1f} ms, agent {agent:.1f} ms")
 print(f"ssh start to command output through the tunnel: {(b - a) * 1000:.0f} ms (target < 1000 ms)")
+print("load average: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 EOF
