@@ -18,3 +18,4 @@ pub mod comms;
 pub mod keys;
 pub mod policy;
 pub mod proto;
+pub mod transfer;

@@ -283,6 +283,14 @@ fn client_config(config: &Config) -> Arc<client::Config> {
         keepalive_max: 3,
         inactivity_timeout: None,
         nodelay: true,
+        window_size: crate::transfer::WINDOW,
+        maximum_packet_size: crate::transfer::MAX_PACKET,
+        channel_buffer_size: crate::transfer::CHANNEL_BUFFER,
+        // The client's order decides the cipher, and comms runs our code too.
+        preferred: russh::Preferred {
+            cipher: crate::transfer::tunnel_ciphers(),
+            ..Default::default()
+        },
         ..Default::default()
     })
 }
@@ -295,7 +303,15 @@ async fn connect_once(agent: &Arc<Agent>) -> Result<oneshot::Receiver<()>, Strin
         closed: Some(closed_tx),
     };
     let config = client_config(&agent.config);
-    let mut handle = client::connect(config, agent.config.comms_address.as_str(), handler)
+    let socket = tokio::net::TcpStream::connect(agent.config.comms_address.as_str())
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", agent.config.comms_address))?;
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    // russh reads each packet with two exact reads; buffered, about one recv per 64 KiB.
+    let socket = tokio::io::BufReader::with_capacity(crate::transfer::READ_BUFFER, socket);
+    let mut handle = client::connect_stream(config, socket, handler)
         .await
         .map_err(|e| format!("connecting to {}: {e}", agent.config.comms_address))?;
     let user = format!(

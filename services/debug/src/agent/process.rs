@@ -156,6 +156,31 @@ pub struct Piped {
     pub group: Group,
 }
 
+/// Pipe capacity asked for a program's stdin and stdout: 1 MiB, Linux's
+/// default `pipe-max-size`, instead of 64 KiB, so sftp-server can queue a
+/// few dozen 32 KiB answers (and the agent a few dozen writes) before either
+/// side has to wait for the other to be scheduled.
+const PIPE_SIZE: libc::c_int = 1024 * 1024;
+
+impl Piped {
+    /// Enlarges the stdin and stdout pipes to [`PIPE_SIZE`]. Best effort: a
+    /// kernel that refuses (a lower `pipe-max-size`) keeps the default size,
+    /// which is slower, not wrong.
+    pub fn enlarge_pipes(&self) {
+        let fds = [
+            self.child.stdin.as_ref().map(AsRawFd::as_raw_fd),
+            self.child.stdout.as_ref().map(AsRawFd::as_raw_fd),
+        ];
+        for fd in fds.into_iter().flatten() {
+            // SAFETY: F_SETPIPE_SZ takes an int and touches no memory; the fd
+            // is open (owned by the child's pipe handles borrowed above).
+            if unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE) } < 0 {
+                tracing::debug!(error = %std::io::Error::last_os_error(), "F_SETPIPE_SZ refused");
+            }
+        }
+    }
+}
+
 /// Starts `spec` with piped stdin/stdout/stderr.
 pub fn spawn_piped(spec: &Spec<'_>) -> Result<Piped, SpawnError> {
     let mut cmd = tokio::process::Command::from(spec.command());

@@ -40,6 +40,9 @@ pub async fn serve(agent: Arc<Agent>, session_id: i64, channel: Channel<client::
         auth_rejection_time_initial: Some(Duration::ZERO),
         inactivity_timeout: None,
         nodelay: true,
+        window_size: crate::transfer::WINDOW,
+        maximum_packet_size: crate::transfer::MAX_PACKET,
+        channel_buffer_size: crate::transfer::CHANNEL_BUFFER,
         ..Default::default()
     });
     let handler = DebugSession {
@@ -72,6 +75,11 @@ struct Chan {
     recording: Option<SharedRecording>,
     started: bool,
 }
+
+/// Bytes read from a program's stdout at a time (sftp-server answers a read
+/// with 32 KiB of data, so several answers travel as one message to the SSH
+/// session). A session holds at most its event queue (10 messages) of these.
+const OUTPUT_CHUNK: usize = 128 * 1024;
 
 /// A recording; whoever takes it out ships it (so it ships exactly once).
 type SharedRecording = Arc<Mutex<Option<Recording>>>;
@@ -325,6 +333,7 @@ impl DebugSession {
             });
         } else {
             let p = process::spawn_piped(&spec).map_err(|e| e.to_string())?;
+            p.enlarge_pipes();
             let mut child = p.child;
             let group = p.group;
             let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
@@ -357,10 +366,17 @@ impl DebugSession {
                     }
                 };
                 let out_task = async {
-                    let mut buf = vec![0u8; 32 * 1024];
-                    while let Ok(n) = stdout.read(&mut buf).await {
-                        if n == 0 || handle.data(channel, buf[..n].to_vec()).await.is_err() {
-                            break;
+                    // Each read fills a fresh buffer that is handed to russh
+                    // as it is (no copy); russh cuts it into packets.
+                    loop {
+                        let mut buf = Vec::with_capacity(OUTPUT_CHUNK);
+                        match stdout.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {
+                                if handle.data(channel, buf).await.is_err() {
+                                    break;
+                                }
+                            }
                         }
                     }
                 };

@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use russh::keys::PrivateKey;
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use russh::{
+    Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf,
+    MethodKind, MethodSet,
+};
 use tokio::sync::{Notify, oneshot};
 
 use crate::comms::store::{Store, now};
@@ -424,6 +427,9 @@ pub fn server_config(host_key: PrivateKey, auth_rejection: Duration) -> Arc<serv
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 3,
         nodelay: true,
+        window_size: crate::transfer::WINDOW,
+        maximum_packet_size: crate::transfer::MAX_PACKET,
+        channel_buffer_size: crate::transfer::CHANNEL_BUFFER,
         ..Default::default()
     })
 }
@@ -450,6 +456,9 @@ pub async fn serve(
             {
                 tracing::debug!(%peer, %error, "set_nodelay failed");
             }
+            // russh reads each packet with two exact reads (length, then the
+            // rest); a buffer turns those into one recv per 64 KiB or so.
+            let socket = tokio::io::BufReader::with_capacity(crate::transfer::READ_BUFFER, socket);
             match server::run_stream(config, socket, handler).await {
                 Ok(session) => {
                     if let Err(error) = session.await {
@@ -921,15 +930,15 @@ async fn bridge(
             reply.accept().await;
             let dev_id = dev_channel.id();
             let gw_id = gw_channel.id();
-            let (dev_r, dev_w) = tokio::io::split(dev_channel.into_stream());
-            let (gw_r, gw_w) = tokio::io::split(gw_channel.into_stream());
+            let (dev_r, dev_w) = dev_channel.split();
+            let (gw_r, gw_w) = gw_channel.split();
             let start = std::time::Instant::now();
             let last = AtomicU64::new(0);
             let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
             let copy = async {
                 tokio::join!(
-                    pump(dev_r, gw_w, &up, &last, start),
-                    pump(gw_r, dev_w, &down, &last, start)
+                    pump(dev_r, &gw_w, None, &up, &last, start),
+                    pump(gw_r, &dev_w, Some(DEVELOPER_PACKET), &down, &last, start)
                 )
             };
             let idle_timeout = hub.limits().idle_timeout;
@@ -984,28 +993,75 @@ async fn bridge(
     );
 }
 
-/// Copies `r` to `w` until EOF (then half-closes `w`), counting bytes and
-/// noting the time of the last activity (milliseconds since `start`).
-async fn pump<R, W>(
-    mut r: R,
-    mut w: W,
+/// The payload of the developer's channel packets: OpenSSH's client asks for
+/// 32 KiB packets on the `direct-tcpip` channel `ssh -J` opens.
+const DEVELOPER_PACKET: usize = 32 * 1024;
+
+/// Polls `fut` once: its output if it is ready now, else `None` (the future
+/// is dropped; nothing it had started is lost for an mpsc receive).
+fn ready_now<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Hands the data arriving on `from` on to `to` until EOF (then sends EOF
+/// on `to`), counting bytes and noting the time of the last activity
+/// (milliseconds since `start`).
+///
+/// Without `packet`, the buffers russh decrypted into are passed on as they
+/// are (no copy). With it, data is sent in multiples of `packet` bytes while
+/// more is already queued, and the rest as soon as nothing more is: the
+/// agent's inner SSH packets are a little over 32 KiB, and passed on as they
+/// come each would cost the developer's 32 KiB channel a full packet and a
+/// 45-byte one. Nothing is held back waiting for data that has not arrived.
+async fn pump(
+    mut from: ChannelReadHalf,
+    to: &ChannelWriteHalf<Msg>,
+    packet: Option<usize>,
     count: &AtomicU64,
     last: &AtomicU64,
     start: std::time::Instant,
-) -> std::io::Result<()>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
+) -> Result<(), russh::Error> {
+    let mut held: Vec<u8> = Vec::new();
     loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return w.shutdown().await;
+        let msg = if held.is_empty() {
+            from.wait().await
+        } else {
+            match ready_now(from.wait()) {
+                Some(msg) => msg,
+                None => {
+                    to.data_bytes(std::mem::take(&mut held)).await?;
+                    continue;
+                }
+            }
+        };
+        let data = match msg {
+            Some(ChannelMsg::Data { data }) => data,
+            None | Some(ChannelMsg::Eof | ChannelMsg::Close) => break,
+            // Window adjustments, requests: nothing to forward on a TCP-like channel.
+            Some(_) => continue,
+        };
+        let n = data.len() as u64;
+        match packet {
+            Some(p) if !(held.is_empty() && data.len() % p == 0) => {
+                held.extend_from_slice(&data);
+                let whole = held.len() / p * p;
+                if whole > 0 {
+                    let rest = held.split_off(whole);
+                    to.data_bytes(std::mem::replace(&mut held, rest)).await?;
+                }
+            }
+            _ => to.data_bytes(data).await?,
         }
-        w.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
+        count.fetch_add(n, Ordering::Relaxed);
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
+    if !held.is_empty() {
+        to.data_bytes(held).await?;
+    }
+    to.eof().await
 }

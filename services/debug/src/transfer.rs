@@ -1,0 +1,98 @@
+//! Sizes and algorithms for moving bulk data (scp, sftp) through comms and
+//! the agent, shared by both so every hop agrees. Why these values:
+//! `docs/decisions/0130-debug-scp-throughput.md`.
+//!
+//! Memory: russh opens the window again as soon as a packet arrives, not when
+//! it has been consumed; what bounds a channel's memory is its queue of
+//! received packets ([`CHANNEL_BUFFER`] packets of at most [`MAX_PACKET`]
+//! bytes): when it is full the connection stops reading its socket and TCP
+//! pushes back. So a channel queues at most `CHANNEL_BUFFER * MAX_PACKET`
+//! (2 MiB) of received data, and a session at comms (the developer's channel
+//! and the agent's) at most 4 MiB, less than the 6.25 MiB of russh's defaults
+//! (100 packets of 32 KiB per channel).
+
+use std::borrow::Cow;
+
+use russh::cipher;
+
+/// Channel window we grant peers: what they may send before we open it
+/// again. 2 MiB, as OpenSSH's own channels and russh's default; stated here
+/// so every hop is seen to agree.
+pub const WINDOW: u32 = 2 * 1024 * 1024;
+
+/// Largest channel data packet we accept. OpenSSH uses 32 KiB; with 64 KiB
+/// the agent's inner SSH packets (just over 32 KiB each, the developer's
+/// client asks for 32 KiB of payload) travel the tunnel whole, instead of as
+/// a 32 KiB packet plus a 45-byte one, and every hop handles half as many
+/// packets. 65535 is russh's ceiling.
+pub const MAX_PACKET: u32 = 65535;
+
+/// Received packets queued per channel before the connection stops reading
+/// (see the module docs for the memory this bounds).
+pub const CHANNEL_BUFFER: usize = 32;
+
+// The bound the module docs promise.
+const _: () = assert!(CHANNEL_BUFFER * MAX_PACKET as usize <= 2 * 1024 * 1024);
+
+/// Read buffer on each SSH connection's socket: russh reads a packet as two
+/// exact reads (length, then body), which this turns into about one `recv`
+/// per 64 KiB.
+pub const READ_BUFFER: usize = 64 * 1024;
+
+/// The cipher preference for the agent's tunnel to comms, where we choose
+/// both ends: AES-256-GCM first where the CPU has AES and carry-less
+/// multiply instructions (x86-64 AES-NI + PCLMULQDQ, Armv8 AES + PMULL), as
+/// it then costs a fraction of ChaCha20-Poly1305; otherwise russh's default
+/// order, ChaCha20-Poly1305 first (e.g. on the Raspberry Pi 4, whose
+/// Cortex-A72 lacks the AES instructions). Both are AEADs OpenSSH offers by
+/// default; the developer's own hops keep whatever their client prefers.
+pub fn tunnel_ciphers() -> Cow<'static, [cipher::Name]> {
+    const AES_FIRST: &[cipher::Name] = &[
+        cipher::AES_256_GCM,
+        cipher::CHACHA20_POLY1305,
+        cipher::AES_256_CTR,
+        cipher::AES_192_CTR,
+        cipher::AES_128_CTR,
+    ];
+    if aes_in_hardware() {
+        Cow::Borrowed(AES_FIRST)
+    } else {
+        russh::Preferred::default().cipher
+    }
+}
+
+/// Whether this CPU accelerates AES-GCM.
+pub fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_ciphers_keep_chacha_and_lead_with_aes_only_with_hardware() {
+        let list = tunnel_ciphers();
+        assert!(list.contains(&cipher::CHACHA20_POLY1305));
+        assert!(list.contains(&cipher::AES_256_GCM));
+        let first = list.first().copied();
+        if aes_in_hardware() {
+            assert_eq!(first, Some(cipher::AES_256_GCM));
+        } else {
+            assert_eq!(first, Some(cipher::CHACHA20_POLY1305));
+        }
+    }
+}
