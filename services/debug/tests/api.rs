@@ -210,16 +210,10 @@ fn crud_round_trip() {
 
 #[test]
 fn api_speaks_https_when_given_a_certificate() {
-    let have = |t: &str| {
-        std::process::Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok()
-    };
-    if !have("openssl") || !have("curl") {
-        smarter_common::testing::skip(
-            "openssl and curl are needed to make and check a certificate",
-        );
+    // To make and check a certificate.
+    if !smarter_test_support::require_peer("openssl", "openssl")
+        || !smarter_test_support::require_peer("curl", "curl")
+    {
         return;
     }
     let certs = tempfile::tempdir().unwrap();

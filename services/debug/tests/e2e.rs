@@ -516,14 +516,13 @@ fn idle_sessions_are_ended() {
             std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0019.25\x00")
         })
     };
-    let start = Instant::now();
-    while running() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "sleep 19.25 survived the session"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    smarter_test_support::wait_until(
+        "the session's sleep 19.25 to go",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || !running(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn hangup(child: &std::process::Child) {
@@ -609,7 +608,8 @@ fn sighup_reloads_the_agent_and_comms() {
     // address needs a restart, so the running one stays and the log says so.
     let comms_cfg = w.path("comms.toml");
     let text = std::fs::read_to_string(&comms_cfg).unwrap();
-    let other_api = free_port();
+    // Never bound (it applies on restart only), so any port will do.
+    let other_api = w.api_port + 1;
     std::fs::write(
         &comms_cfg,
         text.replace(&sha256_hex(TOKEN), &sha256_hex("rotated-token"))
@@ -693,12 +693,7 @@ fn sighup_reloads_the_agent_and_comms() {
 #[test]
 fn agent_probes_follow_the_tunnel() {
     let mut w = World::new();
-    let port = free_port();
-    let key = w.start_agent(
-        "gateway-17",
-        "agent",
-        &format!("metrics_listen = \"127.0.0.1:{port}\"\n"),
-    );
+    let (key, port) = w.start_agent_with_metrics("gateway-17", "agent");
     let get = |path: &str| http(port, "GET", path, None, None);
     // Not enrolled yet: comms refuses it, so alive but not ready.
     wait_for("a refused attempt", Duration::from_secs(20), || {

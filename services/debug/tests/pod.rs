@@ -13,14 +13,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
@@ -104,8 +96,7 @@ fn child_of(parent: u32) -> Option<u32> {
 
 #[test]
 fn pod_session_lands_in_the_pods_namespaces() {
-    if !is_root() {
-        smarter_common::testing::skip("pod sessions need root (setns)");
+    if !smarter_test_support::require_root("pod sessions (setns)") {
         return;
     }
     if !have_openssh() {
@@ -125,8 +116,7 @@ fn pod_session_lands_in_the_pods_namespaces() {
 
 #[test]
 fn pod_found_in_containerd_task_state() {
-    if !is_root() {
-        smarter_common::testing::skip("pod sessions need root (setns)");
+    if !smarter_test_support::require_root("pod sessions (setns)") {
         return;
     }
     if !have_openssh() {
@@ -238,8 +228,7 @@ fn check_pod_sessions(w: &mut World, extra: &str) {
 
 #[test]
 fn host_sessions_enter_the_configured_host_namespaces() {
-    if !is_root() {
-        smarter_common::testing::skip("entering namespaces needs root (setns)");
+    if !smarter_test_support::require_root("entering namespaces (setns)") {
         return;
     }
     if !have_openssh() {

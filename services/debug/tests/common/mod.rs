@@ -3,46 +3,20 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-admin-token";
 
-/// Whether the OpenSSH client tools are here; prints why not.
+/// Whether the OpenSSH client tools are here; prints why not (fails under
+/// CI).
 pub fn have_openssh() -> bool {
-    for tool in ["ssh", "ssh-keygen", "scp"] {
-        if Command::new(tool).arg("-V").output().is_err() && which(tool).is_none() {
-            smarter_common::testing::skip(format!(
-                "{tool} not installed (apt-get install openssh-client)"
-            ));
-            return false;
-        }
-    }
-    if !Path::new("/usr/lib/openssh/sftp-server").exists() {
-        smarter_common::testing::skip(
-            "/usr/lib/openssh/sftp-server missing (apt-get install openssh-sftp-server)",
-        );
-        return false;
-    }
-    true
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(tool))
-            .find(|p| p.exists())
-    })
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ["ssh", "ssh-keygen", "scp"]
+        .into_iter()
+        .all(|tool| require_peer(tool, "openssh-client"))
+        && require_peer("/usr/lib/openssh/sftp-server", "openssh-sftp-server")
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -59,33 +33,20 @@ pub fn sha256_hex(s: &str) -> String {
 }
 
 /// A child process killed when dropped.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use smarter_test_support::ChildGuard as Proc;
+use smarter_test_support::{StartError, require_peer, start_with_retry, wait_until};
 
 /// Waits for `child` to exit; fails with `what` if it still runs 5 s after
 /// `since`.
 pub fn wait_exit(child: &mut Proc, since: Instant, what: &str) -> ExitStatus {
-    loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            return s;
-        }
-        assert!(since.elapsed() < Duration::from_secs(5), "{what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let left = Duration::from_secs(5).saturating_sub(since.elapsed());
+    child
+        .wait_exit(left)
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait_for(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    wait_until(what, timeout, Duration::from_millis(50), f).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Minimal HTTP/1.1 client: returns (status, body).
@@ -205,8 +166,9 @@ impl World {
         let comms_extra = extra(dir.path());
         let mut w = World {
             dir,
-            ssh_port: free_port(),
-            api_port: free_port(),
+            // Picked when comms first starts.
+            ssh_port: 0,
+            api_port: 0,
             comms: None,
             agents: Vec::new(),
             comms_extra,
@@ -221,7 +183,49 @@ impl World {
         self.dir.path().join(p)
     }
 
+    /// Start comms: on the ports it had when it ran before, or else on a
+    /// picked pair (ssh, ssh + 1) retried while comms says one is in use.
     pub fn start_comms(&mut self) {
+        if self.ssh_port != 0 {
+            self.spawn_comms();
+            let port = self.api_port;
+            wait_for("comms API", Duration::from_secs(20), || {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            return;
+        }
+        let ((), port) = start_with_retry("smarter-comms", 10, |port| {
+            (self.ssh_port, self.api_port) = (port, port + 1);
+            self.spawn_comms();
+            // Listening (true), or exited (false).
+            let up = wait_until(
+                "comms to listen or exit",
+                Duration::from_secs(20),
+                Duration::from_millis(20),
+                || {
+                    let comms = self.comms.as_mut()?;
+                    if comms.0.try_wait().ok().flatten().is_some() {
+                        return Some(false);
+                    }
+                    TcpStream::connect(("127.0.0.1", port + 1))
+                        .is_ok()
+                        .then_some(true)
+                },
+            )
+            .map_err(|e| StartError::Other(e.into()))?;
+            if up {
+                return Ok(());
+            }
+            self.comms = None;
+            let log = std::fs::read_to_string(self.path("comms.log")).unwrap_or_default();
+            // The log is appended to: only this attempt's last line says why.
+            Err(StartError::from_output(log.lines().last().unwrap_or("")))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(port, self.ssh_port);
+    }
+
+    fn spawn_comms(&mut self) {
         let cfg = self.path("comms.toml");
         std::fs::write(
             &cfg,
@@ -248,10 +252,6 @@ impl World {
             .spawn()
             .unwrap();
         self.comms = Some(Proc(child));
-        let port = self.api_port;
-        wait_for("comms API", Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
     }
 
     pub fn stop_comms(&mut self) {
@@ -267,6 +267,49 @@ impl World {
 
     /// Starts an agent for `gateway` with its own state dir; returns its public key.
     pub fn start_agent(&mut self, gateway: &str, state: &str, extra: &str) -> String {
+        let pubkey = self.spawn_agent(gateway, state, extra);
+        wait_for("agent key", Duration::from_secs(20), || pubkey.exists());
+        std::fs::read_to_string(pubkey).unwrap().trim().to_string()
+    }
+
+    /// [`World::start_agent`] with `/metrics` on a port the agent binds
+    /// itself (picked, retried while the agent says it is in use): its
+    /// public key and that port.
+    pub fn start_agent_with_metrics(&mut self, gateway: &str, state: &str) -> (String, u16) {
+        let (pubkey, port) = start_with_retry("smarter-debug-agent's metrics", 10, |port| {
+            let extra = format!("metrics_listen = \"127.0.0.1:{port}\"\n");
+            let pubkey = self.spawn_agent(gateway, state, &extra);
+            // Listening (true), or exited (false).
+            let up = wait_until(
+                "the agent's metrics to listen or the agent to exit",
+                Duration::from_secs(20),
+                Duration::from_millis(20),
+                || {
+                    let agent = self.agents.last_mut()?;
+                    if agent.0.try_wait().ok().flatten().is_some() {
+                        return Some(false);
+                    }
+                    TcpStream::connect(("127.0.0.1", port))
+                        .is_ok()
+                        .then_some(true)
+                },
+            )
+            .map_err(|e| StartError::Other(e.into()))?;
+            if up {
+                return Ok(pubkey);
+            }
+            self.agents.pop();
+            let log = std::fs::read_to_string(self.path(&format!("{state}.log")));
+            Err(StartError::from_output(&log.unwrap_or_default()))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        wait_for("agent key", Duration::from_secs(20), || pubkey.exists());
+        let key = std::fs::read_to_string(pubkey).unwrap().trim().to_string();
+        (key, port)
+    }
+
+    /// Spawns an agent; returns where its public key will be.
+    fn spawn_agent(&mut self, gateway: &str, state: &str, extra: &str) -> PathBuf {
         let state_dir = self.path(state);
         // Host sessions stay in the test's namespaces unless a test says otherwise.
         let host_ns = if extra.contains("host_namespaces_pid") {
@@ -294,9 +337,7 @@ impl World {
             .spawn()
             .unwrap();
         self.agents.push(Proc(child));
-        let pubkey = state_dir.join("agent_key.pub");
-        wait_for("agent key", Duration::from_secs(20), || pubkey.exists());
-        std::fs::read_to_string(pubkey).unwrap().trim().to_string()
+        state_dir.join("agent_key.pub")
     }
 
     /// Enrols `gateway` with its agent, adds developer `dev` with a key and a
@@ -454,32 +495,28 @@ impl World {
     /// Waits for the first session with a recording; returns the recording
     /// (asciinema v2 text).
     pub fn wait_recording(&self) -> String {
-        let start = Instant::now();
-        loop {
-            let (_, v) = json(self.api_port, "GET", "/v1/sessions", None);
-            if let Some(s) = v
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| !s["recording"].is_null())
-            {
-                let id = s["id"].as_i64().unwrap();
-                let (st, cast) = http(
-                    self.api_port,
-                    "GET",
-                    &format!("/v1/sessions/{id}/recording"),
-                    Some(TOKEN),
-                    None,
-                );
-                assert_eq!(st, 200);
-                return cast;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no recording shipped: {v}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let id = wait_until(
+            "a session with a recording",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                let (_, v) = json(self.api_port, "GET", "/v1/sessions", None);
+                v.as_array()?
+                    .iter()
+                    .find(|s| !s["recording"].is_null())
+                    .and_then(|s| s["id"].as_i64())
+            },
+        )
+        .unwrap_or_else(|e| panic!("no recording shipped: {e}"));
+        let (st, cast) = http(
+            self.api_port,
+            "GET",
+            &format!("/v1/sessions/{id}/recording"),
+            Some(TOKEN),
+            None,
+        );
+        assert_eq!(st, 200);
+        cast
     }
 
     /// The sessions comms lists as live.
@@ -496,20 +533,17 @@ impl World {
 
     /// Waits for an audit entry with `event` whose detail contains `needle`.
     pub fn wait_audit(&self, event: &str, needle: &str) -> serde_json::Value {
-        let start = Instant::now();
-        loop {
-            if let Some(e) = self.audit().into_iter().find(|e| {
-                e["event"] == event && e["detail"].as_str().unwrap_or("").contains(needle)
-            }) {
-                return e;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no audit entry {event} containing {needle:?}; log: {:#?}",
-                self.audit()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            format_args!("an audit entry {event} containing {needle:?}"),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                self.audit().into_iter().find(|e| {
+                    e["event"] == event && e["detail"].as_str().unwrap_or("").contains(needle)
+                })
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}; log: {:#?}", self.audit()))
     }
 }
 
