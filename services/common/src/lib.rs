@@ -21,8 +21,6 @@
 //! * `docker` (feature `docker`): the Docker Engine API client (`bollard`
 //!   over the unix socket) of `smarter-dns` and `smarter-debug-agent`, with
 //!   one error naming the socket, the call and the container.
-//! * `testing` (feature `test-util`, tests only): skip a test whose peer or
-//!   privilege is missing, or fail it when CI requires every peer.
 //!
 //! Nothing else belongs here: a module moves in only when a second service
 //! needs it.
@@ -39,5 +37,3 @@ pub mod metrics;
 pub mod netlink;
 pub mod records;
 pub mod signals;
-#[cfg(feature = "test-util")]
-pub mod testing;
