@@ -10,7 +10,12 @@
 //! test can take it; a retry closes that window.
 
 use std::fmt::Display;
+use std::io::Read;
+use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::wait::wait_until;
 
 /// Ports are picked below Linux's default ephemeral range (32768-60999),
 /// so that outgoing connections of other tests never hold them.
@@ -107,6 +112,91 @@ pub fn start_with_retry<T>(
     })
 }
 
+/// For a [`start_with_retry`] attempt: wait until `ready()` holds (the peer
+/// answers), polling every 10 ms for at most `limit`. When the child exits
+/// first, the attempt fails with [`StartError::from_output`] of what
+/// `why(child)` reads (its stderr: [`stderr_text`], or its log), so a taken
+/// port is retried and anything else is reported.
+pub fn wait_started(
+    child: &mut Child,
+    what: impl Display,
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+    why: impl FnOnce(&mut Child) -> String,
+) -> Result<(), StartError> {
+    let up = wait_until(
+        format_args!("{what} to start (or exit)"),
+        limit,
+        Duration::from_millis(10),
+        || {
+            if child.try_wait().ok().flatten().is_some() {
+                return Some(false);
+            }
+            ready().then_some(true)
+        },
+    )
+    .map_err(|e| StartError::Other(e.into()))?;
+    if up {
+        Ok(())
+    } else {
+        Err(StartError::from_output(&why(child)))
+    }
+}
+
+/// Whether process `pid` holds a socket bound to local `port` (TCP
+/// listening, or UDP), in this network namespace. A connection or an answer
+/// alone cannot tell a peer from another test's peer that already had the
+/// port; the socket's owner can.
+pub fn listening(pid: u32, port: u16) -> bool {
+    let inodes = bound_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let t = target.to_string_lossy();
+            t.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .is_some_and(|inode| inodes.iter().any(|i| i == inode))
+        })
+    })
+}
+
+/// The inodes of sockets bound to `port`: TCP ones listening (state 0A),
+/// UDP ones (state 07), from /proc/net/{tcp,tcp6,udp,udp6}.
+fn bound_inodes(port: u16) -> Vec<String> {
+    let want = format!(":{port:04X}");
+    let mut found = Vec::new();
+    for (table, state) in [("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if let (Some(local), Some(st), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+                && local.ends_with(&want)
+                && *st == state
+            {
+                found.push((*inode).to_string());
+            }
+        }
+    }
+    found
+}
+
+/// What an exited child wrote to its piped stderr (empty when not piped).
+pub fn stderr_text(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        // A partial read still says what it can.
+        let _ = e.read_to_string(&mut text);
+    }
+    text
+}
+
 /// A port in [FIRST, FIRST + COUNT): spread by process id and a counter so
 /// that concurrent tests and test binaries rarely pick the same one (a
 /// collision only costs a retry).
@@ -145,6 +235,9 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(tries, 2);
         assert_eq!(listener.local_addr().map(|a| a.port()).ok(), Some(port));
+        assert!(listening(std::process::id(), port));
+        drop(listener);
+        assert!(!listening(std::process::id(), port));
         assert!((FIRST..FIRST + 12_000).contains(&port));
 
         let e = start_with_retry("a taken port", 3, |_| {
@@ -162,5 +255,37 @@ mod tests {
         });
         assert!(matches!(e, Err(PortError::Failed { .. })), "{e:?}");
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_child_that_exits_saying_address_in_use_is_retried() {
+        use std::process::{Command, Stdio};
+        let spawn = |script: &str| {
+            Command::new("sh")
+                .args(["-c", script])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("sh: {e}"))
+        };
+        let limit = Duration::from_secs(5);
+        let mut c = spawn("echo 'bind: Address already in use' >&2; exit 1");
+        let r = wait_started(&mut c, "a peer", limit, || false, stderr_text);
+        assert!(matches!(r, Err(StartError::AddrInUse(_))), "{r:?}");
+        let mut c = spawn("echo 'bad option' >&2; exit 2");
+        let r = wait_started(&mut c, "a peer", limit, || false, stderr_text);
+        assert!(matches!(r, Err(StartError::Other(_))), "{r:?}");
+        let mut c = spawn("sleep 5");
+        let r = wait_started(&mut c, "a peer", limit, || true, stderr_text);
+        assert!(r.is_ok(), "{r:?}");
+        let _ = c.kill();
+        let _ = c.wait();
+        let r = wait_started(
+            &mut spawn("sleep 5"),
+            "a peer",
+            Duration::from_millis(30),
+            || false,
+            stderr_text,
+        );
+        assert!(matches!(r, Err(StartError::Other(_))), "{r:?}");
     }
 }

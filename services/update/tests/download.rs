@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::bundle_server::{ETAG, Server, bundle, target};
-use smarter_test_support::{ChildGuard, StartError};
+use smarter_test_support::{ChildGuard, stderr_text, wait_started};
 use smarter_update::download::{
     CaCerts, DownloadError, Downloader, Options, PART_FILE, Progress, STATE_FILE, Target,
 };
@@ -490,29 +490,16 @@ fn https_from_a_server_with_a_private_ca_needs_its_ca_file() {
                 .stderr(std::process::Stdio::piped())
                 .spawn()?,
         );
-        // Listening (true), or exited (false).
-        let listening = smarter_test_support::wait_until(
-            format_args!("s_server to listen on {port}"),
+        let pid = child.0.id();
+        wait_started(
+            &mut child.0,
+            format_args!("s_server on {port}"),
             Duration::from_secs(30),
-            Duration::from_millis(50),
-            || {
-                if child.0.try_wait().ok().flatten().is_some() {
-                    return Some(false);
-                }
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .is_ok()
-                    .then_some(true)
-            },
-        )
-        .map_err(|e| StartError::Other(e.into()))?;
-        if listening {
-            return Ok(child);
-        }
-        let mut err = String::new();
-        if let Some(mut e) = child.0.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        Err(StartError::from_output(&err))
+            // Its own socket: another test's peer may hold the port.
+            || smarter_test_support::listening(pid, port),
+            stderr_text,
+        )?;
+        Ok(child)
     })
     .expect("openssl s_server");
     let mut sha = [0u8; 32];

@@ -34,7 +34,7 @@ pub fn sha256_hex(s: &str) -> String {
 
 /// A child process killed when dropped.
 pub use smarter_test_support::ChildGuard as Proc;
-use smarter_test_support::{StartError, require_peer, start_with_retry, wait_until};
+use smarter_test_support::{listening, require_peer, start_with_retry, wait_started, wait_until};
 
 /// Waits for `child` to exit; fails with `what` if it still runs 5 s after
 /// `since`.
@@ -196,36 +196,31 @@ impl World {
         }
         let ((), port) = start_with_retry("smarter-comms", 10, |port| {
             (self.ssh_port, self.api_port) = (port, port + 1);
-            self.spawn_comms();
-            // Listening (true), or exited (false).
-            let up = wait_until(
-                "comms to listen or exit",
+            let log = self.path("comms.log");
+            let comms = self.spawn_comms();
+            let pid = comms.0.id();
+            let started = wait_started(
+                &mut comms.0,
+                "smarter-comms",
                 Duration::from_secs(20),
-                Duration::from_millis(20),
-                || {
-                    let comms = self.comms.as_mut()?;
-                    if comms.0.try_wait().ok().flatten().is_some() {
-                        return Some(false);
-                    }
-                    TcpStream::connect(("127.0.0.1", port + 1))
-                        .is_ok()
-                        .then_some(true)
+                // Its own sockets: another test's comms may hold the ports.
+                || listening(pid, port) && listening(pid, port + 1),
+                // The log is appended to: this attempt's last line says why.
+                |_| {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    text.lines().last().unwrap_or("").to_string()
                 },
-            )
-            .map_err(|e| StartError::Other(e.into()))?;
-            if up {
-                return Ok(());
+            );
+            if started.is_err() {
+                self.comms = None;
             }
-            self.comms = None;
-            let log = std::fs::read_to_string(self.path("comms.log")).unwrap_or_default();
-            // The log is appended to: only this attempt's last line says why.
-            Err(StartError::from_output(log.lines().last().unwrap_or("")))
+            started
         })
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(port, self.ssh_port);
     }
 
-    fn spawn_comms(&mut self) {
+    fn spawn_comms(&mut self) -> &mut Proc {
         let cfg = self.path("comms.toml");
         std::fs::write(
             &cfg,
@@ -251,7 +246,7 @@ impl World {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.comms = Some(Proc(child));
+        self.comms.insert(Proc(child))
     }
 
     pub fn stop_comms(&mut self) {
@@ -267,7 +262,7 @@ impl World {
 
     /// Starts an agent for `gateway` with its own state dir; returns its public key.
     pub fn start_agent(&mut self, gateway: &str, state: &str, extra: &str) -> String {
-        let pubkey = self.spawn_agent(gateway, state, extra);
+        let (pubkey, _) = self.spawn_agent(gateway, state, extra);
         wait_for("agent key", Duration::from_secs(20), || pubkey.exists());
         std::fs::read_to_string(pubkey).unwrap().trim().to_string()
     }
@@ -278,29 +273,20 @@ impl World {
     pub fn start_agent_with_metrics(&mut self, gateway: &str, state: &str) -> (String, u16) {
         let (pubkey, port) = start_with_retry("smarter-debug-agent's metrics", 10, |port| {
             let extra = format!("metrics_listen = \"127.0.0.1:{port}\"\n");
-            let pubkey = self.spawn_agent(gateway, state, &extra);
-            // Listening (true), or exited (false).
-            let up = wait_until(
-                "the agent's metrics to listen or the agent to exit",
+            let log = self.path(&format!("{state}.log"));
+            let (pubkey, agent) = self.spawn_agent(gateway, state, &extra);
+            let pid = agent.0.id();
+            let started = wait_started(
+                &mut agent.0,
+                "smarter-debug-agent's metrics",
                 Duration::from_secs(20),
-                Duration::from_millis(20),
-                || {
-                    let agent = self.agents.last_mut()?;
-                    if agent.0.try_wait().ok().flatten().is_some() {
-                        return Some(false);
-                    }
-                    TcpStream::connect(("127.0.0.1", port))
-                        .is_ok()
-                        .then_some(true)
-                },
-            )
-            .map_err(|e| StartError::Other(e.into()))?;
-            if up {
-                return Ok(pubkey);
+                || listening(pid, port),
+                |_| std::fs::read_to_string(&log).unwrap_or_default(),
+            );
+            if started.is_err() {
+                self.agents.pop();
             }
-            self.agents.pop();
-            let log = std::fs::read_to_string(self.path(&format!("{state}.log")));
-            Err(StartError::from_output(&log.unwrap_or_default()))
+            started.map(|()| pubkey)
         })
         .unwrap_or_else(|e| panic!("{e}"));
         wait_for("agent key", Duration::from_secs(20), || pubkey.exists());
@@ -308,8 +294,8 @@ impl World {
         (key, port)
     }
 
-    /// Spawns an agent; returns where its public key will be.
-    fn spawn_agent(&mut self, gateway: &str, state: &str, extra: &str) -> PathBuf {
+    /// Spawns an agent; returns where its public key will be, and it.
+    fn spawn_agent(&mut self, gateway: &str, state: &str, extra: &str) -> (PathBuf, &mut Proc) {
         let state_dir = self.path(state);
         // Host sessions stay in the test's namespaces unless a test says otherwise.
         let host_ns = if extra.contains("host_namespaces_pid") {
@@ -336,8 +322,9 @@ impl World {
             .stderr(log)
             .spawn()
             .unwrap();
+        let i = self.agents.len();
         self.agents.push(Proc(child));
-        state_dir.join("agent_key.pub")
+        (state_dir.join("agent_key.pub"), &mut self.agents[i])
     }
 
     /// Enrols `gateway` with its agent, adds developer `dev` with a key and a

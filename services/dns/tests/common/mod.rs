@@ -2,7 +2,6 @@
 //! files, and guards for processes and network namespaces.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,7 +11,9 @@ use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use smarter_common::records::{self, Record};
 pub use smarter_test_support::{ChildGuard, have, is_root, require_peer, require_root, skip};
-use smarter_test_support::{StartError, port::PortError, start_with_retry};
+use smarter_test_support::{
+    listening, port::PortError, start_with_retry, stderr_text, wait_started,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -137,26 +138,16 @@ pub fn dnsmasqs(
                     .spawn()?,
             );
             let probe = format!("x.{domain}.");
-            // Some(true): it answers; Some(false): it exited.
-            let up = smarter_test_support::wait_until(
-                format_args!("dnsmasq on {addr} to answer"),
+            let pid = g.0.id();
+            wait_started(
+                &mut g.0,
+                format_args!("dnsmasq on {addr}"),
                 Duration::from_secs(5),
-                Duration::from_millis(5),
-                || {
-                    if g.0.try_wait().ok().flatten().is_some() {
-                        return Some(false);
-                    }
-                    answers_now(addr, &probe).then_some(true)
-                },
-            )
-            .map_err(|e| StartError::Other(e.into()))?;
-            if !up {
-                let mut err = String::new();
-                if let Some(mut e) = g.0.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                return Err(StartError::from_output(&err));
-            }
+                // Its own socket (another test's dnsmasq may hold the port),
+                // and answering.
+                || listening(pid, port) && answers_now(addr, &probe),
+                stderr_text,
+            )?;
             guards.push(g);
         }
         Ok(guards)
