@@ -239,14 +239,11 @@ impl World {
             .append(true)
             .open(self.path("comms.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_smarter-comms"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.comms.insert(Proc(child))
+        self.comms.insert(spawn_with_config(
+            env!("CARGO_BIN_EXE_smarter-comms"),
+            &cfg,
+            log,
+        ))
     }
 
     pub fn stop_comms(&mut self) {
@@ -315,15 +312,12 @@ impl World {
         )
         .unwrap();
         let log = std::fs::File::create(self.path(&format!("{state}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_smarter-debug-agent"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
         let i = self.agents.len();
-        self.agents.push(Proc(child));
+        self.agents.push(spawn_with_config(
+            env!("CARGO_BIN_EXE_smarter-debug-agent"),
+            &cfg,
+            log,
+        ));
         (state_dir.join("agent_key.pub"), &mut self.agents[i])
     }
 
@@ -532,6 +526,18 @@ impl World {
         )
         .unwrap_or_else(|e| panic!("{e}; log: {:#?}", self.audit()))
     }
+}
+
+/// `bin --config cfg`, its stderr (the log) to `log`.
+fn spawn_with_config(bin: &str, cfg: &Path, log: std::fs::File) -> Proc {
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin}: {e}"));
+    Proc(child)
 }
 
 pub fn now() -> i64 {
