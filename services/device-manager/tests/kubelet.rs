@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use smarter_test_support::wait_until_async;
+use smarter_test_support::{
+    StartError, listening, start_with_retry, wait_started, wait_until_async,
+};
 use support::{Env, FakeKubelet, R, T, can_mknod, healthy, hotplug_cycle, unhealthy};
 
 /// How often a wait polls what it cannot be told about (files, the log).
@@ -368,16 +370,28 @@ async fn metrics_and_probes() -> R {
     if !can_mknod("metrics_and_probes") {
         return Ok(());
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let mut env = Env::new("dm.toml")?;
-    env.write_config(&format!(
-        "metrics_address = \"127.0.0.1:{port}\"\n[[rules]]\npath = \"^ttyUSB[0-9]+$\"\n"
-    ))?;
     env.mknod("ttyUSB0", 188, 0)?;
-    // No kubelet yet: alive, but not ready (nothing registered).
-    env.spawn(&[])?;
+    // No kubelet yet: alive, but not ready (nothing registered). The binary
+    // binds the metrics port itself: a picked one, another while taken.
+    let ((), port) = start_with_retry("smarter-device-manager's metrics", 10, |port| {
+        env.write_config(&format!(
+            "metrics_address = \"127.0.0.1:{port}\"\n[[rules]]\npath = \"^ttyUSB[0-9]+$\"\n"
+        ))?;
+        env.spawn(&[])?;
+        let log = env.log.clone();
+        let Some(child) = env.child.as_mut() else {
+            return Err(StartError::Other("not spawned".into()));
+        };
+        let pid = child.id();
+        wait_started(
+            child,
+            "smarter-device-manager",
+            T,
+            || listening(pid, port),
+            |_| std::fs::read_to_string(&log).unwrap_or_default(),
+        )
+    })?;
     let h = wait_http(port, "/healthz", "HTTP/1.1 200").await?;
     assert!(h.ends_with("\r\n\r\nok\n"), "{h}");
     let r = wait_http(port, "/readyz", "HTTP/1.1 503").await?;

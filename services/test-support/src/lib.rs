@@ -27,7 +27,7 @@ pub mod require;
 pub mod wait;
 
 pub use netns::{Netns, NetnsError, Veth};
-pub use port::{StartError, listening, start_with_retry, stderr_text, wait_started};
+pub use port::{RefusedPort, StartError, listening, start_with_retry, stderr_text, wait_started};
 pub use process::{ChildGuard, wait_exit};
 pub use require::{have, is_root, peers_required, require_peer, require_root, skip};
 #[cfg(feature = "tokio")]

@@ -143,6 +143,38 @@ pub fn wait_started(
     }
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on, for a test of "the
+/// server is unreachable": held bound (without listening, without
+/// SO_REUSEADDR) as long as this lives, so no other test can take it and
+/// every connection to it is refused.
+#[derive(Debug)]
+pub struct RefusedPort {
+    port: u16,
+    _socket: socket2::Socket,
+}
+
+impl RefusedPort {
+    /// Bind a fresh port on 127.0.0.1 and hold it.
+    pub fn new() -> std::io::Result<Self> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+        let port = socket
+            .local_addr()?
+            .as_socket()
+            .map(|a| a.port())
+            .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+        Ok(Self {
+            port,
+            _socket: socket,
+        })
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 /// Whether process `pid` holds a socket bound to local `port` (TCP
 /// listening, or UDP), in this network namespace. A connection or an answer
 /// alone cannot tell a peer from another test's peer that already had the
@@ -255,6 +287,21 @@ mod tests {
         });
         assert!(matches!(e, Err(PortError::Failed { .. })), "{e:?}");
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_refused_port_refuses_and_cannot_be_taken() {
+        let r = RefusedPort::new().unwrap_or_else(|e| panic!("{e}"));
+        let e = std::net::TcpStream::connect(("127.0.0.1", r.port()));
+        assert_eq!(
+            e.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionRefused)
+        );
+        let taken = TcpListener::bind(("127.0.0.1", r.port()));
+        assert_eq!(
+            taken.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::AddrInUse)
+        );
     }
 
     #[test]

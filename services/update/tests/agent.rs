@@ -466,10 +466,8 @@ async fn bad_input_is_reported_while_the_agent_keeps_serving() {
     .expect("desired");
     wait_ready(&agent, 503, "ftp://x/b").await;
     // An unreachable server: retried, reported.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let refused = smarter_test_support::RefusedPort::new().expect("a refused port");
+    let port = refused.port();
     std::fs::write(
         gw.path("desired.toml"),
         format!(

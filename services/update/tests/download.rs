@@ -8,7 +8,6 @@
 mod common;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -204,13 +203,10 @@ fn error_statuses_and_unreachable_servers_are_reported_and_keep_the_partial_file
         "partial file kept"
     );
 
-    // Nobody listens on a port just released.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    // A port held bound that nothing listens on.
+    let refused = smarter_test_support::RefusedPort::new().expect("a refused port");
     let gone = Target {
-        url: format!("http://127.0.0.1:{port}/b.raucb"),
+        url: format!("http://127.0.0.1:{}/b.raucb", refused.port()),
         ..t.clone()
     };
     let e = d.fetch(&gone, &mut no_progress).expect_err("unreachable");
