@@ -46,6 +46,11 @@ pub struct Config {
     /// = none. Keep it on loopback: the DaemonSet runs on the host network,
     /// where the kubelet's probes reach 127.0.0.1 and nothing else may listen.
     pub metrics_listen: String,
+    /// Where the gateway's CPU has AES instructions, offer developers' SSH
+    /// clients only AES-GCM for the session (much cheaper here than
+    /// ChaCha20-Poly1305, which OpenSSH clients otherwise pick). Set false
+    /// for clients that lack AES-GCM (OpenSSH before 6.2, PuTTY before 0.76).
+    pub session_aes_gcm_only: bool,
 }
 
 impl Default for Config {
@@ -66,6 +71,7 @@ impl Default for Config {
             ],
             host_namespaces_pid: 1,
             metrics_listen: String::new(),
+            session_aes_gcm_only: true,
         }
     }
 }

@@ -43,6 +43,10 @@ pub async fn serve(agent: Arc<Agent>, session_id: i64, channel: Channel<client::
         window_size: crate::transfer::WINDOW,
         maximum_packet_size: crate::transfer::MAX_PACKET,
         channel_buffer_size: crate::transfer::CHANNEL_BUFFER,
+        preferred: russh::Preferred {
+            cipher: crate::transfer::session_ciphers(agent.settings().session_aes_gcm_only),
+            ..Default::default()
+        },
         ..Default::default()
     });
     let handler = DebugSession {
