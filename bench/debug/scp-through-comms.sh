@@ -7,6 +7,8 @@
 #
 #   bench/debug/scp-through-comms.sh [SIZE_MB]      (default 200, in MiB)
 #
+# COMMS_AES_GCM_ONLY=1 sets comms' `aes_gcm_only` (its listener offers only AES-GCM).
+#
 # Uses release binaries from $BIN_DIR (default: builds them with cargo --release).
 # Needs: openssh-client, openssh-server (/usr/sbin/sshd), curl. sshd runs as the caller
 # (root in CI) with its own config and keys in a temp dir.
@@ -40,6 +42,7 @@ api_listen = "127.0.0.1:$API_PORT"
 state_dir = "$T/comms"
 admin_token_sha256 = "$HASH"
 EOF
+[[ -z "${COMMS_AES_GCM_ONLY:-}" ]] || echo 'aes_gcm_only = true' >> "$T/comms.toml"
 "$BIN_DIR/smarter-comms" --config "$T/comms.toml" --log-level warn 2>"$T/comms.log" &
 COMMS_PID=$!
 PIDS+=($!)

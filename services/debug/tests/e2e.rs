@@ -738,3 +738,38 @@ fn agent_probes_follow_the_tunnel() {
     });
     assert_eq!(get("/healthz").0, 200);
 }
+
+/// comms' `aes_gcm_only` and the agent's `session_aes_gcm_only` (on by
+/// default): a default OpenSSH client gets through on AES-GCM; where this
+/// CPU has AES instructions, a client offering only ChaCha20-Poly1305 is
+/// refused at the session (agent) and at the jump hop (comms).
+#[test]
+fn aes_gcm_only_serves_default_clients_and_refuses_chacha_only_ones() {
+    let Some(mut w) = World::standard_with_comms_config(|_| "aes_gcm_only = true\n".into()) else {
+        return;
+    };
+    let alice = w.path("alice");
+    let o = w.ssh(&alice, &["gateway-17", "echo gcm"]);
+    assert_eq!(stdout(&o), "gcm\n", "{}", stderr(&o));
+    if !smarter_debug::transfer::aes_in_hardware() {
+        eprintln!("no AES instructions here: both ends keep ChaCha20-Poly1305");
+        return;
+    }
+    // OpenSSH reports a failed negotiation at INFO.
+    w.ssh_log_level = "INFO";
+    // `-o` reaches only the session: the `-J` process reads the config file.
+    let chacha = ["-o", "Ciphers=chacha20-poly1305@openssh.com"];
+    let o = w.ssh(&alice, &[chacha[0], chacha[1], "gateway-17", "echo no"]);
+    assert_eq!(o.status.code(), Some(255), "{}", stdout(&o));
+    assert!(stderr(&o).contains("no matching cipher"), "{}", stderr(&o));
+    // In the config file it applies to the jump hop too, refused by comms.
+    w.ssh_options = "  Ciphers chacha20-poly1305@openssh.com\n";
+    let o = w.ssh(&alice, &["gateway-17", "echo no"]);
+    assert_eq!(o.status.code(), Some(255), "{}", stdout(&o));
+    let port = format!("port {}", w.ssh_port);
+    assert!(
+        stderr(&o).contains("no matching cipher") && stderr(&o).contains(&port),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -39,6 +39,12 @@ pub struct Config {
     pub max_sessions_per_developer: usize,
     /// End a session after this many seconds without a byte either way; 0 = never.
     pub idle_timeout_secs: u64,
+    /// Where comms' CPU has AES instructions, offer only AES-GCM on its SSH
+    /// listener (developers' jump hop and agents' tunnels alike), which OpenSSH
+    /// clients otherwise skip for ChaCha20-Poly1305, far costlier in comms.
+    /// Off by default: agents on gateways without AES hardware would then run
+    /// AES in software for their tunnel, and clients need AES-GCM.
+    pub aes_gcm_only: bool,
 }
 
 impl Default for Config {
@@ -57,6 +63,7 @@ impl Default for Config {
             auth_rejection_ms: 1000,
             max_sessions_per_developer: 8,
             idle_timeout_secs: 1800,
+            aes_gcm_only: false,
         }
     }
 }

@@ -138,6 +138,7 @@ impl Live {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = ssh::server_config(
             self.host_key.clone(),
             Duration::from_millis(new.auth_rejection_ms),
+            new.aes_gcm_only,
         );
         if !restart.is_empty() {
             tracing::warn!(
@@ -150,6 +151,7 @@ impl Live {
             max_sessions_per_developer = new.max_sessions_per_developer,
             idle_timeout_secs = new.idle_timeout_secs,
             auth_rejection_ms = new.auth_rejection_ms,
+            aes_gcm_only = new.aes_gcm_only,
             admin_token = new.admin_token_sha256.is_some(),
             tls_reloaded = new.tls_cert.is_some(),
             "SIGHUP: config applied"
@@ -208,6 +210,7 @@ pub async fn run(
         ssh_config: Arc::new(std::sync::Mutex::new(ssh::server_config(
             host_key.clone(),
             Duration::from_millis(config.auth_rejection_ms),
+            config.aes_gcm_only,
         ))),
         api: api::Api::new(hub.clone(), config.admin_token_sha256.as_deref()),
         tls: Arc::new(std::sync::Mutex::new(tls)),

@@ -417,7 +417,12 @@ impl Hub {
 }
 
 /// The SSH server configuration for comms with `host_key`.
-pub fn server_config(host_key: PrivateKey, auth_rejection: Duration) -> Arc<server::Config> {
+/// `aes_gcm_only`: see the comms config of that name.
+pub fn server_config(
+    host_key: PrivateKey,
+    auth_rejection: Duration,
+    aes_gcm_only: bool,
+) -> Arc<server::Config> {
     Arc::new(server::Config {
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         keys: vec![host_key],
@@ -430,6 +435,10 @@ pub fn server_config(host_key: PrivateKey, auth_rejection: Duration) -> Arc<serv
         window_size: crate::transfer::WINDOW,
         maximum_packet_size: crate::transfer::MAX_PACKET,
         channel_buffer_size: crate::transfer::CHANNEL_BUFFER,
+        preferred: russh::Preferred {
+            cipher: crate::transfer::session_ciphers(aes_gcm_only),
+            ..Default::default()
+        },
         ..Default::default()
     })
 }
