@@ -148,6 +148,7 @@ install_file 0755 "$HERE/files/load-images" /usr/lib/smarter/load-images
 [ -n "$variant" ] || install_file 0644 "$images_tar" /usr/share/smarter/images/smarter-images-arm64.tar
 
 # --- RAUC
+install_file 0644 "$HERE/files/smarter-rauc-nbd.conf" /etc/modules-load.d/smarter-rauc-nbd.conf
 install_file 0644 images/rauc/qemuarm64/system.conf /etc/rauc/system.conf
 install_file 0644 "$keyring" /etc/rauc/keyring.pem
 install_file 0755 images/rauc/rauc-boot-env /usr/lib/smarter/rauc-boot-env

@@ -40,7 +40,8 @@ with open(os.path.join(kdir, "modules.dep")) as f:
     for line in f:
         mod, _, rest = line.partition(":")
         deps[mod] = rest.split()
-wanted = {m for m in deps if any(m == k or m.startswith(k.rstrip("/") + "/") for k in keep)}
+# A listed file matches with or without the compression suffix Debian may add (.ko.xz).
+wanted = {m for m in deps if any(m == k or m.startswith(k + ".") or m.startswith(k.rstrip("/") + "/") for k in keep)}
 todo = list(wanted)
 while todo:
     for d in deps.get(todo.pop(), []):
@@ -68,8 +69,10 @@ chroot "$tree" update-initramfs -c -k all
 # mmdebstrap merges /usr with the usrmerge package, which needs perl (50 MB); the tree is merged
 # now, so both go (dpkg's own purge, so its database stays true).
 # (dpkg refuses to purge a package that something else still needs).
-chroot "$tree" dpkg --purge usrmerge libfile-find-rule-perl libnumber-compare-perl libtext-glob-perl \
-    perl perl-modules-5.36 libperl5.36 libgdbm-compat4
+# Chosen by name pattern, as installed: perl's version is in its package names.
+mapfile -t purge < <(chroot "$tree" dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" &&
+    $2 ~ /^(usrmerge|libfile-find-rule-perl|libnumber-compare-perl|libtext-glob-perl|perl|perl-modules-5\.[0-9]+|libperl5\.[0-9]+|libgdbm-compat4(t64)?)$/ { print $2 }')
+[ "${#purge[@]}" -eq 0 ] || chroot "$tree" dpkg --purge "${purge[@]}"
 # udev's hardware database (names of vendors and models) is not read by anything here.
 rm -rf "$tree"/usr/lib/udev/hwdb.bin "$tree"/usr/lib/udev/hwdb.d
 rm -rf "$tree"/usr/lib/linux-image-* "$tree"/usr/bin/dnet "$tree"/usr/sbin/ovrouter "$tree"/usr/bin/ctr \

@@ -17,7 +17,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 
-SUITE=bookworm
+SUITE=trixie
 MIRROR=${SMARTER_DEBIAN_MIRROR:-$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 # Fixed so that the tarball does not depend on when it was built (see images/README.md).
@@ -29,7 +29,7 @@ PACKAGES=(
     systemd-sysv udev dbus kmod util-linux login passwd procps iproute2 e2fsprogs
     linux-image-arm64 initramfs-tools
     rauc rauc-service
-    docker.io
+    docker.io docker-cli
     netcat-openbsd
     usr-is-merged
 )
@@ -80,7 +80,7 @@ fi
 echo "rootfs.sh: customizing into $out" >&2
 mkdir "$tree"
 tar -C "$tree" --numeric-owner --xattrs --xattrs-include='*' -xpf "$base"
-nice "$HERE/rootfs-customize.sh" "$tree"
+nice "$HERE/rootfs-customize.sh" "$tree" >&2  # stdout is the tarball path only
 tar -C "$tree" --numeric-owner --xattrs --xattrs-include='*' --sort=name --mtime="@$SOURCE_DATE_EPOCH" \
     --clamp-mtime --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime -cf "$out.tmp" .
 mv "$out.tmp" "$out"
