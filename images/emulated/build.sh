@@ -200,14 +200,20 @@ fi
 find "$tree" -xdev -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 used_kib=$(du -sk --apparent-size "$tree" | cut -f1)
 inodes=$(find "$tree" -xdev | wc -l)
-fs_mib=$(( (used_kib * 12 / 10 + inodes / 4 + 32 * 1024) / 1024 ))
+# 4 KiB blocks: each file's tail rounds up to a block (inodes * 4 KiB bounds it).
+fs_mib=$(( (used_kib * 12 / 10 + inodes * 4 + 32 * 1024) / 1024 ))
 if [ "$fs_mib" -gt "$SLOT_MIB" ]; then
     echo "build.sh: root file system needs ${fs_mib} MiB, the slot has ${SLOT_MIB} MiB" >&2; exit 1
 fi
 name=${variant:-rootfs}
 slot_img=$stage/$name.ext4
 fixed_uuid=5e7a47e2-0000-4000-8000-000000000001
-mkfs.ext4 -q -L rootfs -U "$fixed_uuid" -E "hash_seed=$fixed_uuid,root_owner=0:0,lazy_itable_init=0,nodiscard" \
+# -b 4096: mke2fs picks 1 KiB blocks for a file system this small, and then a file's data need
+# not start on a 4 KiB boundary. RAUC's adaptive update (block-hash-index) finds what a slot
+# already holds by the hashes of its 4 KiB chunks, so with 1 KiB blocks a file that moved by a
+# few blocks (another file grew) matched nothing, and a release that changed only our services
+# moved most of the bundle. With 4 KiB blocks every file starts on a chunk boundary.
+mkfs.ext4 -q -b 4096 -L rootfs -U "$fixed_uuid" -E "hash_seed=$fixed_uuid,root_owner=0:0,lazy_itable_init=0,nodiscard" \
     -N $((inodes + 4096)) -d "$tree" "$slot_img" "${fs_mib}M"
 # mkfs.ext4 -d copies each file's ctime from the staging tree (the time of extraction): set them all.
 ( cd "$tree" && find . -mindepth 1 -xdev -printf '%P\n' ) |
