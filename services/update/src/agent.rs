@@ -301,6 +301,15 @@ pub fn save_record(data_dir: &Path, record: &Record) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Flush every file system write on the file system that holds `dir`
+/// (syncfs(2)): RAUC's files as well as ours, since both live on /data.
+pub fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    let d = fs::File::open(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    nix::unistd::syncfs(&d)
+        .map_err(|e| std::io::Error::other(format!("syncfs {}: {e}", dir.display())))
+}
+
 /// Minutes after midnight UTC, now.
 pub fn minute_of_day_utc() -> u16 {
     let secs = std::time::SystemTime::now()
@@ -653,6 +662,16 @@ impl Agent {
         update(&self.status, |s| s.install_percent = None);
         match result {
             Ok(()) => {
+                // RAUC writes the new slot's status and its block-hash index
+                // (what the next adaptive update matches against) into its data
+                // directory on /data without syncing new files. A power cut
+                // between here and the reboot lost the index on the emulated
+                // gateway, and the next adaptive update then found nothing in the
+                // booted slot and fetched the whole image. One syncfs of the data
+                // file system, which holds our data_dir too, makes them durable.
+                if let Err(e) = sync_filesystem(&self.config.data_dir) {
+                    tracing::warn!(error = %e, "could not sync the data file system after the install");
+                }
                 record.stage = Some(Stage::Installed);
                 if let Err(e) = save_record(&self.config.data_dir, &record) {
                     return self.fail(
@@ -907,6 +926,21 @@ mod tests {
         assert_eq!(
             decide(&d, &old, Some(&installed), "b", 0, any(), any()),
             Next::Download
+        );
+    }
+
+    #[test]
+    fn sync_filesystem_syncs_a_directory_and_names_a_missing_one() {
+        let dir = std::env::temp_dir();
+        assert!(sync_filesystem(&dir).is_ok());
+        let missing = dir.join("smarter-update-no-such-dir-for-syncfs");
+        let err = sync_filesystem(&missing)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("smarter-update-no-such-dir-for-syncfs"),
+            "{err}"
         );
     }
 
