@@ -18,5 +18,6 @@ fi
 echo "--- images: the update and broken-update bundles"
 nice images/emulated/build.sh --variant update --modify images/emulated/variants/update.sh
 nice images/emulated/build.sh --variant broken --modify images/emulated/variants/broken.sh
+nice images/emulated/build.sh --variant services --modify images/emulated/variants/services.sh
 echo "--- images: the emulated gateway under QEMU"
 images/emulated/test.py

@@ -2,7 +2,8 @@
 
 An HTTP/1.1 server on 127.0.0.1 (the guest reaches it as 10.0.2.2 through QEMU's user network)
 that serves files by name with what a real bundle server does for the agent's resumable
-download: `Range: bytes=N-` answered 206, an ETag and `If-Range`, 416 past the end. The test
+download and for RAUC's streaming: `Range: bytes=N-` and `bytes=N-M` answered 206, an ETag and
+`If-Range`, 416 past the end. The test
 controls it to make the failures a metered field link has:
 
   cut_after(n)   the next response sends n body bytes and then closes the connection; with
@@ -41,6 +42,9 @@ class BundleServer:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 server._serve(self)
 
+            def do_HEAD(self) -> None:  # noqa: N802
+                server._serve(self, head=True)
+
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -71,7 +75,7 @@ class BundleServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def _serve(self, h: http.server.BaseHTTPRequestHandler) -> None:
+    def _serve(self, h: http.server.BaseHTTPRequestHandler, head: bool = False) -> None:
         name = h.path.lstrip("/")
         with self._lock:
             refuse, cut = self._refuse, self._cut
@@ -84,28 +88,33 @@ class BundleServer:
             return
         size = path.stat().st_size
         etag = self.etags[name]
-        start = 0
-        m = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range", ""))
+        start, end = 0, size  # end exclusive
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", h.headers.get("Range", ""))
         if m and h.headers.get("If-Range", etag) == etag:
             start = int(m.group(1))
-            if start >= size:
+            if m.group(2):
+                end = min(int(m.group(2)) + 1, size)
+            if start >= size or end <= start:
                 h.send_response(416)
                 h.send_header("Content-Range", f"bytes */{size}")
                 h.send_header("Content-Length", "0")
                 h.end_headers()
                 return
-        h.send_response(206 if start else 200)
-        if start:
-            h.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        h.send_header("Content-Length", str(size - start))
+        ranged = m is not None and (start > 0 or end < size)
+        h.send_response(206 if ranged else 200)
+        if ranged:
+            h.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        h.send_header("Content-Length", str(end - start))
         h.send_header("ETag", etag)
         h.send_header("Accept-Ranges", "bytes")
         h.end_headers()
+        if head:
+            return
         if cut is not None:
             with self._lock:
                 self._cut = None
                 self._refuse = self._refuse_after_cut
-        budget = size - start if cut is None else min(cut, size - start)
+        budget = end - start if cut is None else min(cut, end - start)
         sent = 0
         try:
             with path.open("rb") as f:
