@@ -129,21 +129,29 @@ ssh -F "$T/ssh_config" direct true
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 tunnel_cpu() { echo "$(cpu_ticks "$COMMS_PID") $(cpu_ticks "$AGENT_PID")"; }
 
-# Each direction: through comms, then direct, back to back, so both see the same load.
-up_cpu0=$(tunnel_cpu)
-up_ours=$(timed_scp -J comms "$T/payload" "bench-gw:$T/up-through-comms")
-up_cpu1=$(tunnel_cpu)
-up_peer=$(timed_scp "$T/payload" "direct:$T/up-direct")
-cmp -s "$T/payload" "$T/up-through-comms" || { echo "upload through comms differs" >&2; exit 1; }
-cmp -s "$T/payload" "$T/up-direct" || { echo "direct upload differs" >&2; exit 1; }
-rm -f "$T/up-through-comms" "$T/up-direct"
-down_cpu0=$(tunnel_cpu)
-down_ours=$(timed_scp -J comms "bench-gw:$T/payload" "$T/down-through-comms")
-down_cpu1=$(tunnel_cpu)
-down_peer=$(timed_scp "direct:$T/payload" "$T/down-direct")
-cmp -s "$T/payload" "$T/down-through-comms" || { echo "download through comms differs" >&2; exit 1; }
-cmp -s "$T/payload" "$T/down-direct" || { echo "direct download differs" >&2; exit 1; }
-rm -f "$T/down-through-comms" "$T/down-direct"
+# One direction: through comms, then direct, back to back, so both see the same load; each copy
+# must arrive byte-identical. Prints "<through-comms secs> <direct secs> <tunnel CPU before> <after>".
+#   one_way up|down
+one_way() {
+    local dir=$1 src_ours dst_ours src_peer dst_peer cpu0 cpu1 ours peer
+    if [[ $dir == up ]]; then
+        src_ours=$T/payload dst_ours=bench-gw:$T/up-through-comms src_peer=$T/payload dst_peer=direct:$T/up-direct
+    else
+        src_ours=bench-gw:$T/payload dst_ours=$T/down-through-comms src_peer=direct:$T/payload dst_peer=$T/down-direct
+    fi
+    cpu0=$(tunnel_cpu)
+    ours=$(timed_scp -J comms "$src_ours" "$dst_ours")
+    cpu1=$(tunnel_cpu)
+    peer=$(timed_scp "$src_peer" "$dst_peer")
+    cmp -s "$T/payload" "$T/$dir-through-comms" || { echo "$dir through comms differs" >&2; exit 1; }
+    cmp -s "$T/payload" "$T/$dir-direct" || { echo "$dir direct differs" >&2; exit 1; }
+    rm -f "$T/$dir-through-comms" "$T/$dir-direct"
+    echo "$ours $peer $cpu0 $cpu1"
+}
+read -r up_ours up_peer up_cpu0_c up_cpu0_a up_cpu1_c up_cpu1_a < <(one_way up)
+read -r down_ours down_peer down_cpu0_c down_cpu0_a down_cpu1_c down_cpu1_a < <(one_way down)
+up_cpu0="$up_cpu0_c $up_cpu0_a" up_cpu1="$up_cpu1_c $up_cpu1_a"
+down_cpu0="$down_cpu0_c $down_cpu0_a" down_cpu1="$down_cpu1_c $down_cpu1_a"
 
 # Time from ssh start to the remote command's output through the tunnel.
 a=$(secs); out=$(ssh -F "$T/ssh_config" -J comms bench-gw echo ready); b=$(secs)
