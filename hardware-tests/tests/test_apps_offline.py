@@ -5,8 +5,8 @@ without a board: no k3s runs here, so these tests stand in for the gateway.
   fields of CRI runtime v1's PodSandboxConfig and ContainerConfig, with values of the
   fields' types. crictl decodes them with Go's encoding/json, which drops a key naming no
   field without a word, so a typo would otherwise only show as a pod configured wrongly on
-  a board. The schema is smarter_hil/cri_runtime_v1_config.proto as protoc reads it, and
-  its messages agree with those smarter-dns's CRI subset holds too.
+  a board. The schema is smarter_hil/cri_runtime_v1_config.proto as protoc reads it, with
+  the messages it imports from smarter-dns's CRI subset (one definition of each).
 * The sequence it runs on the gateway, against a recording stand-in for the gateway's
   shell that models containerd's pods, the k3s agent's process and the image: the kubelet
   is stopped before the first sandbox and resumed only after the last is removed, and a
@@ -73,8 +73,8 @@ def load_schema(proto):
                     if pathlib.Path(d, "google/protobuf/descriptor.proto").is_file()), None)
     if include is None:
         _missing("google/protobuf/descriptor.proto (Debian libprotobuf-dev) is not installed")
-    compiled = subprocess.run([protoc, f"-I{proto.parent}", "--descriptor_set_out=/dev/stdout", proto.name],
-                              capture_output=True)
+    compiled = subprocess.run([protoc, f"-I{proto.parent}", f"-I{DNS_PROTO.parent}", "--include_imports",
+                               "--descriptor_set_out=/dev/stdout", proto.name], capture_output=True)
     assert compiled.returncode == 0, f"protoc rejects {proto}: {compiled.stderr.decode()}"
     decoded = subprocess.run([protoc, f"-I{include}", "--decode=google.protobuf.FileDescriptorSet",
                               "google/protobuf/descriptor.proto"], input=compiled.stdout, capture_output=True)
@@ -179,18 +179,21 @@ def test_the_check_catches_what_crictl_would_drop_or_refuse(schema, mutate, comp
         check_json(pod, POD, schema)
 
 
-def test_our_cri_subset_agrees_with_smarter_dns_subset(schema):
-    ours_messages, ours_enums = schema
+def test_shared_cri_messages_come_from_smarter_dns_subset(schema):
+    """The pod config's sandbox metadata and namespace options are smarter-dns's messages,
+    imported, so the two subsets cannot drift apart; and nothing is defined twice (protoc
+    would refuse it)."""
+    messages, enums = schema
     dns_messages, dns_enums = load_schema(DNS_PROTO)
-    shared = set(ours_messages) & set(dns_messages)
-    # The sandbox metadata and namespace options are in both: the names must mean the same.
-    assert {POD[:-len("PodSandboxConfig")] + m for m in ("PodSandboxMetadata", "NamespaceOption")} <= shared
-    for name in shared:
-        ours, theirs = ours_messages[name]["fields"], dns_messages[name]["fields"]
-        for field in set(ours) & set(theirs):
-            assert ours[field] == theirs[field], f"{name}.{field}: {ours[field]} here, {theirs[field]} in {DNS_PROTO}"
-    for name in set(ours_enums) & set(dns_enums):
-        assert ours_enums[name] == dns_enums[name], name
+    pod = messages[POD]["fields"]
+    assert pod["metadata"]["type_name"] == PACKAGE + "PodSandboxMetadata"
+    assert PACKAGE + "PodSandboxMetadata" in dns_messages
+    security = messages[PACKAGE + "LinuxSandboxSecurityContext"]["fields"]
+    assert security["namespace_options"]["type_name"] == PACKAGE + "NamespaceOption"
+    assert PACKAGE + "NamespaceOption" in dns_messages and PACKAGE + "NamespaceMode" in dns_enums
+    text = OUR_PROTO.read_text()
+    for name in dns_messages:
+        assert f"message {name[len(PACKAGE):]} " not in text, f"{name} is smarter-dns's; import it"
 
 
 # The stand-in gateway.
