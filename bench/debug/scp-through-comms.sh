@@ -7,7 +7,8 @@
 #
 #   bench/debug/scp-through-comms.sh [SIZE_MB]      (default 200, in MiB)
 #
-# COMMS_AES_GCM_ONLY=1 sets comms' `aes_gcm_only` (its listener offers only AES-GCM).
+# COMMS_AES_GCM_ONLY=true|false sets comms' `aes_gcm_only` (default: comms' own default, true:
+# developers' clients are offered only AES-GCM where the CPU has AES instructions).
 #
 # Uses release binaries from $BIN_DIR (default: builds them with cargo --release).
 # Needs: openssh-client, openssh-server (/usr/sbin/sshd), curl. sshd runs as the caller
@@ -42,7 +43,11 @@ api_listen = "127.0.0.1:$API_PORT"
 state_dir = "$T/comms"
 admin_token_sha256 = "$HASH"
 EOF
-[[ -z "${COMMS_AES_GCM_ONLY:-}" ]] || echo 'aes_gcm_only = true' >> "$T/comms.toml"
+case "${COMMS_AES_GCM_ONLY:-}" in
+    '') ;;
+    true | false) echo "aes_gcm_only = $COMMS_AES_GCM_ONLY" >> "$T/comms.toml" ;;
+    *) echo "COMMS_AES_GCM_ONLY: '$COMMS_AES_GCM_ONLY' is neither true nor false" >&2; exit 2 ;;
+esac
 "$BIN_DIR/smarter-comms" --config "$T/comms.toml" --log-level warn 2>"$T/comms.log" &
 COMMS_PID=$!
 PIDS+=($!)

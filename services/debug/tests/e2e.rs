@@ -739,13 +739,14 @@ fn agent_probes_follow_the_tunnel() {
     assert_eq!(get("/healthz").0, 200);
 }
 
-/// comms' `aes_gcm_only` and the agent's `session_aes_gcm_only` (on by
+/// comms' `aes_gcm_only` and the agent's `session_aes_gcm_only` (both on by
 /// default): a default OpenSSH client gets through on AES-GCM; where this
 /// CPU has AES instructions, a client offering only ChaCha20-Poly1305 is
-/// refused at the session (agent) and at the jump hop (comms).
+/// refused at the session (agent) and at the jump hop (comms), while an
+/// agent's tunnel is still offered it.
 #[test]
 fn aes_gcm_only_serves_default_clients_and_refuses_chacha_only_ones() {
-    let Some(mut w) = World::standard_with_comms_config(|_| "aes_gcm_only = true\n".into()) else {
+    let Some(mut w) = World::standard() else {
         return;
     };
     let alice = w.path("alice");
@@ -772,4 +773,76 @@ fn aes_gcm_only_serves_default_clients_and_refuses_chacha_only_ones() {
         "{}",
         stderr(&o)
     );
+}
+
+/// Completes a key exchange with comms as a russh client sending
+/// identification line `id` and offering only ChaCha20-Poly1305.
+fn chacha_only_kex(port: u16, id: &str) -> Result<(), russh::Error> {
+    struct AnyHost;
+    impl russh::client::Handler for AnyHost {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            _: &russh::keys::PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+    let config = std::sync::Arc::new(russh::client::Config {
+        client_id: russh::SshId::Standard(id.to_string().into()),
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(&[russh::cipher::CHACHA20_POLY1305]),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let handle = tokio::time::timeout(
+            Duration::from_secs(10),
+            russh::client::connect(config, ("127.0.0.1", port), AnyHost),
+        )
+        .await
+        .map_err(|_| russh::Error::ConnectionTimeout)??;
+        let _ = handle
+            .disconnect(russh::Disconnect::ByApplication, "", "")
+            .await;
+        Ok(())
+    })
+}
+
+/// With `aes_gcm_only` (the default) comms tells agents' tunnels from
+/// developers' clients by their identification line: a ChaCha20-only agent
+/// (a gateway without AES instructions) still completes its key exchange,
+/// and so does an agent of the release before agents named themselves
+/// (russh's default line); a ChaCha20-only client with any other line is
+/// refused where comms has AES instructions, and accepted with the option
+/// off.
+#[test]
+fn comms_offers_chacha_to_agents_and_aes_gcm_to_developers() {
+    let Some(w) = World::standard() else {
+        return;
+    };
+    chacha_only_kex(w.ssh_port, smarter_debug::transfer::AGENT_SSH_ID)
+        .expect("an agent's tunnel negotiates ChaCha20-Poly1305");
+    chacha_only_kex(w.ssh_port, "SSH-2.0-russh_0.65.1")
+        .expect("an older agent's tunnel negotiates ChaCha20-Poly1305");
+    let developer = chacha_only_kex(w.ssh_port, "SSH-2.0-OpenSSH_9.9");
+    if smarter_debug::transfer::aes_in_hardware() {
+        assert!(
+            developer.is_err(),
+            "a ChaCha20-only developer client was accepted"
+        );
+    } else {
+        developer.expect("without AES instructions developers keep ChaCha20-Poly1305");
+    }
+    drop(w);
+    let Some(w) = World::standard_with_comms_config(|_| "aes_gcm_only = false\n".into()) else {
+        return;
+    };
+    chacha_only_kex(w.ssh_port, "SSH-2.0-OpenSSH_9.9")
+        .expect("with aes_gcm_only = false developers may use ChaCha20-Poly1305");
 }

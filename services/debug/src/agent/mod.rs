@@ -279,6 +279,10 @@ impl client::Handler for Tunnel {
 
 fn client_config(config: &Config) -> Arc<client::Config> {
     Arc::new(client::Config {
+        // Tells comms this is a tunnel, not a developer (see `is_agent_id`).
+        client_id: russh::SshId::Standard(std::borrow::Cow::Borrowed(
+            crate::transfer::AGENT_SSH_ID,
+        )),
         keepalive_interval: Some(Duration::from_secs(config.keepalive_secs)),
         keepalive_max: 3,
         inactivity_timeout: None,

@@ -39,11 +39,13 @@ pub struct Config {
     pub max_sessions_per_developer: usize,
     /// End a session after this many seconds without a byte either way; 0 = never.
     pub idle_timeout_secs: u64,
-    /// Where comms' CPU has AES instructions, offer only AES-GCM on its SSH
-    /// listener (developers' jump hop and agents' tunnels alike), which OpenSSH
-    /// clients otherwise skip for ChaCha20-Poly1305, far costlier in comms.
-    /// Off by default: agents on gateways without AES hardware would then run
-    /// AES in software for their tunnel, and clients need AES-GCM.
+    /// Where comms' CPU has AES instructions, offer developers' clients only
+    /// AES-GCM on the jump hop, which OpenSSH clients otherwise skip for
+    /// ChaCha20-Poly1305, far costlier in comms. Agents' tunnels (told apart
+    /// by their identification line) are offered every cipher: the agent
+    /// picks AES-GCM where its CPU has AES instructions and ChaCha20-Poly1305
+    /// where not (Raspberry Pi 4). False: developers get every cipher too,
+    /// for clients without AES-GCM.
     pub aes_gcm_only: bool,
 }
 
@@ -63,7 +65,7 @@ impl Default for Config {
             auth_rejection_ms: 1000,
             max_sessions_per_developer: 8,
             idle_timeout_secs: 1800,
-            aes_gcm_only: false,
+            aes_gcm_only: true,
         }
     }
 }

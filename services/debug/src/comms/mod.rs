@@ -135,7 +135,7 @@ impl Live {
         *self
             .ssh_config
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = ssh::server_config(
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ssh::server_configs(
             self.host_key.clone(),
             Duration::from_millis(new.auth_rejection_ms),
             new.aes_gcm_only,
@@ -207,7 +207,7 @@ pub async fn run(
         "comms started"
     );
     let live = Live {
-        ssh_config: Arc::new(std::sync::Mutex::new(ssh::server_config(
+        ssh_config: Arc::new(std::sync::Mutex::new(ssh::server_configs(
             host_key.clone(),
             Duration::from_millis(config.auth_rejection_ms),
             config.aes_gcm_only,

@@ -416,36 +416,107 @@ impl Hub {
     }
 }
 
-/// The SSH server configuration for comms with `host_key`.
+/// The SSH server configurations for comms with `host_key`: one for
+/// developers' connections, one for agents' tunnels. They differ only in
+/// the ciphers offered (see [`ServerConfigs::for_client`]).
 /// `aes_gcm_only`: see the comms config of that name.
-pub fn server_config(
+pub fn server_configs(
     host_key: PrivateKey,
     auth_rejection: Duration,
     aes_gcm_only: bool,
-) -> Arc<server::Config> {
-    Arc::new(server::Config {
-        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
-        keys: vec![host_key],
-        auth_rejection_time: auth_rejection,
-        auth_rejection_time_initial: Some(Duration::ZERO),
-        inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(30)),
-        keepalive_max: 3,
-        nodelay: true,
-        window_size: crate::transfer::WINDOW,
-        maximum_packet_size: crate::transfer::MAX_PACKET,
-        channel_buffer_size: crate::transfer::CHANNEL_BUFFER,
-        preferred: russh::Preferred {
-            cipher: crate::transfer::session_ciphers(aes_gcm_only),
+) -> ServerConfigs {
+    let config = |cipher| {
+        Arc::new(server::Config {
+            methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+            keys: vec![host_key.clone()],
+            auth_rejection_time: auth_rejection,
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_max: 3,
+            nodelay: true,
+            window_size: crate::transfer::WINDOW,
+            maximum_packet_size: crate::transfer::MAX_PACKET,
+            channel_buffer_size: crate::transfer::CHANNEL_BUFFER,
+            preferred: russh::Preferred {
+                cipher,
+                ..Default::default()
+            },
             ..Default::default()
-        },
-        ..Default::default()
-    })
+        })
+    };
+    ServerConfigs {
+        developer: config(crate::transfer::session_ciphers(aes_gcm_only)),
+        // Every cipher russh has: the agent's own order decides (AES-GCM
+        // where its CPU has AES instructions, else ChaCha20-Poly1305).
+        agent: config(crate::transfer::session_ciphers(false)),
+    }
 }
 
-/// The SSH server configuration new connections get; SIGHUP may replace it
-/// (connections already open keep the one they started with).
-pub type SharedConfig = Arc<Mutex<Arc<server::Config>>>;
+/// The two SSH server configurations comms serves with.
+#[derive(Clone, Debug)]
+pub struct ServerConfigs {
+    /// For developers' clients (the `-J` jump hop).
+    pub developer: Arc<server::Config>,
+    /// For agents' tunnels.
+    pub agent: Arc<server::Config>,
+}
+
+impl ServerConfigs {
+    /// The configuration for a client that sent identification line `id`
+    /// (`None`: none arrived in time). A client's cipher order decides and
+    /// OpenSSH's puts ChaCha20-Poly1305 first, which costs comms far more
+    /// than AES-GCM with AES instructions; `aes_gcm_only` therefore drops
+    /// it for developers. Agents keep it, since a gateway without AES
+    /// hardware (Raspberry Pi 4) would otherwise run AES in software.
+    pub fn for_client(&self, id: Option<&[u8]>) -> &Arc<server::Config> {
+        match id {
+            Some(id) if crate::transfer::is_agent_id(id) => &self.agent,
+            _ => &self.developer,
+        }
+    }
+}
+
+/// The SSH server configurations new connections get; SIGHUP may replace
+/// them (connections already open keep the one they started with).
+pub type SharedConfig = Arc<Mutex<ServerConfigs>>;
+
+/// How long comms waits for a new client's identification line before it
+/// picks the developers' configuration. OpenSSH, PuTTY and russh clients
+/// send theirs as soon as they connect (RFC 4253 4.2 lets both sides send
+/// at once), so this is only ever reached by a silent or odd client.
+const CLIENT_ID_WAIT: Duration = Duration::from_secs(2);
+
+/// The client's identification line (without its line end), read from
+/// `socket` without consuming it: russh reads it again. `None` when the
+/// connection closes, fails, or sends no line end within `wait` (an
+/// identification line is at most 255 bytes; a longer one is returned cut).
+pub async fn peek_client_id(socket: &tokio::net::TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; 255];
+    loop {
+        let n = tokio::time::timeout_at(deadline, socket.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if let Some(end) = buf[..n].iter().position(|&b| b == b'\n') {
+            let line = &buf[..end];
+            return Some(line.strip_suffix(b"\r").unwrap_or(line).to_vec());
+        }
+        if n == buf.len() {
+            return Some(buf.to_vec());
+        }
+        // Part of a line: peek returns at once while data is queued, so
+        // give the rest a moment to arrive rather than spin.
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// Accepts SSH connections on `listener` until it fails.
 pub async fn serve(
@@ -457,9 +528,17 @@ pub async fn serve(
     let mut factory = Factory { hub };
     loop {
         let (socket, peer) = listener.accept().await?;
-        let config = lock(&config).clone();
+        let configs = lock(&config).clone();
         let handler = factory.new_client(Some(peer));
         tokio::spawn(async move {
+            let id = peek_client_id(&socket, CLIENT_ID_WAIT).await;
+            let config = configs.for_client(id.as_deref()).clone();
+            tracing::debug!(
+                %peer,
+                client = %String::from_utf8_lossy(id.as_deref().unwrap_or(b"(none)")),
+                agent = Arc::ptr_eq(&config, &configs.agent),
+                "ssh client identified"
+            );
             if config.nodelay
                 && let Err(error) = socket.set_nodelay(true)
             {
@@ -1073,4 +1152,58 @@ async fn pump(
         to.data_bytes(held).await?;
     }
     to.eof().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> std::io::Result<(tokio::net::TcpStream, tokio::net::TcpStream)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let (server, _) = listener.accept().await?;
+        Ok((server, client))
+    }
+
+    #[tokio::test]
+    async fn client_id_is_peeked_whole_and_left_for_russh() -> std::io::Result<()> {
+        let (mut server, mut client) = pair().await?;
+        // The line arrives in two parts; the first is not taken for all of it.
+        client.write_all(b"SSH-2.0-smarter-").await?;
+        let rest = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(b"debug-agent_1\r\nKEX").await?;
+            Ok::<_, std::io::Error>(client)
+        });
+        let id = peek_client_id(&server, Duration::from_secs(5)).await;
+        assert_eq!(id.as_deref(), Some(&b"SSH-2.0-smarter-debug-agent_1"[..]));
+        let _client = rest.await??;
+        let mut unread = [0u8; 34];
+        server.read_exact(&mut unread).await?;
+        assert_eq!(&unread, b"SSH-2.0-smarter-debug-agent_1\r\nKEX");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn silent_or_closed_clients_have_no_id() -> std::io::Result<()> {
+        let (server, _client) = pair().await?;
+        let since = std::time::Instant::now();
+        assert_eq!(
+            peek_client_id(&server, Duration::from_millis(100)).await,
+            None
+        );
+        assert!(since.elapsed() >= Duration::from_millis(100));
+        let (server, client) = pair().await?;
+        drop(client);
+        assert_eq!(peek_client_id(&server, Duration::from_secs(5)).await, None);
+        // Half a line and then nothing: no id once the wait is over.
+        let (server, mut client) = pair().await?;
+        client.write_all(b"SSH-2.0-half").await?;
+        assert_eq!(
+            peek_client_id(&server, Duration::from_millis(100)).await,
+            None
+        );
+        Ok(())
+    }
 }
