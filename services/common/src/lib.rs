@@ -17,7 +17,8 @@
 //!   `--log-level`).
 //! * `netlink` (feature `netlink`): the synchronous rtnetlink client of
 //!   `smarter-cni` (bridge, veth, addresses, routes) and `smarter-dns` (its
-//!   dummy interface), the one place a netlink socket is opened.
+//!   dummy interface), and its `nftables` reader (`smarter-cni` checks
+//!   its table and rules with it); the one place a netlink socket is opened.
 //! * `docker` (feature `docker`): the Docker Engine API client (`bollard`
 //!   over the unix socket) of `smarter-dns` and `smarter-debug-agent`, with
 //!   one error naming the socket, the call and the container.

@@ -21,12 +21,19 @@
 //! [`NetlinkError::DumpInterrupted`] names the request
 //! (docs/decisions/0110-one-netlink-client.md).
 //!
+//! [`nftables`] reads nf_tables state (a table, the rules of a table) over
+//! `NETLINK_NETFILTER` sockets opened the same way, for smarter-cni's
+//! check that its rules are still in place
+//! (docs/decisions/0134-cni-nft-rules-check.md).
+//!
 //! Limitations: IPv4 routes and IPv4 address dumps only (what the CNI
 //! plugin needs); host addresses may be IPv4 or IPv6.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+pub mod nftables;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
@@ -235,6 +242,100 @@ fn io_err(op: &str) -> impl FnOnce(nix::Error) -> NetlinkError + '_ {
     }
 }
 
+/// A netlink socket of `protocol` (rtnetlink, or netfilter for
+/// [`nftables`]), bound and connected to the kernel, in the calling
+/// thread's network namespace.
+fn open_socket(protocol: SockProtocol) -> Result<OwnedFd, NetlinkError> {
+    // `expect`, not `allow`: clippy fails here if clippy.toml's rule
+    // stops covering this call, i.e. stops keeping it out of the rest.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "this module is the one place that opens netlink sockets"
+    )]
+    let fd = nix::sys::socket::socket(
+        SocketFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        protocol,
+    )
+    .map_err(io_err("open socket"))?;
+    let kernel = NetlinkAddr::new(0, 0);
+    nix::sys::socket::bind(fd.as_raw_fd(), &kernel).map_err(io_err("bind socket"))?;
+    nix::sys::socket::connect(fd.as_raw_fd(), &kernel).map_err(io_err("connect socket"))?;
+    Ok(fd)
+}
+
+/// Run `open` on a short-lived thread that has entered the network
+/// namespace at `path` (namespaces are per thread, so no other thread's
+/// changes); a socket it opens stays in that namespace.
+fn in_netns<T>(
+    path: &Path,
+    open: impl FnOnce() -> Result<T, NetlinkError> + Send,
+) -> Result<T, NetlinkError>
+where
+    T: Send,
+{
+    let ns = std::fs::File::open(path).map_err(|source| NetlinkError::Netns {
+        path: path.to_path_buf(),
+        op: "open",
+        source,
+    })?;
+    let path = path.to_path_buf();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                NetlinkError::Netns {
+                    path: path.clone(),
+                    op: "setns",
+                    source: std::io::Error::from(e),
+                }
+            })?;
+            open()
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NetlinkError::Netns {
+                path: path.clone(),
+                op: "run namespace thread",
+                source: std::io::Error::other("thread panicked"),
+            })
+        })
+    })
+}
+
+/// Send one request datagram, retrying on EINTR.
+fn send_request(fd: &OwnedFd, op: &str, data: &[u8]) -> Result<(), NetlinkError> {
+    loop {
+        match nix::sys::socket::send(fd.as_raw_fd(), data, MsgFlags::empty()) {
+            Ok(_) => return Ok(()),
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(io_err(op)(e)),
+        }
+    }
+}
+
+/// Receive one datagram into `buf`, growing it first when the next
+/// datagram is larger; returns its length.
+fn recv_datagram(fd: &OwnedFd, buf: &mut Vec<u8>, op: &str) -> Result<usize, NetlinkError> {
+    let fd = fd.as_raw_fd();
+    loop {
+        // MSG_TRUNC makes the kernel report the datagram's full size.
+        match nix::sys::socket::recv(fd, buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC) {
+            Ok(n) if n > buf.len() => buf.resize(n, 0),
+            Ok(_) => break,
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(io_err(op)(e)),
+        }
+    }
+    loop {
+        match nix::sys::socket::recv(fd, buf, MsgFlags::empty()) {
+            Ok(n) => return Ok(n.min(buf.len())),
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(io_err(op)(e)),
+        }
+    }
+}
+
 /// What one reply datagram said about the request.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Reply {
@@ -302,22 +403,7 @@ fn parse_datagram(op: &str, seq: u32, data: &[u8], reply: &mut Reply) -> Result<
 impl Netlink {
     /// A socket in the calling thread's network namespace.
     pub fn new() -> Result<Self, NetlinkError> {
-        // `expect`, not `allow`: clippy fails here if clippy.toml's rule
-        // stops covering this call, i.e. stops keeping it out of the rest.
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "this module is the one place that opens netlink sockets"
-        )]
-        let fd = nix::sys::socket::socket(
-            SocketFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkRoute,
-        )
-        .map_err(io_err("open socket"))?;
-        let kernel = NetlinkAddr::new(0, 0);
-        nix::sys::socket::bind(fd.as_raw_fd(), &kernel).map_err(io_err("bind socket"))?;
-        nix::sys::socket::connect(fd.as_raw_fd(), &kernel).map_err(io_err("connect socket"))?;
+        let fd = open_socket(SockProtocol::NetlinkRoute)?;
         Ok(Self {
             fd,
             seq: 1,
@@ -331,32 +417,7 @@ impl Netlink {
     /// `/var/run/netns/x` or `/proc/123/ns/net`), created on a dedicated
     /// thread so no other thread's namespace changes.
     pub fn in_netns(path: &Path) -> Result<Self, NetlinkError> {
-        let ns = std::fs::File::open(path).map_err(|source| NetlinkError::Netns {
-            path: path.to_path_buf(),
-            op: "open",
-            source,
-        })?;
-        let path = path.to_path_buf();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    NetlinkError::Netns {
-                        path: path.clone(),
-                        op: "setns",
-                        source: std::io::Error::from(e),
-                    }
-                })?;
-                Self::new()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(NetlinkError::Netns {
-                    path: path.clone(),
-                    op: "run namespace thread",
-                    source: std::io::Error::other("thread panicked"),
-                })
-            })
-        })
+        in_netns(path, Self::new)
     }
 
     /// How many times a dump is read before [`NetlinkError::DumpInterrupted`]
@@ -369,32 +430,6 @@ impl Netlink {
     /// again or ended in [`NetlinkError::DumpInterrupted`]).
     pub fn interrupted_dumps(&self) -> u64 {
         self.interrupted_dumps
-    }
-
-    /// Receive one datagram into `self.buf`, growing it first when the
-    /// next datagram is larger; returns its length.
-    fn recv_datagram(&mut self, op: &str) -> Result<usize, NetlinkError> {
-        let fd = self.fd.as_raw_fd();
-        loop {
-            // MSG_TRUNC makes the kernel report the datagram's full size.
-            match nix::sys::socket::recv(
-                fd,
-                &mut self.buf,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
-            ) {
-                Ok(n) if n > self.buf.len() => self.buf.resize(n, 0),
-                Ok(_) => break,
-                Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(io_err(op)(e)),
-            }
-        }
-        loop {
-            match nix::sys::socket::recv(fd, &mut self.buf, MsgFlags::empty()) {
-                Ok(n) => return Ok(n.min(self.buf.len())),
-                Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(io_err(op)(e)),
-            }
-        }
     }
 
     /// Send `msg` with `flags` (plus REQUEST and ACK) and read the answer
@@ -413,16 +448,10 @@ impl Netlink {
         packet.finalize();
         let mut out = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut out);
-        loop {
-            match nix::sys::socket::send(self.fd.as_raw_fd(), &out, MsgFlags::empty()) {
-                Ok(_) => break,
-                Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(io_err(op)(e)),
-            }
-        }
+        send_request(&self.fd, op, &out)?;
         let mut reply = Reply::default();
         while !reply.complete {
-            let n = self.recv_datagram(op)?;
+            let n = recv_datagram(&self.fd, &mut self.buf, op)?;
             parse_datagram(op, self.seq, &self.buf[..n], &mut reply)?;
         }
         Ok(reply)

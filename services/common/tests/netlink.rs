@@ -293,3 +293,101 @@ fn the_kernel_without_a_link_type_says_not_supported() {
         Err(e) => assert!(e.is_not_supported(), "{e}"),
     }
 }
+
+/// `nft` with `args` inside `ns`; its stdout.
+fn nft_in(ns: &smarter_test_support::Netns, args: &[&str]) -> String {
+    let mut full = vec!["nft"];
+    full.extend_from_slice(args);
+    let out = ns
+        .exec(&full)
+        .unwrap_or_else(|e| panic!("nft {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The handles `nft -a` prints for `what` (`table`, or each rule's line).
+fn handles(listing: &str, rule_marker: &str) -> Vec<u64> {
+    listing
+        .lines()
+        .filter(|l| l.contains(rule_marker))
+        .filter_map(|l| l.rsplit_once("# handle ")?.1.trim().parse().ok())
+        .collect()
+}
+
+/// The nf_tables reader sees what `nft` wrote, with the handles `nft -a`
+/// prints; a missing table is `None`; a table deleted and created again
+/// has a new handle; flushed rules are gone; a dormant table says so.
+#[test]
+fn nftables_tables_and_rules_as_nft_sees_them() {
+    use smarter_common::netlink::nftables::{Family, Nftables};
+    if !require_root("network namespaces, nftables")
+        || !smarter_test_support::require_peer("nft", "nftables")
+    {
+        return;
+    }
+    let ns = smarter_test_support::Netns::unique("nlnft").unwrap_or_else(|e| panic!("{e}"));
+    let mut nft = Nftables::in_netns(ns.path()).unwrap();
+    assert_eq!(nft.table(Family::Ip, "t").unwrap(), None);
+    assert!(nft.rules(Family::Ip, "t").unwrap().is_empty());
+
+    let script = "table ip t {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr 10.0.0.0/8 masquerade\n }\n chain forward {\n  type filter hook forward priority filter; policy accept;\n  oifname \"br0\" ct state established accept\n  oifname \"br0\" drop\n }\n}\ntable ip other {\n chain c {\n  counter\n }\n}\n";
+    let out = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().map(|mut i| i.write_all(script.as_bytes()));
+            c.wait()
+        })
+        .unwrap();
+    assert!(out.success());
+    let listing = nft_in(&ns, &["-a", "list", "table", "ip", "t"]);
+    let table_handle = handles(&listing, "table ip t")[0];
+    let rule_handles = handles(&listing, "oifname");
+    let masq = handles(&listing, "masquerade");
+
+    let t = nft.table(Family::Ip, "t").unwrap().expect("table t");
+    assert_eq!(t.name, "t");
+    assert_eq!(t.handle, table_handle);
+    assert_eq!(t.use_count, 2, "two chains");
+    assert!(!t.dormant());
+    // Same name, other family: not this table.
+    assert_eq!(nft.table(Family::Bridge, "t").unwrap(), None);
+
+    let rules = nft.rules(Family::Ip, "t").unwrap();
+    let seen: Vec<(&str, u64)> = rules.iter().map(|r| (r.chain.as_str(), r.handle)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("postrouting", masq[0]),
+            ("forward", rule_handles[0]),
+            ("forward", rule_handles[1]),
+        ],
+        "{listing}"
+    );
+    assert!(rules.iter().all(|r| r.table == "t"), "only table t's rules");
+
+    nft_in(&ns, &["flush", "chain", "ip", "t", "forward"]);
+    let rules = nft.rules(Family::Ip, "t").unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0].chain, "postrouting");
+
+    nft_in(&ns, &["add", "table", "ip", "t", "{ flags dormant; }"]);
+    assert!(nft.table(Family::Ip, "t").unwrap().expect("t").dormant());
+
+    nft_in(&ns, &["delete", "table", "ip", "t"]);
+    assert_eq!(nft.table(Family::Ip, "t").unwrap(), None);
+    nft_in(&ns, &["add", "table", "ip", "t"]);
+    let again = nft.table(Family::Ip, "t").unwrap().expect("t again");
+    assert_ne!(again.handle, t.handle, "a new table, a new handle");
+
+    nft_in(&ns, &["flush", "ruleset"]);
+    assert_eq!(nft.table(Family::Ip, "t").unwrap(), None);
+    assert_eq!(nft.table(Family::Ip, "other").unwrap(), None);
+}
