@@ -17,6 +17,7 @@ use crate::netconf::{BuiltinIpam, Ipam, NetConf};
 use crate::nft;
 use crate::spec::{CniError, CniResult, Env, Interface, IpConfig, Route, code};
 use crate::{delegate, ipam::IpamError};
+use smarter_common::netlink::nftables::Nftables;
 use smarter_common::netlink::{Ipv4Prefix, Link, Netlink, NetlinkError, Route4};
 
 /// Name of the host end of the veth for an attachment: `veth` and eight
@@ -299,7 +300,10 @@ fn boot_id() -> String {
 /// Bring the network's nftables tables in line with the config (and, with
 /// isolation, with the current pods). With masquerade only, the script is
 /// applied once per boot and config (a marker in the IPAM state directory
-/// remembers it), so most ADDs run no `nft` at all.
+/// remembers it, with the table as the kernel held it right after), so
+/// most ADDs run no `nft` at all: they read the table over netlink and
+/// write it again only when someone else deleted, flushed or changed it
+/// (docs/decisions/0126 and 0134).
 fn sync_rules(
     conf: &NetConf,
     store: Option<&Store>,
@@ -330,21 +334,76 @@ fn sync_rules(
         Ipam::Builtin(b) => Some(b.data_dir.join(&conf.name).join("nft-applied")),
         Ipam::Delegate(_) => None,
     };
-    let stamp = format!("{}\n{}", boot_id(), script);
+    let boot = boot_id();
     if !force
         && !conf.isolation.enabled
-        && marker
-            .as_ref()
-            .is_some_and(|m| std::fs::read_to_string(m).is_ok_and(|t| t == stamp))
+        && let Some(m) = &marker
+        && let Some(written) = std::fs::read_to_string(m)
+            .ok()
+            .and_then(|t| nft::Marker::parse(&t))
+        && written.boot == boot
+        && written.script == script
+        && rules_in_place(&conf.name, written.state.as_ref())
     {
         return Ok(());
     }
     nft::apply(&nft_binary(), &script).map_err(nft_err)?;
     allow_forwarding_in_iptables(&conf.bridge);
     if let Some(m) = marker {
-        let _ = std::fs::write(m, stamp);
+        // What the kernel holds now, for the next ADD to compare with.
+        let state = Nftables::new()
+            .and_then(|mut n| nft::observe(&mut n, &conf.name))
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot read the nftables rules just written; the next ADD writes them again");
+            })
+            .ok();
+        let _ = std::fs::write(
+            m,
+            nft::Marker {
+                boot,
+                state,
+                script,
+            }
+            .render(),
+        );
     }
     Ok(())
+}
+
+/// Whether the network's `ip` table is as this plugin last wrote it
+/// (`written`, from the marker; `None`: not known). Anything else is
+/// logged as a warning naming what changed, and the caller writes the
+/// rules again.
+fn rules_in_place(network: &str, written: Option<&Option<nft::TableState>>) -> bool {
+    let table = nft::table_name(network);
+    let Some(written) = written else {
+        tracing::info!(
+            table,
+            "no record of the nftables table as written; writing it again"
+        );
+        return false;
+    };
+    if written.is_none() {
+        // No table to protect (neither masquerade nor inbound drop).
+        return true;
+    }
+    let found = match Nftables::new().and_then(|mut n| nft::observe(&mut n, network)) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(table, error = %e, "cannot read the nftables rules; writing them again");
+            return false;
+        }
+    };
+    match nft::difference(&table, written.as_ref(), found.as_ref()) {
+        None => true,
+        Some(what) => {
+            tracing::warn!(
+                table,
+                "nftables rules were changed by someone else ({what}); writing them again"
+            );
+            false
+        }
+    }
 }
 
 /// Hosts running Docker have an iptables `FORWARD` chain with policy DROP
@@ -814,10 +873,31 @@ pub fn check(
         }
     }
     if conf.ip_masq || conf.deny_inbound {
+        // Over netlink, as ADD does: the table must be there and, when this
+        // boot's marker recorded it, be the table and rules last written.
+        // Not with isolation: every ADD and DEL then rewrites the table, so
+        // one running beside this CHECK would look like a stranger's change.
         let t = nft::table_name(&conf.name);
-        nft::list(&nft_binary(), &["list", "table", "ip", &t]).map_err(|e| {
-            check_failed(format!("masquerade table {t} is missing")).with_details(e.to_string())
-        })?;
+        let found = Nftables::new()
+            .and_then(|mut n| nft::observe(&mut n, &conf.name))
+            .map_err(nl_err)?
+            .ok_or_else(|| check_failed(format!("masquerade table {t} is missing")))?;
+        let written = match &conf.ipam {
+            Ipam::Builtin(b) if !conf.isolation.enabled => {
+                std::fs::read_to_string(b.data_dir.join(&conf.name).join("nft-applied"))
+                    .ok()
+                    .and_then(|text| nft::Marker::parse(&text))
+                    .filter(|m| m.boot == boot_id())
+                    .and_then(|m| m.state.flatten())
+            }
+            _ => None,
+        };
+        if let Some(what) = nft::difference(&t, written.as_ref().or(Some(&found)), Some(&found)) {
+            return Err(check_failed(what));
+        }
+        if found.dormant {
+            return Err(check_failed(format!("table ip {t} is dormant")));
+        }
     }
     Ok(())
 }

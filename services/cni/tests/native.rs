@@ -873,8 +873,8 @@ fn del_returns_with_the_pair_gone_and_holds_nothing() {
 }
 
 /// Run `call` with `nft` replaced by a wrapper that logs each run to `log`
-/// and then runs the real `nft`.
-fn run_counting_nft(call: &Call, conf: &Value, wrapper: &Path) -> (i32, Value) {
+/// and then runs the real `nft`; exit code, result and stderr (the log).
+fn run_counting_nft(call: &Call, conf: &Value, wrapper: &Path) -> (i32, Value, String) {
     use std::io::Write;
     let mut cmd = call.command(BIN, conf);
     cmd.env("SMARTER_CNI_NFT", wrapper);
@@ -887,7 +887,11 @@ fn run_counting_nft(call: &Call, conf: &Value, wrapper: &Path) -> (i32, Value) {
         .unwrap_or_else(|e| panic!("wait: {e}"));
     let text = String::from_utf8_lossy(&out.stdout);
     let v = serde_json::from_str(&text).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), v)
+    (
+        out.status.code().unwrap_or(-1),
+        v,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// ADD skips `nft` when the rules it would write are the ones already
@@ -928,11 +932,25 @@ fn rules_are_rewritten_only_when_they_changed() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let pod = Netns::new(&format!("cnin{}", tag()));
+    // ADD then DEL; the ADD's log.
     let cycle = |conf: &Value, id: &str| {
-        let (code, r) = run_counting_nft(&Call::new("ADD", id, Some(&pod.path)), conf, &wrapper);
-        assert_eq!(code, 0, "ADD {id}: {r}");
-        let (code, r) = run_counting_nft(&Call::new("DEL", id, Some(&pod.path)), conf, &wrapper);
+        let (code, r, log) =
+            run_counting_nft(&Call::new("ADD", id, Some(&pod.path)), conf, &wrapper);
+        assert_eq!(code, 0, "ADD {id}: {r} {log}");
+        let (code, r, _) = run_counting_nft(&Call::new("DEL", id, Some(&pod.path)), conf, &wrapper);
         assert_eq!(code, 0, "DEL {id}: {r}");
+        log
+    };
+    let nft = |args: &[&str]| {
+        let out = std::process::Command::new("nft")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("nft: {e}"));
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
 
     cycle(&n.conf, "r1");
@@ -969,4 +987,93 @@ fn rules_are_rewritten_only_when_they_changed() {
     );
     cycle(&changed, "r7");
     assert_eq!(runs(), 4, "new bridge: rules rewritten");
+
+    // Rules removed or changed behind our back (this namespace is the
+    // machine's, so no `nft flush ruleset` here: tests/uplink.rs does
+    // that in a namespace of its own). Back to both chains first.
+    cycle(&n.conf, "r8");
+    assert_eq!(runs(), 5, "changed config: rules rewritten");
+    // Someone else's tables come and go (other tests' networks do too):
+    // ours are untouched, so no nft.
+    let other = format!("smarter-test-other-{}", tag());
+    nft(&["add", "table", "ip", &other]);
+    nft(&["add", "chain", "ip", &other, "c"]);
+    let log = cycle(&n.conf, "r9");
+    nft(&["delete", "table", "ip", &other]);
+    assert_eq!(
+        runs(),
+        5,
+        "another table changed, ours did not: no nft ({log})"
+    );
+    assert!(!log.contains("WARN"), "{log}");
+
+    nft(&["delete", "table", "ip", &table]);
+    let log = cycle(&n.conf, "r10");
+    assert_eq!(runs(), 6, "deleted table: rules rewritten");
+    assert!(log.contains(&format!("table ip {table} is gone")), "{log}");
+    assert!(listing().contains("masquerade"), "{}", listing());
+    assert!(listing().contains("drop"), "{}", listing());
+    let log = cycle(&n.conf, "r11");
+    assert_eq!(runs(), 6, "restored and unchanged: no nft ({log})");
+
+    nft(&["flush", "chain", "ip", &table, "forward"]);
+    assert!(!listing().contains("drop"), "{}", listing());
+    let log = cycle(&n.conf, "r12");
+    assert_eq!(runs(), 7, "flushed chain: rules rewritten");
+    assert!(
+        log.contains("chain forward: 3 of 3 rules gone"),
+        "the warning names what is missing: {log}"
+    );
+    assert!(listing().contains("drop"), "{}", listing());
+
+    // Deleted and created again by someone else, the same rules: not the
+    // table we wrote (its content cannot be compared cheaply), so written
+    // again.
+    let saved = listing();
+    nft(&["delete", "table", "ip", &table]);
+    let dir2 = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir2.path().join("saved.nft");
+    std::fs::write(&file, &saved).unwrap_or_else(|e| panic!("{e}"));
+    nft(&["-f", &file.display().to_string()]);
+    let log = cycle(&n.conf, "r13");
+    assert_eq!(runs(), 8, "re-created table: rules rewritten");
+    assert!(log.contains("deleted and created again"), "{log}");
+
+    // CHECK reads the same over netlink and names a missing table.
+    let (code, r, _) =
+        run_counting_nft(&Call::new("ADD", "r14", Some(&pod.path)), &n.conf, &wrapper);
+    assert_eq!(code, 0, "{r}");
+    let mut check = n.conf.clone();
+    check["prevResult"] = r.clone();
+    let (code, r, log) = run_counting_nft(
+        &Call::new("CHECK", "r14", Some(&pod.path)),
+        &check,
+        &wrapper,
+    );
+    assert_eq!(code, 0, "CHECK: {r} {log}");
+    nft(&["flush", "chain", "ip", &table, "postrouting"]);
+    let (code, r, _) = run_counting_nft(
+        &Call::new("CHECK", "r14", Some(&pod.path)),
+        &check,
+        &wrapper,
+    );
+    assert_ne!(code, 0, "{r}");
+    assert_eq!(r["code"], 100, "{r}");
+    assert!(
+        r.to_string()
+            .contains("chain postrouting: 1 of 1 rules gone"),
+        "{r}"
+    );
+    nft(&["delete", "table", "ip", &table]);
+    let (code, r, _) = run_counting_nft(
+        &Call::new("CHECK", "r14", Some(&pod.path)),
+        &check,
+        &wrapper,
+    );
+    assert_ne!(code, 0, "{r}");
+    assert_eq!(r["code"], 100, "{r}");
+    assert!(r.to_string().contains("is missing"), "{r}");
+    let (code, r, _) =
+        run_counting_nft(&Call::new("DEL", "r14", Some(&pod.path)), &n.conf, &wrapper);
+    assert_eq!(code, 0, "{r}");
 }

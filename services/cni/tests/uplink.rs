@@ -1,8 +1,9 @@
 //! A whole gateway in network namespaces: a "host" namespace runs the plugin
 //! (bridge, nftables and all live there) and has an uplink to an "outside"
 //! namespace. Shows that pods reach the outside masqueraded, that the outside
-//! cannot open connections to pods, and that unplugging the uplink changes
-//! nothing inside.
+//! cannot open connections to pods, that both hold again on the next ADD
+//! after the rules were flushed behind the plugin's back, and that
+//! unplugging the uplink changes nothing inside.
 #![allow(clippy::panic)] // test harness
 
 mod common;
@@ -161,6 +162,55 @@ fn pods_reach_out_masqueraded_are_unreachable_from_outside_and_survive_uplink_lo
             .0,
         0
     );
+
+    // Rules removed behind the plugin's back (a firewall reload's
+    // `nft flush ruleset`, or our table deleted): the outside gets in, and
+    // the next ADD notices and writes the rules again, so it is shut out
+    // again and pods are masqueraded again.
+    let table = format!("smarter-cni-up{t}");
+    let readd = |what: &str| {
+        assert_eq!(
+            Call::new("ADD", "up-x", Some(&extra.path))
+                .run_in(&host.name, &conf)
+                .0,
+            0,
+            "ADD after {what}"
+        );
+        let listing = host.exec(&["nft", "list", "table", "ip", &table]);
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        assert!(listing.contains("masquerade"), "after {what}: {listing}");
+        assert!(listing.contains("drop"), "after {what}: {listing}");
+        assert_eq!(
+            connect(&outside, &ips[0], 9001, 2),
+            None,
+            "outside -> pod dropped again after {what}"
+        );
+        assert_eq!(
+            connect(&pods[0], "10.251.0.1", 9000, 20).as_deref(),
+            Some("10.251.0.2"),
+            "masqueraded again after {what}"
+        );
+        assert_eq!(
+            Call::new("DEL", "up-x", Some(&extra.path))
+                .run_in(&host.name, &conf)
+                .0,
+            0
+        );
+    };
+    for (what, args) in [
+        ("nft flush ruleset", vec!["nft", "flush", "ruleset"]),
+        (
+            "nft delete table",
+            vec!["nft", "delete", "table", "ip", &table],
+        ),
+    ] {
+        assert!(host.exec(&args).status.success(), "{what}");
+        assert!(
+            connect(&outside, &ips[0], 9001, 20).is_some(),
+            "control: after {what} the outside gets in"
+        );
+        readd(what);
+    }
 
     // Unplug the uplink: nothing inside changes.
     ip_in(&host, &["link", "del", &up]);
