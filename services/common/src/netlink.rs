@@ -227,12 +227,76 @@ pub struct Route4 {
 /// An rtnetlink socket bound to one network namespace.
 #[derive(Debug)]
 pub struct Netlink {
+    sock: Socket,
+}
+
+/// What every netlink client here keeps per socket (rtnetlink, and
+/// netfilter for [`nftables`]): the descriptor, the last request's
+/// sequence number, the receive buffer and the dump retry policy.
+#[derive(Debug)]
+struct Socket {
     fd: OwnedFd,
     seq: u32,
     /// Receive buffer, grown to the largest datagram seen.
     buf: Vec<u8>,
     dump_attempts: u32,
     interrupted_dumps: u64,
+}
+
+impl Socket {
+    /// A socket of `protocol` with a receive buffer of `buf_len` bytes to
+    /// start with.
+    fn open(protocol: SockProtocol, buf_len: usize) -> Result<Self, NetlinkError> {
+        Ok(Self {
+            fd: open_socket(protocol)?,
+            seq: 1,
+            buf: vec![0; buf_len],
+            dump_attempts: DUMP_ATTEMPTS,
+            interrupted_dumps: 0,
+        })
+    }
+
+    /// The sequence number of the next request.
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Send request `out`, numbered by the last [`Socket::next_seq`], and
+    /// hand each reply datagram and that number to `parse` until it says
+    /// the reply is complete.
+    fn round_trip(
+        &mut self,
+        op: &str,
+        out: &[u8],
+        mut parse: impl FnMut(u32, &[u8]) -> Result<bool, NetlinkError>,
+    ) -> Result<(), NetlinkError> {
+        send_request(&self.fd, op, out)?;
+        loop {
+            let n = recv_datagram(&self.fd, &mut self.buf, op)?;
+            if parse(self.seq, &self.buf[..n])? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Count a dump the kernel interrupted (`attempt` of them so far).
+    fn dump_interrupted(&mut self, op: &str, attempt: u32) {
+        self.interrupted_dumps += 1;
+        tracing::debug!(
+            op,
+            attempt,
+            "netlink dump interrupted by a concurrent change"
+        );
+    }
+
+    /// The error once every attempt at a dump was interrupted.
+    fn dump_gave_up(&self, op: &str) -> NetlinkError {
+        NetlinkError::DumpInterrupted {
+            op: op.to_string(),
+            attempts: self.dump_attempts,
+        }
+    }
 }
 
 fn io_err(op: &str) -> impl FnOnce(nix::Error) -> NetlinkError + '_ {
@@ -403,13 +467,8 @@ fn parse_datagram(op: &str, seq: u32, data: &[u8], reply: &mut Reply) -> Result<
 impl Netlink {
     /// A socket in the calling thread's network namespace.
     pub fn new() -> Result<Self, NetlinkError> {
-        let fd = open_socket(SockProtocol::NetlinkRoute)?;
         Ok(Self {
-            fd,
-            seq: 1,
-            buf: vec![0; 32 * 1024],
-            dump_attempts: DUMP_ATTEMPTS,
-            interrupted_dumps: 0,
+            sock: Socket::open(SockProtocol::NetlinkRoute, 32 * 1024)?,
         })
     }
 
@@ -423,13 +482,13 @@ impl Netlink {
     /// How many times a dump is read before [`NetlinkError::DumpInterrupted`]
     /// (at least once; default [`DUMP_ATTEMPTS`]).
     pub fn set_dump_attempts(&mut self, attempts: u32) {
-        self.dump_attempts = attempts.max(1);
+        self.sock.dump_attempts = attempts.max(1);
     }
 
     /// How many dumps on this socket the kernel interrupted (each was read
     /// again or ended in [`NetlinkError::DumpInterrupted`]).
     pub fn interrupted_dumps(&self) -> u64 {
-        self.interrupted_dumps
+        self.sock.interrupted_dumps
     }
 
     /// Send `msg` with `flags` (plus REQUEST and ACK) and read the answer
@@ -442,18 +501,16 @@ impl Netlink {
     ) -> Result<Reply, NetlinkError> {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        self.seq = self.seq.wrapping_add(1);
-        header.sequence_number = self.seq;
+        header.sequence_number = self.sock.next_seq();
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
         packet.finalize();
         let mut out = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut out);
-        send_request(&self.fd, op, &out)?;
         let mut reply = Reply::default();
-        while !reply.complete {
-            let n = recv_datagram(&self.fd, &mut self.buf, op)?;
-            parse_datagram(op, self.seq, &self.buf[..n], &mut reply)?;
-        }
+        self.sock.round_trip(op, &out, |seq, data| {
+            parse_datagram(op, seq, data, &mut reply)?;
+            Ok(reply.complete)
+        })?;
         Ok(reply)
     }
 
@@ -474,22 +531,14 @@ impl Netlink {
         op: &str,
         msg: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
-        for attempt in 1..=self.dump_attempts {
+        for attempt in 1..=self.sock.dump_attempts {
             let reply = self.exchange(op, msg.clone(), NLM_F_DUMP)?;
             if !reply.interrupted {
                 return Ok(reply.messages);
             }
-            self.interrupted_dumps += 1;
-            tracing::debug!(
-                op,
-                attempt,
-                "netlink dump interrupted by a concurrent change"
-            );
+            self.sock.dump_interrupted(op, attempt);
         }
-        Err(NetlinkError::DumpInterrupted {
-            op: op.to_string(),
-            attempts: self.dump_attempts,
-        })
+        Err(self.sock.dump_gave_up(op))
     }
 
     /// Look a link up by name; `None` when absent.

@@ -14,13 +14,12 @@
 //! describe them. Numbers inside attributes are big-endian, strings are
 //! NUL-terminated.
 
-use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST};
 use nix::sys::socket::SockProtocol;
 
-use super::{DUMP_ATTEMPTS, HEADER_LEN, NetlinkError, in_netns, open_socket, recv_datagram};
+use super::{HEADER_LEN, NetlinkError, Socket, in_netns};
 
 /// `NFNL_SUBSYS_NFTABLES`: the high byte of every nf_tables message type.
 const SUBSYS_NFTABLES: u16 = 10;
@@ -332,11 +331,7 @@ fn rule_from(op: &str, m: &Message) -> Result<Rule, NetlinkError> {
 /// nf_tables requests.
 #[derive(Debug)]
 pub struct Nftables {
-    fd: OwnedFd,
-    seq: u32,
-    buf: Vec<u8>,
-    dump_attempts: u32,
-    interrupted_dumps: u64,
+    sock: Socket,
 }
 
 impl Nftables {
@@ -344,11 +339,7 @@ impl Nftables {
     /// `CAP_NET_ADMIN` for every request, reads included.
     pub fn new() -> Result<Self, NetlinkError> {
         Ok(Self {
-            fd: open_socket(SockProtocol::NetlinkNetFilter)?,
-            seq: 1,
-            buf: vec![0; 16 * 1024],
-            dump_attempts: DUMP_ATTEMPTS,
-            interrupted_dumps: 0,
+            sock: Socket::open(SockProtocol::NetlinkNetFilter, 16 * 1024)?,
         })
     }
 
@@ -359,14 +350,14 @@ impl Nftables {
     }
 
     /// How many times a dump is read before [`NetlinkError::DumpInterrupted`]
-    /// (at least once; default [`DUMP_ATTEMPTS`]).
+    /// (at least once; default [`super::DUMP_ATTEMPTS`]).
     pub fn set_dump_attempts(&mut self, attempts: u32) {
-        self.dump_attempts = attempts.max(1);
+        self.sock.dump_attempts = attempts.max(1);
     }
 
     /// How many dumps on this socket the kernel interrupted.
     pub fn interrupted_dumps(&self) -> u64 {
-        self.interrupted_dumps
+        self.sock.interrupted_dumps
     }
 
     fn exchange(
@@ -377,20 +368,18 @@ impl Nftables {
         family: Family,
         attrs: &[(u16, &[u8])],
     ) -> Result<Reply, NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
         let out = build_request(
-            self.seq,
+            self.sock.next_seq(),
             msg,
             NLM_F_REQUEST | NLM_F_ACK | flags,
             family.code(),
             attrs,
         );
-        super::send_request(&self.fd, op, &out)?;
         let mut reply = Reply::default();
-        while !reply.complete {
-            let n = recv_datagram(&self.fd, &mut self.buf, op)?;
-            parse_datagram(op, self.seq, &self.buf[..n], &mut reply)?;
-        }
+        self.sock.round_trip(op, &out, |seq, data| {
+            parse_datagram(op, seq, data, &mut reply)?;
+            Ok(reply.complete)
+        })?;
         Ok(reply)
     }
 
@@ -419,11 +408,11 @@ impl Nftables {
     /// Every rule of table `table` of `family`, chain by chain in the
     /// kernel's order, rules in their order in the chain. A missing table
     /// has no rules. Read again when the kernel marks the dump interrupted
-    /// (the rule set changed meanwhile), at most [`DUMP_ATTEMPTS`] times.
+    /// (the rule set changed meanwhile), at most [`super::DUMP_ATTEMPTS`] times.
     pub fn rules(&mut self, family: Family, table: &str) -> Result<Vec<Rule>, NetlinkError> {
         let op = format!("dump rules of table {family} {table}");
         let table_attr = strz(table);
-        for attempt in 1..=self.dump_attempts {
+        for attempt in 1..=self.sock.dump_attempts {
             let reply = self.exchange(
                 &op,
                 NFT_MSG_GETRULE,
@@ -432,12 +421,7 @@ impl Nftables {
                 &[(NFTA_RULE_TABLE, &table_attr)],
             )?;
             if reply.interrupted {
-                self.interrupted_dumps += 1;
-                tracing::debug!(
-                    op,
-                    attempt,
-                    "nf_tables dump interrupted by a concurrent change"
-                );
+                self.sock.dump_interrupted(&op, attempt);
                 continue;
             }
             let mut rules = Vec::new();
@@ -454,10 +438,7 @@ impl Nftables {
             }
             return Ok(rules);
         }
-        Err(NetlinkError::DumpInterrupted {
-            op,
-            attempts: self.dump_attempts,
-        })
+        Err(self.sock.dump_gave_up(&op))
     }
 }
 
