@@ -330,17 +330,12 @@ fn sync_rules(
         pods,
     };
     let script = rules.script();
-    let marker = match &conf.ipam {
-        Ipam::Builtin(b) => Some(b.data_dir.join(&conf.name).join("nft-applied")),
-        Ipam::Delegate(_) => None,
-    };
+    let marker = rules_marker(conf);
     let boot = boot_id();
     if !force
         && !conf.isolation.enabled
         && let Some(m) = &marker
-        && let Some(written) = std::fs::read_to_string(m)
-            .ok()
-            .and_then(|t| nft::Marker::parse(&t))
+        && let Some(written) = nft::Marker::read(m)
         && written.boot == boot
         && written.script == script
         && rules_in_place(&conf.name, written.state.as_ref())
@@ -368,6 +363,15 @@ fn sync_rules(
         );
     }
     Ok(())
+}
+
+/// Where the network's rules marker lives: beside its built-in IPAM
+/// state (a delegated IPAM keeps no state of ours, so no marker).
+fn rules_marker(conf: &NetConf) -> Option<PathBuf> {
+    match &conf.ipam {
+        Ipam::Builtin(b) => Some(b.data_dir.join(&conf.name).join("nft-applied")),
+        Ipam::Delegate(_) => None,
+    }
 }
 
 /// Whether the network's `ip` table is as this plugin last wrote it
@@ -882,16 +886,11 @@ pub fn check(
             .and_then(|mut n| nft::observe(&mut n, &conf.name))
             .map_err(nl_err)?
             .ok_or_else(|| check_failed(format!("masquerade table {t} is missing")))?;
-        let written = match &conf.ipam {
-            Ipam::Builtin(b) if !conf.isolation.enabled => {
-                std::fs::read_to_string(b.data_dir.join(&conf.name).join("nft-applied"))
-                    .ok()
-                    .and_then(|text| nft::Marker::parse(&text))
-                    .filter(|m| m.boot == boot_id())
-                    .and_then(|m| m.state.flatten())
-            }
-            _ => None,
-        };
+        let written = rules_marker(conf)
+            .filter(|_| !conf.isolation.enabled)
+            .and_then(|m| nft::Marker::read(&m))
+            .filter(|m| m.boot == boot_id())
+            .and_then(|m| m.state.flatten());
         if let Some(what) = nft::difference(&t, written.as_ref().or(Some(&found)), Some(&found)) {
             return Err(check_failed(what));
         }

@@ -271,6 +271,12 @@ impl Marker {
         format!("{}\nstate {state}\n{}", self.boot, self.script)
     }
 
+    /// Read and parse the marker file at `path`; `None` when it is absent
+    /// or unreadable, or holds anything else (see [`Marker::parse`]).
+    pub fn read(path: &Path) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string(path).ok()?)
+    }
+
     /// Parse a marker file; `None` for anything else (an older format, a
     /// torn write), which the caller treats as "rewrite".
     pub fn parse(text: &str) -> Option<Self> {
